@@ -1,0 +1,59 @@
+using System.Diagnostics.CodeAnalysis;
+using CommandLine;
+using CommandLine.Text;
+using Vmm.Vm;
+
+namespace Vmm.Cli;
+
+public static class Program
+{
+    // CommandLineParser builds option objects by reflection; these keep their members through trimming
+    // so the NativeAOT binary parses exactly like the JIT one.
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
+    public static int Main(string[] args)
+    {
+        using var parser = new Parser(settings =>
+        {
+            settings.HelpWriter = null;
+            settings.CaseInsensitiveEnumValues = true;
+        });
+        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions));
+        return result switch
+        {
+            Parsed<object> { Value: RunOptions run } => RunCommand.Execute(run),
+            NotParsed<object> notParsed => ReportParseErrors(notParsed),
+            _ => ExitCodes.VmmError,
+        };
+    }
+
+    private static int ReportParseErrors(NotParsed<object> result)
+    {
+        bool helpOrVersion = result.Errors.All(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError or ErrorType.VersionRequestedError);
+        var help = HelpText.AutoBuild(result, h =>
+        {
+            h.AdditionalNewLineAfterOption = false;
+            h.Heading = $"vmm {typeof(Program).Assembly.GetName().Version?.ToString(3)}: a minimal KVM hypervisor";
+            h.Copyright = "";
+            h.AddPostOptionsLines(ExitCodeHelp);
+            return h;
+        }, e => e, verbsIndex: true);
+        if (result.Errors.Any(e => e.Tag == ErrorType.VersionRequestedError))
+        {
+            Console.Out.WriteLine($"vmm {typeof(Program).Assembly.GetName().Version?.ToString(3)}");
+            return ExitCodes.GuestFinished;
+        }
+        (helpOrVersion ? Console.Out : Console.Error).WriteLine(help);
+        return helpOrVersion ? ExitCodes.GuestFinished : ExitCodes.VmmError;
+    }
+
+    private static readonly string[] ExitCodeHelp =
+    [
+        "Exit codes of 'vmm run':",
+        "  0    the guest reset or powered off",
+        "  odd  the guest wrote V to port 0x501 (QEMU isa-debug-exit): (V << 1) | 1",
+        "  2    vmm error: bad arguments, missing or invalid files, KVM unavailable",
+        "  4    guest crash: triple fault, failed VM entry, unexpected exit (report on stderr)",
+        "  6    emulation failure KVM could not handle (report with the instruction on stderr)",
+        "  128+N  stopped by signal N (130: SIGINT, 143: SIGTERM)",
+    ];
+}

@@ -1,0 +1,31 @@
+using CommandLine;
+
+namespace Vmm.Cli;
+
+[Verb("run", HelpText = "Boot a Linux kernel (bzImage or ELF vmlinux) in a new VM, console on the terminal.")]
+public sealed class RunOptions
+{
+    [Option("kernel", Required = true, HelpText = "Kernel to boot: a bzImage or an ELF vmlinux.")]
+    public string Kernel { get; set; } = "";
+
+    [Option("initrd", HelpText = "Initramfs (cpio, optionally compressed) for the kernel.")]
+    public string? Initrd { get; set; }
+
+    [Option("cmdline", HelpText = "Kernel command line. Default: \"" + Vm.MachineConfig.DefaultCommandLine + "\".")]
+    public string? CommandLine { get; set; }
+
+    [Option("memory", Default = "256M", HelpText = "Guest RAM, e.g. 512M or 2G (powers of 1024).")]
+    public string Memory { get; set; } = "256M";
+
+    [Option("cpus", Default = 1, HelpText = "Number of vCPUs (only 1 for now).")]
+    public int Cpus { get; set; } = 1;
+
+    [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
+    public string? SerialLog { get; set; }
+
+    [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not add guest kernel options or complete int3/fwait emulation failures.")]
+    public bool NoNestedWorkarounds { get; set; }
+
+    [Option('v', "verbose", HelpText = "Also log debug messages (e.g. each unclaimed port or MMIO address, once).")]
+    public bool Verbose { get; set; }
+}

@@ -1,0 +1,63 @@
+using System.Runtime.InteropServices;
+
+namespace Vmm.Kvm.Interop;
+
+/// <summary>The few libc calls the VMM needs, declared once. Errors come back through errno
+/// (SetLastError), which callers turn into <see cref="KvmException"/> or <see cref="PosixException"/>.</summary>
+public static unsafe partial class Libc
+{
+    public const int O_RDWR = 0x2;
+    public const int O_CLOEXEC = 0x80000;
+
+    public const int PROT_READ = 0x1;
+    public const int PROT_WRITE = 0x2;
+    public const int MAP_SHARED = 0x01;
+    public const int MAP_PRIVATE = 0x02;
+    public const int MAP_ANONYMOUS = 0x20;
+    public const int MAP_NORESERVE = 0x4000;
+    public const int MADV_DONTFORK = 10;
+
+    public const int EINTR = 4;
+    public const int EAGAIN = 11;
+    public const int ENOENT = 2;
+    public const int EACCES = 13;
+    public const int EPERM = 1;
+
+    public static readonly nint MapFailed = -1;
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, void* argument);
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, nuint argument);
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    public static partial int Munmap(nint address, nuint length);
+
+    [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
+    public static partial int Madvise(nint address, nuint length, int advice);
+
+
+
+
+
+    [LibraryImport("libc", EntryPoint = "pthread_self")]
+    public static partial nuint PthreadSelf();
+
+    [LibraryImport("libc", EntryPoint = "pthread_kill")]
+    public static partial int PthreadKill(nuint thread, int signal);
+
+    [LibraryImport("libc", EntryPoint = "strerror")]
+    private static partial nint StrError(int errno);
+
+    public static string Describe(int errno) => Marshal.PtrToStringUTF8(StrError(errno)) ?? $"errno {errno}";
+}

@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+using Vmm.Kvm.Interop;
+
+namespace Vmm.Kvm;
+
+/// <summary>A vCPU file descriptor and its kvm_run page: typed wrappers over the vCPU ioctls.</summary>
+public sealed unsafe class KvmVcpu : IDisposable
+{
+    private readonly FileDescriptorHandle _fd;
+
+    internal KvmVcpu(int index, FileDescriptorHandle fd, KvmRunPage runPage)
+    {
+        Index = index;
+        _fd = fd;
+        RunPage = runPage;
+    }
+
+    public int Index { get; }
+    public KvmRunPage RunPage { get; }
+
+    /// <summary>KVM_RUN. Returns false when the call was interrupted by a signal (EINTR) or must be
+    /// retried (EAGAIN: an AP still waiting for its startup IPI); true when <see cref="RunPage"/> holds an exit.</summary>
+    public bool Run()
+    {
+        if (Libc.Ioctl(_fd.Number, KvmIoctls.Run, (nuint)0) == 0) return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is Libc.EINTR or Libc.EAGAIN) return false;
+        throw new KvmException("KVM_RUN", errno);
+    }
+
+    public KvmRegs GetRegs() => Get<KvmRegs>("KVM_GET_REGS", KvmIoctls.GetRegs);
+    public void SetRegs(in KvmRegs regs) => Set("KVM_SET_REGS", KvmIoctls.SetRegs, regs);
+    public KvmSregs GetSregs() => Get<KvmSregs>("KVM_GET_SREGS", KvmIoctls.GetSregs);
+    public void SetSregs(in KvmSregs sregs) => Set("KVM_SET_SREGS", KvmIoctls.SetSregs, sregs);
+    public KvmFpu GetFpu() => Get<KvmFpu>("KVM_GET_FPU", KvmIoctls.GetFpu);
+    public void SetFpu(in KvmFpu fpu) => Set("KVM_SET_FPU", KvmIoctls.SetFpu, fpu);
+    public KvmLapicState GetLapic() => Get<KvmLapicState>("KVM_GET_LAPIC", KvmIoctls.GetLapic);
+    public void SetLapic(in KvmLapicState lapic) => Set("KVM_SET_LAPIC", KvmIoctls.SetLapic, lapic);
+    public KvmVcpuEvents GetVcpuEvents() => Get<KvmVcpuEvents>("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents);
+    public void SetVcpuEvents(in KvmVcpuEvents events) => Set("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents, events);
+
+    /// <summary>KVM_TRANSLATE: the guest physical address behind a linear address in the vCPU's current
+    /// paging mode, or null when it is not mapped.</summary>
+    public ulong? Translate(ulong linearAddress)
+    {
+        var translation = new KvmTranslation { LinearAddress = linearAddress };
+        Check("KVM_TRANSLATE", Libc.Ioctl(_fd.Number, KvmIoctls.Translate, &translation));
+        return translation.Valid != 0 ? translation.PhysicalAddress : null;
+    }
+
+    public void SetCpuid(ReadOnlySpan<KvmCpuidEntry2> entries)
+    {
+        byte[] buffer = new byte[sizeof(KvmCpuid2Header) + entries.Length * sizeof(KvmCpuidEntry2)];
+        fixed (byte* p = buffer)
+        {
+            ((KvmCpuid2Header*)p)->Count = (uint)entries.Length;
+            entries.CopyTo(new Span<KvmCpuidEntry2>(p + sizeof(KvmCpuid2Header), entries.Length));
+            Check("KVM_SET_CPUID2", Libc.Ioctl(_fd.Number, KvmIoctls.SetCpuid2, p));
+        }
+    }
+
+    /// <summary>KVM_SET_MSRS; KVM stops at the first MSR it refuses, so a short count is an error naming it.</summary>
+    public void SetMsrs(ReadOnlySpan<KvmMsrEntry> entries)
+    {
+        int written = TransferMsrs("KVM_SET_MSRS", KvmIoctls.SetMsrs, entries, null);
+        if (written != entries.Length)
+            throw new KvmException($"KVM_SET_MSRS (MSR 0x{entries[written].Index:x} refused)", 22 /* EINVAL */);
+    }
+
+    /// <summary>KVM_GET_MSRS for the given indexes; returns how many were read (KVM stops at the first it cannot read).</summary>
+    public int GetMsrs(Span<KvmMsrEntry> entries) => TransferMsrs("KVM_GET_MSRS", KvmIoctls.GetMsrs, entries, entries);
+
+    private int TransferMsrs(string name, nuint request, ReadOnlySpan<KvmMsrEntry> input, Span<KvmMsrEntry> output)
+    {
+        byte[] buffer = new byte[sizeof(KvmMsrsHeader) + input.Length * sizeof(KvmMsrEntry)];
+        fixed (byte* p = buffer)
+        {
+            ((KvmMsrsHeader*)p)->Count = (uint)input.Length;
+            var entries = new Span<KvmMsrEntry>(p + sizeof(KvmMsrsHeader), input.Length);
+            input.CopyTo(entries);
+            int result = Libc.Ioctl(_fd.Number, request, p);
+            if (result < 0) throw KvmException.FromLastError(name);
+            if (!output.IsEmpty) entries[..result].CopyTo(output);
+            return result;
+        }
+    }
+
+    private T Get<T>(string name, nuint request) where T : unmanaged
+    {
+        T value;
+        Check(name, Libc.Ioctl(_fd.Number, request, &value));
+        return value;
+    }
+
+    private void Set<T>(string name, nuint request, in T value) where T : unmanaged
+    {
+        fixed (T* p = &value) Check(name, Libc.Ioctl(_fd.Number, request, p));
+    }
+
+    private static void Check(string ioctl, int result)
+    {
+        if (result < 0) throw new KvmException(ioctl, Marshal.GetLastPInvokeError());
+    }
+
+    public void Dispose()
+    {
+        RunPage.Dispose();
+        _fd.Dispose();
+    }
+}

@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+using Vmm.Kvm.Interop;
+
+namespace Vmm.Kvm;
+
+/// <summary>A KVM virtual machine file descriptor: typed wrappers over the VM ioctls, no policy.</summary>
+public sealed unsafe class KvmVm : IDisposable
+{
+    public const uint MemLogDirtyPages = 1;
+    public const uint IoeventfdFlagPio = 1 << 1;
+
+    private readonly FileDescriptorHandle _fd;
+
+    internal KvmVm(KvmSystem system, FileDescriptorHandle fd)
+    {
+        System = system;
+        _fd = fd;
+    }
+
+    public KvmSystem System { get; }
+
+    public int CheckExtension(KvmCapability capability) =>
+        Libc.Ioctl(_fd.Number, KvmIoctls.CheckExtension, (nuint)capability) is var r && r < 0 ? 0 : r;
+
+    public void SetUserMemoryRegion(uint slot, ulong guestPhysAddr, ulong sizeBytes, nint hostAddress, uint flags = 0)
+    {
+        var region = new KvmUserspaceMemoryRegion
+        {
+            Slot = slot,
+            Flags = flags,
+            GuestPhysAddr = guestPhysAddr,
+            MemorySize = sizeBytes,
+            UserspaceAddr = (ulong)hostAddress,
+        };
+        Check("KVM_SET_USER_MEMORY_REGION", Libc.Ioctl(_fd.Number, KvmIoctls.SetUserMemoryRegion, &region));
+    }
+
+    public void SetTssAddress(uint address) =>
+        Check("KVM_SET_TSS_ADDR", Libc.Ioctl(_fd.Number, KvmIoctls.SetTssAddr, (nuint)address));
+
+    public void SetIdentityMapAddress(ulong address) =>
+        Check("KVM_SET_IDENTITY_MAP_ADDR", Libc.Ioctl(_fd.Number, KvmIoctls.SetIdentityMapAddr, &address));
+
+    public void CreateIrqchip() =>
+        Check("KVM_CREATE_IRQCHIP", Libc.Ioctl(_fd.Number, KvmIoctls.CreateIrqchip, (nuint)0));
+
+    public void CreatePit2()
+    {
+        // KVM_PIT_SPEAKER_DUMMY: KVM answers port 0x61 itself, which Linux reads while calibrating.
+        var config = new KvmPitConfig { Flags = 1 };
+        Check("KVM_CREATE_PIT2", Libc.Ioctl(_fd.Number, KvmIoctls.CreatePit2, &config));
+    }
+
+    public void SetIrqLine(uint irq, bool high)
+    {
+        var level = new KvmIrqLevel { Irq = irq, Level = high ? 1u : 0u };
+        Check("KVM_IRQ_LINE", Libc.Ioctl(_fd.Number, KvmIoctls.IrqLine, &level));
+    }
+
+    public void RegisterIrqfd(int eventFd, uint gsi)
+    {
+        var irqfd = new KvmIrqfd { Fd = (uint)eventFd, Gsi = gsi };
+        Check("KVM_IRQFD", Libc.Ioctl(_fd.Number, KvmIoctls.Irqfd, &irqfd));
+    }
+
+    public void RegisterIoeventfd(int eventFd, ulong address, uint lengthBytes, bool portIo)
+    {
+        var ioeventfd = new KvmIoeventfd
+        {
+            Addr = address,
+            Len = lengthBytes,
+            Fd = eventFd,
+            Flags = portIo ? IoeventfdFlagPio : 0,
+        };
+        Check("KVM_IOEVENTFD", Libc.Ioctl(_fd.Number, KvmIoctls.Ioeventfd, &ioeventfd));
+    }
+
+    /// <summary>KVM_GET_DIRTY_LOG into <paramref name="bitmap"/> (one bit per page of the slot).</summary>
+    public void GetDirtyLog(uint slot, Span<ulong> bitmap)
+    {
+        fixed (ulong* p = bitmap)
+        {
+            var log = new KvmDirtyLog { Slot = slot, DirtyBitmap = (ulong)p };
+            Check("KVM_GET_DIRTY_LOG", Libc.Ioctl(_fd.Number, KvmIoctls.GetDirtyLog, &log));
+        }
+    }
+
+    public KvmVcpu CreateVcpu(int index)
+    {
+        int fd = Libc.Ioctl(_fd.Number, KvmIoctls.CreateVcpu, (nuint)index);
+        if (fd < 0) throw KvmException.FromLastError("KVM_CREATE_VCPU");
+        var handle = new FileDescriptorHandle(fd);
+        try
+        {
+            return new KvmVcpu(index, handle, KvmRunPage.Map(handle, System.VcpuMmapSize));
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    private static void Check(string ioctl, int result)
+    {
+        if (result < 0) throw new KvmException(ioctl, Marshal.GetLastPInvokeError());
+    }
+
+    public void Dispose() => _fd.Dispose();
+}

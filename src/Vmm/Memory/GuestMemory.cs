@@ -1,0 +1,92 @@
+using System.Runtime.InteropServices;
+using Vmm.Kvm;
+using Vmm.Kvm.Interop;
+
+namespace Vmm.Memory;
+
+/// <summary>Guest RAM: anonymous mappings, one per region, and the only code that turns a guest
+/// physical address into a host pointer. Every access is bounds-checked; an address outside RAM is a
+/// <see cref="GuestMemoryException"/>, never a wild read or write.</summary>
+public sealed unsafe class GuestMemory : IDisposable
+{
+    private readonly GuestMemoryRegion[] _regions;
+    private bool _disposed;
+
+    private GuestMemory(GuestMemoryRegion[] regions) => _regions = regions;
+
+    public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
+
+    public ulong TotalBytes => _regions.Aggregate(0UL, (sum, r) => sum + r.SizeBytes);
+
+    /// <summary>Maps anonymous memory for each (address, size) range, in order.</summary>
+    public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges)
+    {
+        var regions = new List<GuestMemoryRegion>();
+        try
+        {
+            foreach (var (guestAddress, sizeBytes) in ranges)
+            {
+                // MAP_NORESERVE: guest RAM is touched lazily; a 2 GiB guest that uses 100 MiB costs 100 MiB.
+                nint host = Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE,
+                    Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+                if (host == Libc.MapFailed)
+                    throw PosixException.FromLastError("mmap", $"cannot map {sizeBytes >> 20} MiB of guest RAM");
+                // The guest's memory never belongs in a forked child (e.g. a helper process the VMM starts).
+                Libc.Madvise(host, (nuint)sizeBytes, Libc.MADV_DONTFORK);
+                regions.Add(new GuestMemoryRegion((uint)regions.Count, guestAddress, sizeBytes, host));
+            }
+        }
+        catch
+        {
+            foreach (var region in regions) Libc.Munmap(region.HostAddress, (nuint)region.SizeBytes);
+            throw;
+        }
+        return new GuestMemory(regions.ToArray());
+    }
+
+    public bool IsRam(ulong address, ulong lengthBytes) => FindRegion(address, lengthBytes) is not null;
+
+    /// <summary>A view of guest RAM; the range must lie within one region.</summary>
+    public Span<byte> GetSpan(ulong address, int lengthBytes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (lengthBytes < 0) throw new GuestMemoryException(address, (ulong)(long)lengthBytes);
+        var region = FindRegion(address, (ulong)lengthBytes) ?? throw new GuestMemoryException(address, (ulong)lengthBytes);
+        return new Span<byte>((byte*)region.HostAddress + (address - region.GuestAddress), lengthBytes);
+    }
+
+    public void Read(ulong address, Span<byte> destination) => GetSpan(address, destination.Length).CopyTo(destination);
+
+    public void Write(ulong address, ReadOnlySpan<byte> source) => source.CopyTo(GetSpan(address, source.Length));
+
+    public T Read<T>(ulong address) where T : unmanaged =>
+        MemoryMarshal.Read<T>(GetSpan(address, sizeof(T)));
+
+    public void Write<T>(ulong address, T value) where T : unmanaged =>
+        MemoryMarshal.Write(GetSpan(address, sizeof(T)), in value);
+
+    public void Fill(ulong address, ulong lengthBytes, byte value)
+    {
+        while (lengthBytes > 0)
+        {
+            int chunk = (int)Math.Min(lengthBytes, 1UL << 30);
+            GetSpan(address, chunk).Fill(value);
+            address += (ulong)chunk;
+            lengthBytes -= (ulong)chunk;
+        }
+    }
+
+    private GuestMemoryRegion? FindRegion(ulong address, ulong lengthBytes)
+    {
+        foreach (var region in _regions)
+            if (region.Contains(address, lengthBytes)) return region;
+        return null;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var region in _regions) Libc.Munmap(region.HostAddress, (nuint)region.SizeBytes);
+    }
+}

@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using Vmm.Arch;
+using Vmm.Boot;
+using Vmm.Devices;
+using Vmm.Diagnostics;
+using Vmm.Kvm;
+using Vmm.Memory;
+
+namespace Vmm.Vm;
+
+/// <summary>A built VM: KVM objects, guest RAM with the kernel loaded, the legacy devices on their
+/// ports, and the vCPU threads. <see cref="Run"/> runs it until something stops it.</summary>
+public sealed class Machine : IVmControl, IDisposable
+{
+    public const int MaxVcpusBeforeSmp = 1;
+
+    private readonly KvmSystem _kvm;
+    private readonly KvmVm _vm;
+    private readonly GuestMemory _memory;
+    private readonly List<KvmVcpu> _vcpus = [];
+    private readonly List<VcpuRunner> _runners = [];
+    private readonly ManualResetEventSlim _stopped = new();
+    private readonly Logger _log;
+    private VmStop? _stop;
+
+    public DeviceBus IoPorts { get; }
+    public DeviceBus Mmio { get; }
+    public Serial8250 Serial { get; }
+    public BootSetup Boot { get; }
+    public GuestMemory Memory => _memory;
+
+    private Machine(MachineConfig config, Logger log, KvmSystem kvm)
+    {
+        _log = log;
+        _kvm = kvm;
+        IoPorts = new DeviceBus("port", log);
+        Mmio = new DeviceBus("MMIO", log);
+        bool nested = config.NestedKvmHostOverride ?? NestedKvm.IsActiveOnThisHost();
+        bool workarounds = nested && config.NestedKvmWorkarounds;
+        string commandLine = config.CommandLine;
+        if (workarounds)
+        {
+            commandLine = $"{commandLine} {NestedKvm.GuestCommandLineOptions}".Trim();
+            log.Info($"nested KVM backend (kvm_pvm) detected: adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\" and completing int3/fwait emulation failures (--no-nested-workarounds turns this off)");
+        }
+        else if (nested)
+        {
+            log.Warning("nested KVM backend (kvm_pvm) detected but its workarounds are off: a Linux guest is unlikely to boot");
+        }
+
+        _vm = kvm.CreateVm();
+        try
+        {
+            // Intel needs these pages for real-mode emulation; KVM on AMD accepts and ignores them.
+            _vm.SetTssAddress(X86Layout.TssAddress);
+            _vm.SetIdentityMapAddress(X86Layout.IdentityMapAddress);
+            _vm.CreateIrqchip();
+            _vm.CreatePit2();
+
+            _memory = GuestMemory.Allocate(X86Layout.RamRanges(config.MemoryBytes));
+            foreach (var region in _memory.Regions)
+                _vm.SetUserMemoryRegion(region.Slot, region.GuestAddress, region.SizeBytes, region.HostAddress);
+
+            Boot = LinuxLoader.Load(_memory, config.KernelPath, config.InitrdPath, commandLine);
+            BootCpuState.WriteTables(_memory, Boot.EntryMode);
+
+            Serial = new Serial8250(config.SerialOutput, new KvmInterruptLine(_vm, Serial8250.Com1Irq));
+            Serial.OutputFailed += e => log.Warning($"guest console output failed ({e.Message}); further output is dropped");
+            AddLegacyDevices();
+
+            var supportedCpuid = kvm.GetSupportedCpuid();
+            for (int i = 0; i < config.VcpuCount; i++)
+            {
+                var vcpu = _vm.CreateVcpu(i);
+                _vcpus.Add(vcpu);
+                BootCpuState.ApplyCommon(vcpu, supportedCpuid, config.VcpuCount);
+                _runners.Add(new VcpuRunner(vcpu, IoPorts, Mmio, _memory, this, () => _stop is not null, workarounds));
+            }
+            BootCpuState.Apply(_vcpus[0], Boot.EntryAddress, Boot.EntryMode, Boot.ZeroPageAddress);
+        }
+        catch
+        {
+            DisposeKvmObjects();
+            throw;
+        }
+    }
+
+    /// <summary>Builds the VM; bad configuration is a <see cref="BootException"/>, KVM trouble a <see cref="KvmException"/>.</summary>
+    public static Machine Create(MachineConfig config, Logger log)
+    {
+        if (config.VcpuCount < 1)
+            throw new BootException($"--cpus must be at least 1 (got {config.VcpuCount})");
+        if (config.VcpuCount > MaxVcpusBeforeSmp)
+            throw new BootException($"--cpus {config.VcpuCount}: vmm runs 1 vCPU for now; SMP guests are not supported yet");
+        if (config.MemoryBytes < X86Layout.MinimumMemoryBytes)
+            throw new BootException($"--memory {config.MemoryBytes >> 20} MiB is too little: vmm needs at least {X86Layout.MinimumMemoryBytes >> 20} MiB");
+        if (config.MemoryBytes % 4096 != 0)
+            throw new BootException("--memory must be a multiple of 4 KiB");
+        var kvm = KvmSystem.Open();
+        try
+        {
+            return new Machine(config, log, kvm);
+        }
+        catch
+        {
+            kvm.Dispose();
+            throw;
+        }
+    }
+
+    private void AddLegacyDevices()
+    {
+        IoPorts.Register(Serial8250.Com1Port, Serial8250.RegisterCount, Serial);
+        var i8042 = new I8042Controller(this, new KvmInterruptLine(_vm, I8042Controller.KeyboardIrq));
+        IoPorts.Register(I8042Controller.DataPort, 1, i8042);
+        IoPorts.Register(I8042Controller.CommandPort, 1, new BusDeviceWindow(i8042, I8042Controller.CommandPort - I8042Controller.DataPort));
+        IoPorts.Register(CmosRtc.Port, CmosRtc.PortCount, new CmosRtc(() => DateTime.UtcNow));
+        IoPorts.Register(BootTimer.Port, 4, new BootTimer(_log, SinceProcessStart));
+        IoPorts.Register(DebugExitPort.Port, 4, new DebugExitPort(this));
+    }
+
+    private static TimeSpan SinceProcessStart() => DateTime.Now - Process.GetCurrentProcess().StartTime;
+
+    /// <summary>Runs the vCPUs until the guest or the host stops the VM; returns why.</summary>
+    public VmStop Run()
+    {
+        foreach (var runner in _runners) runner.Start();
+        _stopped.Wait();
+        foreach (var runner in _runners) runner.Kick();
+        foreach (var runner in _runners) runner.Join();
+        return _stop!;
+    }
+
+    public void RequestStop(VmStop stop)
+    {
+        if (Interlocked.CompareExchange(ref _stop, stop, null) is not null) return;
+        _stopped.Set();
+        foreach (var runner in _runners) runner.Kick();
+    }
+
+    private void DisposeKvmObjects()
+    {
+        foreach (var vcpu in _vcpus) vcpu.Dispose();
+        _vm.Dispose();
+        _memory?.Dispose();
+    }
+
+    public void Dispose()
+    {
+        DisposeKvmObjects();
+        _kvm.Dispose();
+        _stopped.Dispose();
+    }
+}

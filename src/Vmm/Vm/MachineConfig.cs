@@ -1,0 +1,22 @@
+namespace Vmm.Vm;
+
+/// <summary>Everything needed to build a VM. Validated by <see cref="Machine.Create"/>.</summary>
+public sealed record MachineConfig
+{
+    /// <summary>What vmm passes to the kernel when the user gives no --cmdline: the serial console,
+    /// reset through the keyboard controller (vmm's way to end the VM), and an immediate reset on panic
+    /// so a dead guest does not hang the VMM.</summary>
+    public const string DefaultCommandLine = "console=ttyS0 reboot=k panic=-1 i8042.noaux";
+
+    public required string KernelPath { get; init; }
+    public string? InitrdPath { get; init; }
+    public string CommandLine { get; init; } = DefaultCommandLine;
+    public ulong MemoryBytes { get; init; } = 256UL << 20;
+    public int VcpuCount { get; init; } = 1;
+    /// <summary>Where the guest's serial output goes.</summary>
+    public required Stream SerialOutput { get; init; }
+    /// <summary>Whether the nested-KVM adjustments may be applied when the host needs them.</summary>
+    public bool NestedKvmWorkarounds { get; init; } = true;
+    /// <summary>Overrides the detection of the nested backend (tests); null means look at the host.</summary>
+    public bool? NestedKvmHostOverride { get; init; }
+}

@@ -1,0 +1,20 @@
+namespace Vmm.Vm;
+
+/// <summary>The nested KVM backend of some build machines (<c>kvm_pvm</c>), which runs guest kernel code
+/// in KVM's instruction emulator and shows the guest the host's real CPUID (see
+/// shared/kvm-on-these-machines.md). Only there does vmm adjust the guest; on hardware KVM it adds nothing.</summary>
+public static class NestedKvm
+{
+    public const string ModulePath = "/sys/module/kvm_pvm";
+
+    /// <summary>Kernel options that keep Linux off the instructions and features the emulator lacks:
+    /// XSAVE, SMAP/SMEP, FSGSBASE, INVPCID/PCID, KVM paravirt (served by the outer host, not this KVM),
+    /// and, through clearcpuid, the X86_FEATURE bits CX16, SMAP, SMEP, FSGSBASE, INVPCID, PCID, POPCNT,
+    /// MOVBE, AES, F16C, RDRAND, FMA, SSE4.1, SSE4.2, SSSE3, PCLMULQDQ, BMI1, BMI2, AVX2, ADX, CLFLUSHOPT,
+    /// CLWB, SHA, RDSEED, ABM, RDPID, UMIP, RDTSCP.</summary>
+    public const string GuestCommandLineOptions =
+        "noxsave nosmap nosmep nofsgsbase noinvpcid nopcid nopv mitigations=off tsc=reliable no_timer_check " +
+        "clearcpuid=141,308,295,288,298,145,151,150,153,157,158,140,147,148,137,129,291,296,293,307,311,312,317,306,197,534,514,59";
+
+    public static bool IsActiveOnThisHost() => Directory.Exists(ModulePath);
+}

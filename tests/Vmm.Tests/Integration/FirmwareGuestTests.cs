@@ -1,0 +1,65 @@
+using Vmm.Firmware;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Integration;
+
+/// <summary>Tiny guests on real KVM: each checks one path of the vCPU loop end to end.</summary>
+public sealed class FirmwareGuestTests : IDisposable
+{
+    private readonly FirmwareGuestRunner _runner = new();
+
+    public void Dispose() => _runner.Dispose();
+
+    [Fact]
+    public void PrintThenReset_ShowsTheMessageOnTheConsoleAndStopsWithResetExitCode()
+    {
+        var result = _runner.Run(FirmwareGuests.PrintThenReset("hello from firmware\n"));
+
+        Assert.Equal("hello from firmware\n", result.Console);
+        Assert.Equal(VmStopKind.GuestReset, result.Stop.Kind);
+        Assert.Equal(0, result.Stop.ExitCode);
+    }
+
+    [Fact]
+    public void ExitPort_EndsTheVmWithTheGuestsCode()
+    {
+        var result = _runner.Run(FirmwareGuests.BootTimerThenExit(0x21));
+
+        Assert.Equal(VmStopKind.GuestExitPort, result.Stop.Kind);
+        Assert.Equal((0x21 << 1) | 1, result.Stop.ExitCode);
+        Assert.Contains("boot timer: guest mark 1 at", result.Log);
+    }
+
+    [Fact]
+    public void TripleFault_StopsAsGuestCrashWithRegistersAndDisassembly()
+    {
+        var result = _runner.Run(FirmwareGuests.TripleFault());
+
+        Assert.Equal(VmStopKind.GuestCrash, result.Stop.Kind);
+        Assert.Equal(ExitCodes.GuestCrash, result.Stop.ExitCode);
+        Assert.Contains("triple fault", result.Stop.Description);
+        Assert.Contains("rip 0000000000100000", result.Stop.Description);
+        Assert.Contains("ud2", result.Stop.Description);
+    }
+
+    [Fact]
+    public void UnclaimedMmioAndPorts_ReadAllOnesAndAreLoggedOnce()
+    {
+        var result = _runner.Run(FirmwareGuests.ProbeUnclaimedMmioAndPort());
+
+        Assert.Equal(ExitCodes.FromExitPort(FirmwareGuests.ExitValueSuccess), result.Stop.ExitCode);
+        Assert.Contains($"unhandled MMIO read at 0x{FirmwareGuests.UnclaimedMmioAddress:x}", result.Log);
+        Assert.Contains($"unhandled MMIO write at 0x{FirmwareGuests.UnclaimedMmioAddress:x}", result.Log);
+        Assert.Contains("unhandled port read at 0x2ff", result.Log);
+    }
+
+    [Fact]
+    public void InstructionFetchFromMmio_StopsWithAReportNamingTheAddress()
+    {
+        var result = _runner.Run(FirmwareGuests.JumpOutsideRam());
+
+        Assert.NotEqual(0, result.Stop.ExitCode);
+        Assert.Contains($"rip 00000000{FirmwareGuests.UnclaimedMmioAddress:x8}", result.Stop.Description);
+    }
+}
