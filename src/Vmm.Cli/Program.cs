@@ -32,6 +32,7 @@ public static class Program
         var help = HelpText.AutoBuild(result, h =>
         {
             h.AdditionalNewLineAfterOption = false;
+            h.AddDashesToOption = true;
             h.Heading = $"vmm {typeof(Program).Assembly.GetName().Version?.ToString(3)}: a minimal KVM hypervisor";
             h.Copyright = "";
             h.AddPostOptionsLines(ExitCodeHelp);
@@ -42,8 +43,16 @@ public static class Program
             Console.Out.WriteLine($"vmm {typeof(Program).Assembly.GetName().Version?.ToString(3)}");
             return ExitCodes.GuestFinished;
         }
-        (helpOrVersion ? Console.Out : Console.Error).WriteLine(help);
-        return helpOrVersion ? ExitCodes.GuestFinished : ExitCodes.VmmError;
+        if (helpOrVersion)
+        {
+            Console.Out.WriteLine(help);
+            return ExitCodes.GuestFinished;
+        }
+        var sentences = SentenceBuilder.Create();
+        foreach (string line in HelpText.RenderParsingErrorsTextAsLines(result, sentences.FormatError, sentences.FormatMutuallyExclusiveSetErrors, 0))
+            Console.Error.WriteLine($"vmm: error: {line}");
+        Console.Error.WriteLine("Run 'vmm run --help' for the options.");
+        return ExitCodes.VmmError;
     }
 
     private static readonly string[] ExitCodeHelp =

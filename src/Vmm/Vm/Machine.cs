@@ -41,7 +41,7 @@ public sealed class Machine : IVmControl, IDisposable
         if (workarounds)
         {
             commandLine = $"{commandLine} {NestedKvm.GuestCommandLineOptions}".Trim();
-            log.Info($"nested KVM backend (kvm_pvm) detected: adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\" and completing int3/fwait emulation failures (--no-nested-workarounds turns this off)");
+            log.Info($"nested KVM backend (kvm_pvm): adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\"; int3 and fwait emulation failures are completed by vmm (--no-nested-workarounds turns both off)");
         }
         else if (nested)
         {
