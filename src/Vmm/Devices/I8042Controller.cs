@@ -19,7 +19,7 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
     private const byte CmdReadOutputPort = 0xd0, CmdWriteOutputPort = 0xd1, CmdWriteKeyboardOutput = 0xd2;
     private const byte CmdPulseReset = 0xfe;
 
-    private const byte StatusOutputFull = 0x01, StatusSystemFlag = 0x04, StatusLastWasCommand = 0x08;
+    private const byte StatusOutputFull = 0x01, StatusSystemFlag = 0x04, StatusLastWasCommand = 0x08, StatusNotInhibited = 0x10;
     private const byte ConfigKeyboardInterrupt = 0x01, ConfigSystemFlag = 0x04, ConfigDisableKeyboard = 0x10, ConfigDisableAux = 0x20;
     private const byte ConfigTranslate = 0x40;
 
@@ -30,7 +30,8 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
     private readonly object _lock = new();
     private readonly Queue<byte> _output = new();
     private byte _config = ConfigKeyboardInterrupt | ConfigSystemFlag | ConfigDisableAux | ConfigTranslate;
-    private byte _status = StatusSystemFlag;
+    // Not inhibited: without it Linux warns "Keylock active".
+    private byte _status = StatusSystemFlag | StatusNotInhibited;
     private byte _pendingControllerCommand;
     private byte _pendingKeyboardCommand;
     private byte _outputPort = 0x01; // bit 0: the CPU's reset line, active low

@@ -1,0 +1,67 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Vmm.Vm;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>Boots the guest-images kernel with the real `vmm run`, as bzImage and as ELF vmlinux, and asserts
+/// the strongest evidence this host allows. Where guest user space runs (hardware KVM): init's marker, its
+/// boot-timer mark and its exit code 33 through the exit port. On the nested kvm_pvm backend, where guest
+/// user space cannot make system calls (shared/kvm-on-these-machines.md): the kernel's own
+/// "Run /init as init process", after it found the 16550A UART and the i8042; init then dies, the kernel
+/// panics and (panic=-1, reboot=k) resets through the i8042, which vmm reports as exit code 0.
+/// Each test prints which evidence it asserted.</summary>
+[Trait("Category", "LinuxBoot")]
+public sealed partial class LinuxBootTests(ITestOutputHelper output)
+{
+    private const string InitMarker = "VMM-GUEST-INIT-OK";
+    private const string KernelRunsInit = "Run /init as init process";
+    private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(20);
+
+    [Fact]
+    public void BzImage_BootsToInit() => BootToInit(GuestImages.BzImage);
+
+    [Fact]
+    public void ElfVmlinux_BootsToInit() => BootToInit(GuestImages.Vmlinux);
+
+    private void BootToInit(string kernel)
+    {
+        bool userSpaceRuns = !NestedKvm.IsActiveOnThisHost();
+        var result = VmmProcess.Run(
+            ["run", "--kernel", kernel, "--initrd", GuestImages.Initramfs, "--memory", "256M",
+             "--cmdline", MachineConfig.DefaultCommandLine + " loglevel=7"],
+            BootTimeout);
+
+        string initLine = result.Console.Split('\n').FirstOrDefault(l => l.Contains(KernelRunsInit)) ?? "";
+        output.WriteLine($"kernel {Path.GetFileName(kernel)}: vmm exit code {result.ExitCode} after {result.Elapsed.TotalSeconds:F1} s wall");
+        output.WriteLine($"console line: {initLine.Trim()}");
+        output.WriteLine("vmm log:\n" + result.Log);
+
+        Assert.Contains("ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A", result.Console);
+        Assert.Contains("serio: i8042 KBD port at 0x60,0x64 irq 1", result.Console);
+        Assert.Contains(KernelRunsInit, result.Console);
+        if (ConsoleTimestamp().Match(initLine) is { Success: true } m)
+            output.WriteLine($"guest clock at 'Run /init': {double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture):F2} s");
+
+        if (userSpaceRuns)
+        {
+            output.WriteLine("evidence asserted: init's marker, its boot-timer mark and exit code 33 (hardware KVM: guest user space runs)");
+            Assert.Contains(InitMarker, result.Console);
+            Assert.Contains("boot timer: guest mark 1 at", result.Log);
+            Assert.Equal(ExitCodes.FromExitPort(0x10), result.ExitCode);
+        }
+        else
+        {
+            output.WriteLine("evidence asserted: the kernel's 'Run /init as init process' and the reset that follows init's death " +
+                             "(nested kvm_pvm: guest user space cannot make system calls, so init's marker cannot appear here)");
+            Assert.Contains("nested KVM backend (kvm_pvm)", result.Log);
+            Assert.Equal(ExitCodes.GuestFinished, result.ExitCode);
+            Assert.Contains("guest reset (i8042 reset command 0xfe)", result.Log);
+        }
+    }
+
+    [GeneratedRegex(@"^\[\s*(\d+\.\d+)\]")]
+    private static partial Regex ConsoleTimestamp();
+}
