@@ -79,6 +79,92 @@ public static class FirmwareGuests
         return Assemble(a);
     }
 
+    /// <summary>Runs popcnt on an MMIO address: KVM must emulate the access and its emulator has no popcnt,
+    /// so this is an emulation failure on every host (hardware or nested), with a known instruction at RIP.</summary>
+    public static byte[] PopcntOnMmio()
+    {
+        var a = new Assembler(64);
+        a.mov(edi, UnclaimedMmioAddress);
+        a.popcnt(rax, __qword_ptr[rdi]);
+        EmitExit(a, ExitValueFailure);
+        return Assemble(a);
+    }
+
+    /// <summary>Installs a #BP handler that exits with <paramref name="handlerExitValue"/>, then executes int3.
+    /// Hardware delivers #BP itself; on the nested backend vmm completes the int3 the emulator rejects.</summary>
+    public static byte[] BreakpointHandledByGuest(byte handlerExitValue)
+    {
+        const uint IdtAddress = 0x200000, IdtrAddress = 0x201000;
+        var a = new Assembler(64);
+        var handler = a.CreateLabel();
+        // Interrupt gate for vector 3: offset split over both qwords, selector 0x10, type 0x8e (present, 64-bit interrupt gate).
+        a.lea(rax, __[handler]);
+        a.mov(rbx, rax);
+        a.and(eax, 0xffff);
+        a.mov(rcx, rbx);
+        a.shr(rcx, 16);
+        a.and(ecx, 0xffff);
+        a.shl(rcx, 48);
+        a.or(rax, rcx);
+        a.mov(rcx, 0x0000_8e00_0010_0000L);
+        a.or(rax, rcx);
+        a.mov(edi, IdtAddress);
+        a.mov(__qword_ptr[rdi + 3 * 16], rax);
+        a.shr(rbx, 32);
+        a.mov(__qword_ptr[rdi + 3 * 16 + 8], rbx);
+        a.mov(esi, IdtrAddress);
+        a.mov(__word_ptr[rsi], 16 * 256 - 1);
+        a.mov(__qword_ptr[rsi + 2], rdi);
+        a.lidt(__[rsi]);
+        a.int3();
+        EmitExit(a, ExitValueFailure);
+        a.Label(ref handler);
+        EmitExit(a, handlerExitValue);
+        return Assemble(a);
+    }
+
+    /// <summary>fninit then fwait (no x87 exception pending), then exits with <paramref name="value"/>.</summary>
+    public static byte[] FwaitThenExit(byte value)
+    {
+        var a = new Assembler(64);
+        a.fninit();
+        a.wait();
+        EmitExit(a, value);
+        return Assemble(a);
+    }
+
+    /// <summary>Echoes <paramref name="count"/> bytes received on COM1 (polling LSR's data-ready bit) back
+    /// to COM1, then exits with <see cref="ExitValueSuccess"/>.</summary>
+    public static byte[] EchoSerialInput(int count)
+    {
+        var a = new Assembler(64);
+        var wait = a.CreateLabel();
+        a.mov(ecx, count);
+        a.Label(ref wait);
+        a.mov(dx, SerialPort + 5);
+        a.@in(al, dx);
+        a.test(al, 1);
+        a.jz(wait);
+        a.mov(dx, SerialPort);
+        a.@in(al, dx);
+        a.@out(dx, al);
+        a.dec(ecx);
+        a.jnz(wait);
+        EmitExit(a, ExitValueSuccess);
+        return Assemble(a);
+    }
+
+    /// <summary>Spins forever without exiting to the VMM: only a stop from the host ends it.</summary>
+    public static byte[] SpinForever()
+    {
+        var a = new Assembler(64);
+        var spin = a.CreateLabel();
+        a.Label(ref spin);
+        a.pause();
+        a.jmp(spin);
+        return Assemble(a);
+    }
+
     private static void EmitPrint(Assembler a, string message)
     {
         a.mov(dx, SerialPort);

@@ -8,7 +8,9 @@ internal sealed class VmmProcess
 {
     public sealed record Result(int ExitCode, string Console, string Log, TimeSpan Elapsed);
 
-    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, bool>? stopWhenConsoleHas = null)
+    /// <summary>Runs vmm; sends it SIGTERM when <paramref name="terminateWhen"/> (given the console so far and
+    /// the elapsed time) says so, or at <paramref name="timeout"/>.</summary>
+    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, TimeSpan, bool>? terminateWhen = null, string? standardInput = null)
     {
         var info = new ProcessStartInfo("dotnet")
         {
@@ -22,15 +24,15 @@ internal sealed class VmmProcess
         var log = new StringBuilder();
         var stopwatch = Stopwatch.StartNew();
         using var process = Process.Start(info)!;
+        if (standardInput is not null) process.StandardInput.Write(standardInput);
         process.StandardInput.Close();
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (console) console.AppendLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        // The console is read as raw bytes: a guest's output need not end in a newline.
+        var consolePump = Task.Run(() => Pump(process.StandardOutput, console));
+        var logPump = Task.Run(() => Pump(process.StandardError, log));
         while (!process.WaitForExit(500))
         {
             bool done;
-            lock (console) done = stopWhenConsoleHas?.Invoke(console.ToString()) == true;
+            lock (console) done = terminateWhen?.Invoke(console.ToString(), stopwatch.Elapsed) == true;
             if (done || stopwatch.Elapsed > timeout)
             {
                 // SIGTERM: vmm stops the VM cleanly; that path is part of what is tested.
@@ -40,6 +42,15 @@ internal sealed class VmmProcess
             }
         }
         process.WaitForExit();
+        Task.WaitAll(consolePump, logPump);
         lock (console) lock (log) return new Result(process.ExitCode, console.ToString(), log.ToString(), stopwatch.Elapsed);
+    }
+
+    private static void Pump(StreamReader reader, StringBuilder into)
+    {
+        char[] buffer = new char[4096];
+        int read;
+        while ((read = reader.Read(buffer, 0, buffer.Length)) > 0)
+            lock (into) into.Append(buffer, 0, read);
     }
 }

@@ -59,7 +59,51 @@ public sealed class FirmwareGuestTests : IDisposable
     {
         var result = _runner.Run(FirmwareGuests.JumpOutsideRam());
 
-        Assert.NotEqual(0, result.Stop.ExitCode);
+        Assert.Equal(VmStopKind.EmulationFailure, result.Stop.Kind);
+        Assert.Equal(ExitCodes.EmulationFailure, result.Stop.ExitCode);
         Assert.Contains($"rip 00000000{FirmwareGuests.UnclaimedMmioAddress:x8}", result.Stop.Description);
+        Assert.Contains("not mapped to guest RAM", result.Stop.Description);
+    }
+
+    [Fact]
+    public void UnemulatableInstruction_StopsWithEmulationFailureAndDisassembledInstruction()
+    {
+        var result = _runner.Run(FirmwareGuests.PopcntOnMmio());
+
+        Assert.Equal(VmStopKind.EmulationFailure, result.Stop.Kind);
+        Assert.Equal(ExitCodes.EmulationFailure, result.Stop.ExitCode);
+        Assert.Matches(@"code at rip \(linear 0x100005, 64-bit\): f3 48 0f b8 07  popcnt rax,\[rdi\]", result.Stop.Description);
+    }
+
+    [Fact]
+    public void Int3_ReachesTheGuestsBreakpointHandler()
+    {
+        var result = _runner.Run(FirmwareGuests.BreakpointHandledByGuest(0x13));
+
+        Assert.Equal(ExitCodes.FromExitPort(0x13), result.Stop.ExitCode);
+    }
+
+    [Fact]
+    public void Fwait_WithNoPendingX87Exception_RunsOn()
+    {
+        var result = _runner.Run(FirmwareGuests.FwaitThenExit(0x14));
+
+        Assert.Equal(ExitCodes.FromExitPort(0x14), result.Stop.ExitCode);
+    }
+
+    [Fact]
+    public void Int3_OnTheNestedBackendWithoutWorkarounds_IsAnEmulationFailure()
+    {
+        if (!NestedKvm.IsActiveOnThisHost())
+        {
+            // On hardware KVM int3 never reaches the emulator; there is nothing to turn off.
+            var hardware = _runner.Run(FirmwareGuests.BreakpointHandledByGuest(0x13), c => c with { NestedKvmWorkarounds = false });
+            Assert.Equal(ExitCodes.FromExitPort(0x13), hardware.Stop.ExitCode);
+            return;
+        }
+        var result = _runner.Run(FirmwareGuests.BreakpointHandledByGuest(0x13), c => c with { NestedKvmWorkarounds = false });
+
+        Assert.Equal(VmStopKind.EmulationFailure, result.Stop.Kind);
+        Assert.Contains("int3", result.Stop.Description);
     }
 }

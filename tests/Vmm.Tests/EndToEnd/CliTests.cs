@@ -1,0 +1,119 @@
+using Vmm.Firmware;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>The `vmm` command as a user runs it: arguments, exit codes, console routing, stdin, signals.
+/// Firmware guests keep these fast.</summary>
+public sealed class CliTests : IDisposable
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private string Image(byte[] elf)
+    {
+        string path = Path.Combine(_directory, $"guest{Guid.NewGuid():N}.elf");
+        File.WriteAllBytes(path, elf);
+        return path;
+    }
+
+    [Fact]
+    public void Run_PrintsTheGuestConsoleOnStdoutAndExitsZeroOnReset()
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("console works\n"))], Timeout);
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal("console works\n", result.Console);
+        Assert.Contains("guest reset (i8042 reset command 0xfe)", result.Log);
+    }
+
+    [Fact]
+    public void SerialLog_SendsTheConsoleToTheFileInsteadOfStdout()
+    {
+        string log = Path.Combine(_directory, "serial.log");
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("to the file\n")), "--serial-log", log], Timeout);
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal("", result.Console);
+        Assert.Equal("to the file\n", File.ReadAllText(log));
+    }
+
+    [Fact]
+    public void ExitPort_BecomesTheProcessExitCode()
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.BootTimerThenExit(0x2a))], Timeout);
+
+        Assert.Equal((0x2a << 1) | 1, result.ExitCode);
+        Assert.Matches(@"boot timer: guest mark 1 at \d+\.\d ms since vmm started", result.Log);
+    }
+
+    [Fact]
+    public void TripleFault_ExitsWithTheCrashCodeAndAReportOnStderr()
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.TripleFault())], Timeout);
+
+        Assert.Equal(ExitCodes.GuestCrash, result.ExitCode);
+        Assert.Contains("vmm: error: guest crash: triple fault", result.Log);
+        Assert.Contains("ud2", result.Log);
+    }
+
+    [Fact]
+    public void StandardInput_ReachesTheGuestsSerialPort()
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.EchoSerialInput(5))], Timeout, standardInput: "hello");
+
+        Assert.Equal(ExitCodes.FromExitPort(FirmwareGuests.ExitValueSuccess), result.ExitCode);
+        Assert.Equal("hello", result.Console);
+    }
+
+    [Fact]
+    public void Sigterm_StopsARunningGuestWithExitCode143()
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.SpinForever())], Timeout,
+            terminateWhen: (_, elapsed) => elapsed > TimeSpan.FromSeconds(2));
+
+        Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
+        Assert.Contains("stopped by SIGTERM", result.Log);
+    }
+
+    [Theory]
+    [InlineData("--memory", "12Q", "unknown unit 'Q'")]
+    [InlineData("--memory", "1M", "too little")]
+    [InlineData("--cpus", "2", "1 vCPU for now")]
+    [InlineData("--initrd", "/nonexistent/initrd", "initramfs file /nonexistent/initrd does not exist")]
+    public void BadOptions_ExitWithCode2AndSayWhy(string option, string value, string message)
+    {
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("x")), option, value], Timeout);
+
+        Assert.Equal(ExitCodes.VmmError, result.ExitCode);
+        Assert.Contains(message, result.Log);
+    }
+
+    [Fact]
+    public void MissingKernel_ExitsWithCode2()
+    {
+        var missingOption = VmmProcess.Run(["run"], Timeout);
+        var missingFile = VmmProcess.Run(["run", "--kernel", "/nonexistent/vmlinux"], Timeout);
+
+        Assert.Equal(ExitCodes.VmmError, missingOption.ExitCode);
+        Assert.Contains("Required option 'kernel' is missing", missingOption.Log);
+        Assert.Equal(ExitCodes.VmmError, missingFile.ExitCode);
+        Assert.Contains("kernel file /nonexistent/vmlinux does not exist", missingFile.Log);
+    }
+
+    [Fact]
+    public void HelpAndVersion_ExitZero()
+    {
+        var help = VmmProcess.Run(["run", "--help"], Timeout);
+        var version = VmmProcess.Run(["--version"], Timeout);
+
+        Assert.Equal(0, help.ExitCode);
+        Assert.Contains("--kernel", help.Console);
+        Assert.Contains("Exit codes of 'vmm run'", help.Console);
+        Assert.Equal(0, version.ExitCode);
+        Assert.StartsWith("vmm ", version.Console);
+    }
+}
