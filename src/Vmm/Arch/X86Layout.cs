@@ -5,7 +5,8 @@ namespace Vmm.Arch;
 public static class X86Layout
 {
     public const ulong GdtAddress = 0x500;
-    public const ulong IdtAddress = 0x520;
+    /// <summary>After the boot GDT's five entries (0x500-0x527); 0x520 would overwrite the TSS descriptor.</summary>
+    public const ulong IdtAddress = 0x540;
     public const ulong ZeroPageAddress = 0x7000;
     /// <summary>Initial stack for the 64-bit entry; grows down from just below the page tables.</summary>
     public const ulong BootStackPointer = 0x8ff0;

@@ -65,8 +65,45 @@ public sealed unsafe class GuestMemory : IDisposable
     public void Write<T>(ulong address, T value) where T : unmanaged =>
         MemoryMarshal.Write(GetSpan(address, sizeof(T)), in value);
 
+    /// <summary>A write on behalf of a device (a virtqueue's used ring, a block read landing in a buffer):
+    /// like <see cref="Write"/>, and the pages are recorded in the device dirty bitmap.</summary>
+    public void WriteFromDevice(ulong address, ReadOnlySpan<byte> source)
+    {
+        Write(address, source);
+        MarkDirty(address, (ulong)source.Length);
+    }
+
+    public void WriteFromDevice<T>(ulong address, T value) where T : unmanaged
+    {
+        Write(address, value);
+        MarkDirty(address, (ulong)sizeof(T));
+    }
+
+    /// <summary>Records that a device wrote [address, address + length). The range must be RAM.</summary>
+    public void MarkDirty(ulong address, ulong lengthBytes)
+    {
+        if (lengthBytes == 0) return;
+        var region = FindRegion(address, lengthBytes) ?? throw new GuestMemoryException(address, lengthBytes);
+        ulong first = (address - region.GuestAddress) / GuestMemoryRegion.PageSize;
+        ulong last = (address - region.GuestAddress + lengthBytes - 1) / GuestMemoryRegion.PageSize;
+        ulong[] bitmap = region.DeviceDirtyBitmap;
+        for (ulong page = first; page <= last; page++)
+            Interlocked.Or(ref bitmap[page / 64], 1UL << (int)(page % 64));
+    }
+
+    /// <summary>Returns the pages devices wrote in <paramref name="region"/> since the last call, and clears them.</summary>
+    public ulong[] TakeDeviceDirtyBitmap(GuestMemoryRegion region)
+    {
+        ulong[] bitmap = region.DeviceDirtyBitmap;
+        var taken = new ulong[bitmap.Length];
+        for (int i = 0; i < bitmap.Length; i++) taken[i] = Interlocked.Exchange(ref bitmap[i], 0);
+        return taken;
+    }
+
     public void Fill(ulong address, ulong lengthBytes, byte value)
     {
+        // Checked whole first, so a fill that runs past RAM writes nothing rather than part of it.
+        if (!IsRam(address, lengthBytes)) throw new GuestMemoryException(address, lengthBytes);
         while (lengthBytes > 0)
         {
             int chunk = (int)Math.Min(lengthBytes, 1UL << 30);

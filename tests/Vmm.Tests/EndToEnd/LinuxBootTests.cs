@@ -32,11 +32,13 @@ public sealed partial class LinuxBootTests(ITestOutputHelper output)
         var result = VmmProcess.Run(
             ["run", "--kernel", kernel, "--initrd", GuestImages.Initramfs, "--memory", "256M",
              "--cmdline", MachineConfig.DefaultCommandLine + " loglevel=7"],
-            BootTimeout);
+            BootTimeout, markers: [KernelRunsInit, InitMarker]);
 
         string initLine = result.Console.Split('\n').FirstOrDefault(l => l.Contains(KernelRunsInit)) ?? "";
         output.WriteLine($"kernel {Path.GetFileName(kernel)}: vmm exit code {result.ExitCode} after {result.Elapsed.TotalSeconds:F1} s wall");
         output.WriteLine($"console line: {initLine.Trim()}");
+        foreach (var (marker, at) in result.MarkerSeenAt)
+            output.WriteLine($"'{marker}' reached the console {at.TotalSeconds:F1} s after vmm started (wall clock)");
         output.WriteLine("vmm log:\n" + result.Log);
 
         Assert.Contains("ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A", result.Console);

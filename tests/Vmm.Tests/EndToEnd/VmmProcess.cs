@@ -6,11 +6,12 @@ namespace Vmm.Tests.EndToEnd;
 /// <summary>Runs the real `vmm` command as a child process and collects its console and log.</summary>
 internal sealed class VmmProcess
 {
-    public sealed record Result(int ExitCode, string Console, string Log, TimeSpan Elapsed);
+    /// <param name="MarkerSeenAt">When each requested marker first appeared on the console, from process start.</param>
+    public sealed record Result(int ExitCode, string Console, string Log, TimeSpan Elapsed, IReadOnlyDictionary<string, TimeSpan> MarkerSeenAt);
 
     /// <summary>Runs vmm; sends it SIGTERM when <paramref name="terminateWhen"/> (given the console so far and
     /// the elapsed time) says so, or at <paramref name="timeout"/>.</summary>
-    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, TimeSpan, bool>? terminateWhen = null, string? standardInput = null)
+    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, TimeSpan, bool>? terminateWhen = null, string? standardInput = null, IReadOnlyList<string>? markers = null)
     {
         var info = new ProcessStartInfo("dotnet")
         {
@@ -27,8 +28,13 @@ internal sealed class VmmProcess
         if (standardInput is not null) process.StandardInput.Write(standardInput);
         process.StandardInput.Close();
         // The console is read as raw bytes: a guest's output need not end in a newline.
-        var consolePump = Task.Run(() => Pump(process.StandardOutput, console));
-        var logPump = Task.Run(() => Pump(process.StandardError, log));
+        var markerSeenAt = new Dictionary<string, TimeSpan>();
+        var consolePump = Task.Run(() => Pump(process.StandardOutput, console, text =>
+        {
+            foreach (string marker in markers ?? [])
+                if (!markerSeenAt.ContainsKey(marker) && text.Contains(marker)) markerSeenAt[marker] = stopwatch.Elapsed;
+        }));
+        var logPump = Task.Run(() => Pump(process.StandardError, log, _ => { }));
         while (!process.WaitForExit(500))
         {
             bool done;
@@ -43,14 +49,18 @@ internal sealed class VmmProcess
         }
         process.WaitForExit();
         Task.WaitAll(consolePump, logPump);
-        lock (console) lock (log) return new Result(process.ExitCode, console.ToString(), log.ToString(), stopwatch.Elapsed);
+        lock (console) lock (log) return new Result(process.ExitCode, console.ToString(), log.ToString(), stopwatch.Elapsed, markerSeenAt);
     }
 
-    private static void Pump(StreamReader reader, StringBuilder into)
+    private static void Pump(StreamReader reader, StringBuilder into, Action<string> onText)
     {
         char[] buffer = new char[4096];
         int read;
         while ((read = reader.Read(buffer, 0, buffer.Length)) > 0)
-            lock (into) into.Append(buffer, 0, read);
+            lock (into)
+            {
+                into.Append(buffer, 0, read);
+                onText(into.ToString());
+            }
     }
 }
