@@ -7,6 +7,7 @@ namespace Vmm.Kvm;
 public sealed unsafe class KvmVm : IDisposable
 {
     public const uint MemLogDirtyPages = 1;
+    public const uint IoeventfdFlagDatamatch = 1 << 0;
     public const uint IoeventfdFlagPio = 1 << 1;
 
     private readonly FileDescriptorHandle _fd;
@@ -63,14 +64,17 @@ public sealed unsafe class KvmVm : IDisposable
         Check("KVM_IRQFD", Libc.Ioctl(_fd.Number, KvmIoctls.Irqfd, &irqfd));
     }
 
-    public void RegisterIoeventfd(int eventFd, ulong address, uint lengthBytes, bool portIo)
+    /// <summary>Guest writes to the address (of that length, and with that value when <paramref name="datamatch"/>
+    /// is given) signal the eventfd inside KVM, without an exit to the VMM.</summary>
+    public void RegisterIoeventfd(int eventFd, ulong address, uint lengthBytes, bool portIo, ulong? datamatch = null)
     {
         var ioeventfd = new KvmIoeventfd
         {
             Addr = address,
             Len = lengthBytes,
             Fd = eventFd,
-            Flags = portIo ? IoeventfdFlagPio : 0,
+            Datamatch = datamatch ?? 0,
+            Flags = (portIo ? IoeventfdFlagPio : 0) | (datamatch.HasValue ? IoeventfdFlagDatamatch : 0),
         };
         Check("KVM_IOEVENTFD", Libc.Ioctl(_fd.Number, KvmIoctls.Ioeventfd, &ioeventfd));
     }

@@ -17,6 +17,13 @@ public static unsafe partial class Libc
     public const int MAP_NORESERVE = 0x4000;
     public const int MADV_DONTFORK = 10;
 
+    public const int EFD_CLOEXEC = 0x80000;
+    public const int EFD_NONBLOCK = 0x800;
+
+    public const int EPOLL_CLOEXEC = 0x80000;
+    public const int EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2;
+    public const uint EPOLLIN = 0x001, EPOLLERR = 0x008, EPOLLHUP = 0x010;
+
     public const int EINTR = 4;
     public const int EAGAIN = 11;
     public const int ENOENT = 2;
@@ -50,6 +57,24 @@ public static unsafe partial class Libc
 
 
 
+    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
+    public static partial nint Read(int fd, void* buffer, nuint count);
+
+    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    public static partial nint Write(int fd, void* buffer, nuint count);
+
+    [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int EventFd(uint initialValue, int flags);
+
+    [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
+    public static partial int EpollCreate1(int flags);
+
+    [LibraryImport("libc", EntryPoint = "epoll_ctl", SetLastError = true)]
+    public static partial int EpollCtl(int epfd, int operation, int fd, EpollEvent* ev);
+
+    [LibraryImport("libc", EntryPoint = "epoll_wait", SetLastError = true)]
+    public static partial int EpollWait(int epfd, EpollEvent* events, int maxEvents, int timeoutMs);
+
     [LibraryImport("libc", EntryPoint = "pthread_self")]
     public static partial nuint PthreadSelf();
 
@@ -60,4 +85,12 @@ public static unsafe partial class Libc
     private static partial nint StrError(int errno);
 
     public static string Describe(int errno) => Marshal.PtrToStringUTF8(StrError(errno)) ?? $"errno {errno}";
+}
+
+/// <summary>struct epoll_event: packed on x86_64 (12 bytes).</summary>
+[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 4)]
+public struct EpollEvent
+{
+    public uint Events;
+    public ulong Data;
 }

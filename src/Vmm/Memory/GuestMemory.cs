@@ -103,6 +103,7 @@ public sealed unsafe class GuestMemory : IDisposable
     public void Fill(ulong address, ulong lengthBytes, byte value)
     {
         // Checked whole first, so a fill that runs past RAM writes nothing rather than part of it.
+        if (lengthBytes == 0) return;
         if (!IsRam(address, lengthBytes)) throw new GuestMemoryException(address, lengthBytes);
         while (lengthBytes > 0)
         {
