@@ -16,6 +16,7 @@ public static class Program
         {
             settings.HelpWriter = null;
             settings.CaseInsensitiveEnumValues = true;
+            settings.AllowMultiInstance = true;
         });
         ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions));
         return result switch

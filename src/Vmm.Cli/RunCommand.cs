@@ -22,6 +22,28 @@ public static class RunCommand
             return ExitCodes.VmmError;
         }
 
+        var disks = new List<Devices.Virtio.BlockDiskConfig>();
+        foreach (string text in options.Disks)
+        {
+            if (!Devices.Virtio.BlockDiskConfig.TryParse(text, out var disk, out string diskError))
+            {
+                log.Error(diskError);
+                return ExitCodes.VmmError;
+            }
+            disks.Add(disk!);
+        }
+
+        var networks = new List<Devices.Virtio.NetworkConfig>();
+        foreach (string text in options.Networks)
+        {
+            if (!Devices.Virtio.NetworkConfig.TryParse(text, out var network, out string netError))
+            {
+                log.Error(netError);
+                return ExitCodes.VmmError;
+            }
+            networks.Add(network!);
+        }
+
         Stream? serialLog = null;
         try
         {
@@ -33,6 +55,8 @@ public static class RunCommand
                 CommandLine = options.CommandLine ?? MachineConfig.DefaultCommandLine,
                 MemoryBytes = memoryBytes,
                 VcpuCount = options.Cpus,
+                Disks = disks,
+                Networks = networks,
                 SerialOutput = serialLog ?? Console.OpenStandardOutput(),
                 NestedKvmWorkarounds = !options.NoNestedWorkarounds,
             };

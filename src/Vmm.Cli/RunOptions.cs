@@ -20,6 +20,12 @@ public sealed class RunOptions
     [Option("cpus", Default = 1, HelpText = "Number of vCPUs (only 1 for now).")]
     public int Cpus { get; set; } = 1;
 
+    [Option("disk", HelpText = "A virtio-blk disk: PATH[,ro][,id=NAME], a raw image whose size is a multiple of 512. Repeatable: vda, vdb, ...")]
+    public IEnumerable<string> Disks { get; set; } = [];
+
+    [Option("net", HelpText = "A virtio-net interface on a TAP device: tap=NAME[,mac=XX:XX:XX:XX:XX:XX]. Repeatable: eth0, eth1, ...")]
+    public IEnumerable<string> Networks { get; set; } = [];
+
     [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
     public string? SerialLog { get; set; }
 

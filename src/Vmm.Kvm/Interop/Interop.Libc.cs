@@ -8,6 +8,7 @@ public static unsafe partial class Libc
 {
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
+    public const int O_NONBLOCK = 0x800;
 
     public const int PROT_READ = 0x1;
     public const int PROT_WRITE = 0x2;
@@ -22,7 +23,7 @@ public static unsafe partial class Libc
 
     public const int EPOLL_CLOEXEC = 0x80000;
     public const int EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2;
-    public const uint EPOLLIN = 0x001, EPOLLERR = 0x008, EPOLLHUP = 0x010;
+    public const uint EPOLLIN = 0x001, EPOLLERR = 0x008, EPOLLHUP = 0x010, EPOLLET = 1u << 31;
 
     public const int EINTR = 4;
     public const int EAGAIN = 11;
@@ -63,6 +64,15 @@ public static unsafe partial class Libc
     [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
     public static partial nint Write(int fd, void* buffer, nuint count);
 
+    [LibraryImport("libc", EntryPoint = "readv", SetLastError = true)]
+    public static partial nint Readv(int fd, IoVec* vectors, int count);
+
+    [LibraryImport("libc", EntryPoint = "writev", SetLastError = true)]
+    public static partial nint Writev(int fd, IoVec* vectors, int count);
+
+    [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
+    public static partial int FdataSync(int fd);
+
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initialValue, int flags);
 
@@ -93,4 +103,12 @@ public struct EpollEvent
 {
     public uint Events;
     public ulong Data;
+}
+
+/// <summary>struct iovec.</summary>
+[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+public struct IoVec
+{
+    public nint Base;
+    public nuint Length;
 }

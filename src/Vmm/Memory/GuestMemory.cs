@@ -79,6 +79,15 @@ public sealed unsafe class GuestMemory : IDisposable
         MarkDirty(address, (ulong)sizeof(T));
     }
 
+    /// <summary>The host location of guest RAM [address, address + length) as an iovec, for readv/writev
+    /// straight between a file descriptor and guest buffers. The range must be RAM, within one region.</summary>
+    public IoVec ToIoVec(ulong address, ulong lengthBytes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var region = FindRegion(address, lengthBytes) ?? throw new GuestMemoryException(address, lengthBytes);
+        return new IoVec { Base = region.HostAddress + (nint)(address - region.GuestAddress), Length = (nuint)lengthBytes };
+    }
+
     /// <summary>Records that a device wrote [address, address + length). The range must be RAM.</summary>
     public void MarkDirty(ulong address, ulong lengthBytes)
     {

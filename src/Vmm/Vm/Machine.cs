@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Vmm.Arch;
 using Vmm.Boot;
 using Vmm.Devices;
+using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Kvm;
 using Vmm.Memory;
@@ -20,6 +21,8 @@ public sealed class Machine : IVmControl, IDisposable
     private readonly List<KvmVcpu> _vcpus = [];
     private readonly List<VcpuRunner> _runners = [];
     private readonly ManualResetEventSlim _stopped = new();
+    private readonly EventLoop _eventLoop;
+    private readonly VirtioMmioDevices _virtio = new();
     private readonly Logger _log;
     private VmStop? _stop;
 
@@ -35,6 +38,7 @@ public sealed class Machine : IVmControl, IDisposable
         _kvm = kvm;
         IoPorts = new DeviceBus("port", log);
         Mmio = new DeviceBus("MMIO", log);
+        _eventLoop = new EventLoop(e => RequestStop(VmStop.Error($"device thread: {e.Message}")));
         bool nested = config.NestedKvmHostOverride ?? NestedKvm.IsActiveOnThisHost();
         bool workarounds = nested && config.NestedKvmWorkarounds;
         string commandLine = config.CommandLine;
@@ -61,12 +65,21 @@ public sealed class Machine : IVmControl, IDisposable
             foreach (var region in _memory.Regions)
                 _vm.SetUserMemoryRegion(region.Slot, region.GuestAddress, region.SizeBytes, region.HostAddress);
 
-            Boot = LinuxLoader.Load(_memory, config.KernelPath, config.InitrdPath, commandLine);
-            BootCpuState.WriteTables(_memory, Boot.EntryMode);
-
             Serial = new Serial8250(config.SerialOutput, new KvmInterruptLine(_vm, Serial8250.Com1Irq));
             Serial.OutputFailed += e => log.Warning($"guest console output failed ({e.Message}); further output is dropped");
             AddLegacyDevices();
+            for (int i = 0; i < config.Disks.Count; i++)
+                _virtio.Add($"virtio-blk {config.Disks[i].Path}", new VirtioBlock(config.Disks[i]), _vm, Mmio, _eventLoop, _memory, log);
+            foreach (var network in config.Networks)
+            {
+                var net = new VirtioNet(network);
+                _virtio.Add($"virtio-net {network.TapName}", net, _vm, Mmio, _eventLoop, _memory, log);
+                log.Info($"virtio-net on TAP {network.TapName}, guest MAC {NetworkConfig.Format(network.Mac)}");
+            }
+            commandLine = $"{commandLine} {_virtio.KernelCommandLine()}".Trim();
+
+            Boot = LinuxLoader.Load(_memory, config.KernelPath, config.InitrdPath, commandLine);
+            BootCpuState.WriteTables(_memory, Boot.EntryMode);
 
             var supportedCpuid = kvm.GetSupportedCpuid();
             for (int i = 0; i < config.VcpuCount; i++)
@@ -124,10 +137,12 @@ public sealed class Machine : IVmControl, IDisposable
     /// <summary>Runs the vCPUs until the guest or the host stops the VM; returns why.</summary>
     public VmStop Run()
     {
+        _eventLoop.Start();
         foreach (var runner in _runners) runner.Start();
         _stopped.Wait();
         foreach (var runner in _runners) runner.Kick();
         foreach (var runner in _runners) runner.Join();
+        _eventLoop.Stop();
         return _stop!;
     }
 
@@ -140,6 +155,8 @@ public sealed class Machine : IVmControl, IDisposable
 
     private void DisposeKvmObjects()
     {
+        _eventLoop.Dispose();
+        _virtio.Dispose();
         foreach (var vcpu in _vcpus) vcpu.Dispose();
         _vm.Dispose();
         _memory?.Dispose();

@@ -13,6 +13,10 @@ public sealed record MachineConfig
     public string CommandLine { get; init; } = DefaultCommandLine;
     public ulong MemoryBytes { get; init; } = 256UL << 20;
     public int VcpuCount { get; init; } = 1;
+    /// <summary>virtio-blk disks, in the order the guest sees them (vda, vdb, ...).</summary>
+    public IReadOnlyList<Devices.Virtio.BlockDiskConfig> Disks { get; init; } = [];
+    /// <summary>virtio-net interfaces on TAP devices, in order (eth0, eth1, ...).</summary>
+    public IReadOnlyList<Devices.Virtio.NetworkConfig> Networks { get; init; } = [];
     /// <summary>Where the guest's serial output goes.</summary>
     public required Stream SerialOutput { get; init; }
     /// <summary>Whether the nested-KVM adjustments may be applied when the host needs them.</summary>

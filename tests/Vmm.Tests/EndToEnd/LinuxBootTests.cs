@@ -14,6 +14,7 @@ namespace Vmm.Tests.EndToEnd;
 /// panics and (panic=-1, reboot=k) resets through the i8042, which vmm reports as exit code 0.
 /// Each test prints which evidence it asserted.</summary>
 [Trait("Category", "LinuxBoot")]
+[Collection(LinuxGuests.Collection)]
 public sealed partial class LinuxBootTests(ITestOutputHelper output)
 {
     private const string InitMarker = "VMM-GUEST-INIT-OK";

@@ -1,0 +1,91 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using Vmm.Kvm.Interop;
+
+namespace Vmm.Kvm;
+
+/// <summary>A TAP network interface (<c>/dev/net/tun</c>, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR): each read or
+/// write is one Ethernet frame preceded by a virtio-net header, the same header a virtio-net driver uses,
+/// so frames move between the TAP and guest buffers without reformatting.</summary>
+public sealed unsafe class TapDevice : IDisposable
+{
+    private const string TunPath = "/dev/net/tun";
+    private const short IffTap = 0x0002, IffNoPi = 0x1000, IffVnetHdr = 0x4000;
+    private const int IfNameSize = 16, IfReqSize = 40;
+    // _IOW('T', 202, int), _IOW('T', 216, int), _IOW('T', 208, unsigned int)
+    private const nuint TunSetIff = 0x400454ca, TunSetVnetHdrSz = 0x400454d8, TunSetOffload = 0x400454d0;
+
+    private readonly FileDescriptorHandle _fd;
+
+    private TapDevice(FileDescriptorHandle fd, string name)
+    {
+        _fd = fd;
+        Name = name;
+    }
+
+    public string Name { get; }
+    public int Number => _fd.Number;
+
+    /// <summary>Attaches to (or, with CAP_NET_ADMIN, creates) the TAP interface <paramref name="name"/>.</summary>
+    public static TapDevice Open(string name, int vnetHeaderBytes)
+    {
+        if (name.Length == 0 || Encoding.ASCII.GetByteCount(name) >= IfNameSize)
+            throw new PosixException("TUNSETIFF", 22, $"TAP name '{name}' must be 1 to {IfNameSize - 1} characters");
+        int fd = Libc.Open(TunPath, Libc.O_RDWR | Libc.O_CLOEXEC | Libc.O_NONBLOCK);
+        if (fd < 0)
+            throw PosixException.FromLastError("open", $"{TunPath}: is the tun module loaded (modprobe tun)?");
+        var handle = new FileDescriptorHandle(fd);
+        try
+        {
+            byte* ifreq = stackalloc byte[IfReqSize];
+            new Span<byte>(ifreq, IfReqSize).Clear();
+            Encoding.ASCII.GetBytes(name, new Span<byte>(ifreq, IfNameSize));
+            *(short*)(ifreq + IfNameSize) = IffTap | IffNoPi | IffVnetHdr;
+            if (Libc.Ioctl(fd, TunSetIff, ifreq) < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new PosixException("TUNSETIFF", errno, errno == Libc.EPERM
+                    ? $"cannot attach to TAP '{name}': create it first (ip tuntap add dev {name} mode tap user $USER) or run vmm with CAP_NET_ADMIN"
+                    : $"cannot attach to TAP '{name}'");
+            }
+            int headerBytes = vnetHeaderBytes;
+            if (Libc.Ioctl(fd, TunSetVnetHdrSz, &headerBytes) < 0) throw PosixException.FromLastError("TUNSETVNETHDRSZ");
+            // No offloads: frames carry full checksums and no segmentation, which every guest handles.
+            if (Libc.Ioctl(fd, TunSetOffload, (nuint)0) < 0) throw PosixException.FromLastError("TUNSETOFFLOAD");
+            return new TapDevice(handle, name);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Reads one frame (header + packet) into the buffers; returns its length, or 0 when none is waiting.</summary>
+    public int Read(ReadOnlySpan<IoVec> buffers)
+    {
+        fixed (IoVec* v = buffers)
+        {
+            nint read = Libc.Readv(_fd.Number, v, buffers.Length);
+            if (read >= 0) return (int)read;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Libc.EAGAIN) return 0;
+            throw new PosixException("readv", errno, $"TAP {Name}");
+        }
+    }
+
+    /// <summary>Writes one frame (header + packet) gathered from the buffers.</summary>
+    public void Write(ReadOnlySpan<IoVec> buffers)
+    {
+        fixed (IoVec* v = buffers)
+        {
+            if (Libc.Writev(_fd.Number, v, buffers.Length) >= 0) return;
+            int errno = Marshal.GetLastPInvokeError();
+            // A full TAP queue drops the frame, as a NIC would; the guest's TCP retransmits.
+            if (errno == Libc.EAGAIN) return;
+            throw new PosixException("writev", errno, $"TAP {Name}");
+        }
+    }
+
+    public void Dispose() => _fd.Dispose();
+}

@@ -1,0 +1,198 @@
+using System.Buffers.Binary;
+using System.Text;
+using Microsoft.Win32.SafeHandles;
+using Vmm.Boot;
+using Vmm.Kvm;
+using Vmm.Kvm.Interop;
+using Vmm.Memory;
+
+namespace Vmm.Devices.Virtio;
+
+/// <summary>virtio-blk over a raw image file (virtio 1.2, section 5.2): read, write, flush (fdatasync)
+/// and get-ID, one request queue. Data moves straight between the file and the guest's buffers. A
+/// write completes only once the host kernel has it, a flush once it is on stable storage; a read-only
+/// disk answers writes with IOERR.</summary>
+public sealed class VirtioBlock : IVirtioDevice, IDisposable
+{
+    public const int SectorBytes = 512;
+    public const ushort QueueSize = 256;
+
+    // Feature bits (5.2.3).
+    public const ulong FeatureSegMax = 1UL << 2, FeatureReadOnly = 1UL << 5, FeatureBlockSize = 1UL << 6, FeatureFlush = 1UL << 9;
+
+    // Request types and status values (5.2.6).
+    public const uint RequestIn = 0, RequestOut = 1, RequestFlush = 4, RequestGetId = 8;
+    public const byte StatusOk = 0, StatusIoError = 1, StatusUnsupported = 2;
+    private const int RequestHeaderBytes = 16;
+
+    private readonly SafeFileHandle _file;
+    private readonly byte[] _id;
+    private VirtioActivation? _activation;
+
+    public VirtioBlock(BlockDiskConfig config)
+    {
+        Config = config;
+        try
+        {
+            if (Directory.Exists(config.Path)) throw new BootException($"--disk {config.Path} is a directory, not a disk image");
+            _file = File.OpenHandle(config.Path, FileMode.Open, config.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
+        }
+        catch (FileNotFoundException) { throw new BootException($"--disk {config.Path} does not exist"); }
+        catch (DirectoryNotFoundException) { throw new BootException($"--disk {config.Path} does not exist"); }
+        catch (UnauthorizedAccessException) { throw new BootException($"--disk {config.Path} cannot be opened {(config.ReadOnly ? "for reading" : "for writing (add ,ro for a read-only disk)")}: permission denied"); }
+        catch (IOException e) { throw new BootException($"--disk {config.Path} cannot be opened: {e.Message}", e); }
+        long length = RandomAccess.GetLength(_file);
+        if (length % SectorBytes != 0)
+        {
+            _file.Dispose();
+            throw new BootException($"--disk {config.Path} is {length} bytes, not a multiple of {SectorBytes}: a raw disk image holds whole sectors");
+        }
+        CapacityBytes = length;
+        _id = Encoding.UTF8.GetBytes(config.Id ?? Path.GetFileName(config.Path));
+        Array.Resize(ref _id, Math.Min(_id.Length, BlockDiskConfig.MaxIdBytes));
+    }
+
+    public BlockDiskConfig Config { get; }
+    public long CapacityBytes { get; }
+
+    public VirtioDeviceType Type => VirtioDeviceType.Block;
+
+    public ulong OfferedFeatures =>
+        VirtioFeatures.Common | FeatureSegMax | FeatureBlockSize | FeatureFlush | (Config.ReadOnly ? FeatureReadOnly : 0);
+
+    public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize];
+
+    /// <summary>struct virtio_blk_config: capacity (sectors) at 0, seg_max at 12, blk_size at 20.</summary>
+    public void ReadConfig(int offset, Span<byte> data)
+    {
+        Span<byte> config = stackalloc byte[24];
+        config.Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(config, (ulong)(CapacityBytes / SectorBytes));
+        BinaryPrimitives.WriteUInt32LittleEndian(config[12..], QueueSize - 2);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[20..], SectorBytes);
+        if (offset < 0 || offset >= config.Length) return;
+        config[offset..Math.Min(config.Length, offset + data.Length)].CopyTo(data);
+    }
+
+    public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }
+
+    public void Activate(VirtioActivation activation) => _activation = activation;
+
+    public void Reset() => _activation = null;
+
+    public void ProcessQueue(int index)
+    {
+        if (_activation is not { } active || active.Queues[index] is not { } queue) return;
+        GuestMemory memory = active.Memory;
+        while (queue.TryPopChain(memory, out var chain))
+        {
+            uint written = Execute(memory, chain);
+            queue.AddUsed(memory, chain.HeadIndex, written);
+        }
+        if (queue.ShouldNotify(memory)) active.SignalUsedBuffers();
+    }
+
+    /// <summary>Runs one request; returns the bytes written into the guest's buffers, status included.</summary>
+    private uint Execute(GuestMemory memory, DescriptorChain chain)
+    {
+        if (chain.ReadableBytes < RequestHeaderBytes || chain.WritableBytes < 1)
+            throw new VirtqueueException($"block request without a 16-byte header and a status byte (readable {chain.ReadableBytes}, writable {chain.WritableBytes})");
+        Span<byte> header = stackalloc byte[RequestHeaderBytes];
+        chain.Read(memory, 0, header);
+        uint type = BinaryPrimitives.ReadUInt32LittleEndian(header);
+        ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        long statusOffset = chain.WritableBytes - 1;
+        long dataWritten = 0;
+        byte status;
+        switch (type)
+        {
+            case RequestIn:
+                status = Transfer(memory, chain.Writable, 0, statusOffset, sector, toGuest: true);
+                if (status == StatusOk) dataWritten = statusOffset;
+                break;
+            case RequestOut:
+                status = Config.ReadOnly ? StatusIoError
+                    : Transfer(memory, chain.Readable, RequestHeaderBytes, chain.ReadableBytes - RequestHeaderBytes, sector, toGuest: false);
+                break;
+            case RequestFlush:
+                status = Config.ReadOnly || Libc.FdataSync((int)_file.DangerousGetHandle()) == 0 ? StatusOk : StatusIoError;
+                break;
+            case RequestGetId:
+                dataWritten = chain.Write(memory, 0, _id.AsSpan(0, (int)Math.Min(_id.Length, statusOffset)));
+                if (dataWritten < statusOffset && dataWritten < BlockDiskConfig.MaxIdBytes)
+                    dataWritten += chain.Write(memory, dataWritten, new byte[1]); // NUL-terminate a short ID
+                status = StatusOk;
+                break;
+            default:
+                status = StatusUnsupported;
+                break;
+        }
+        chain.Write(memory, statusOffset, [status]);
+        return (uint)(dataWritten + 1);
+    }
+
+    /// <summary>Moves <paramref name="length"/> bytes between the disk at <paramref name="sector"/> and the
+    /// chain's segments, starting <paramref name="skip"/> bytes into them.</summary>
+    private byte Transfer(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments, long skip, long length, ulong sector, bool toGuest)
+    {
+        if (sector > (ulong)(CapacityBytes / SectorBytes) || (long)sector * SectorBytes > CapacityBytes - length)
+            return StatusIoError;
+        long fileOffset = (long)sector * SectorBytes;
+        try
+        {
+            foreach (var segment in segments)
+            {
+                if (length == 0) break;
+                if (skip >= segment.Length)
+                {
+                    skip -= segment.Length;
+                    continue;
+                }
+                ulong address = segment.Address + (ulong)skip;
+                long count = Math.Min(segment.Length - skip, length);
+                skip = 0;
+                while (count > 0)
+                {
+                    int chunk = (int)Math.Min(count, 1 << 30);
+                    Span<byte> buffer = memory.GetSpan(address, chunk);
+                    if (toGuest)
+                    {
+                        ReadFully(buffer, fileOffset);
+                        memory.MarkDirty(address, (ulong)chunk);
+                    }
+                    else
+                    {
+                        RandomAccess.Write(_file, buffer, fileOffset);
+                    }
+                    address += (ulong)chunk;
+                    fileOffset += chunk;
+                    count -= chunk;
+                    length -= chunk;
+                }
+            }
+            return StatusOk;
+        }
+        catch (IOException)
+        {
+            return StatusIoError;
+        }
+    }
+
+    private void ReadFully(Span<byte> buffer, long fileOffset)
+    {
+        while (!buffer.IsEmpty)
+        {
+            int read = RandomAccess.Read(_file, buffer, fileOffset);
+            if (read == 0)
+            {
+                // The image shrank under us: what is past its end reads as zeros.
+                buffer.Clear();
+                return;
+            }
+            buffer = buffer[read..];
+            fileOffset += read;
+        }
+    }
+
+    public void Dispose() => _file.Dispose();
+}

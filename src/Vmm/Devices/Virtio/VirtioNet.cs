@@ -1,0 +1,128 @@
+using System.Buffers.Binary;
+using Vmm.Kvm;
+using Vmm.Kvm.Interop;
+using Vmm.Memory;
+
+namespace Vmm.Devices.Virtio;
+
+/// <summary>virtio-net on a TAP device (virtio 1.2, section 5.1): one receive and one transmit queue,
+/// a MAC address and link status. Frames go between the TAP and guest buffers with readv/writev, the
+/// virtio-net header included (the TAP speaks the same header), so there is no copy in the VMM.</summary>
+public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
+{
+    public const int ReceiveQueue = 0, TransmitQueue = 1;
+    public const ushort QueueSize = 256;
+    /// <summary>struct virtio_net_hdr_v1 (num_buffers included, as VERSION_1 requires).</summary>
+    public const int HeaderBytes = 12;
+    private const int NumBuffersOffset = 10;
+    private const int MaxSegments = 64;
+
+    public const ulong FeatureMac = 1UL << 5, FeatureStatus = 1UL << 16;
+    private const ushort StatusLinkUp = 1;
+
+    private readonly TapDevice _tap;
+    private readonly IoVec[] _vectors = new IoVec[MaxSegments];
+    private VirtioActivation? _activation;
+
+    public VirtioNet(NetworkConfig config)
+    {
+        Config = config;
+        try
+        {
+            _tap = TapDevice.Open(config.TapName, HeaderBytes);
+        }
+        catch (PosixException e)
+        {
+            throw new Boot.BootException($"--net tap={config.TapName}: {e.Message}", e);
+        }
+        BackendEvents = [(_tap.Number, OnTapReadable)];
+    }
+
+    public NetworkConfig Config { get; }
+    public VirtioDeviceType Type => VirtioDeviceType.Net;
+    public ulong OfferedFeatures => VirtioFeatures.Common | FeatureMac | FeatureStatus;
+    public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize];
+    public IReadOnlyList<(int Fd, Action OnReadable)> BackendEvents { get; }
+
+    /// <summary>struct virtio_net_config: mac[6], then status (link up).</summary>
+    public void ReadConfig(int offset, Span<byte> data)
+    {
+        Span<byte> config = stackalloc byte[8];
+        Config.Mac.CopyTo(config);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[6..], StatusLinkUp);
+        if (offset < 0 || offset >= config.Length) return;
+        config[offset..Math.Min(config.Length, offset + data.Length)].CopyTo(data);
+    }
+
+    public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }
+
+    public void Activate(VirtioActivation activation) => _activation = activation;
+
+    public void Reset() => _activation = null;
+
+    public void ProcessQueue(int index)
+    {
+        if (index == ReceiveQueue) OnTapReadable(); // new receive buffers: frames may be waiting for them
+        else if (index == TransmitQueue) Transmit();
+    }
+
+    private void Transmit()
+    {
+        if (_activation is not { } active || active.Queues[TransmitQueue] is not { } queue) return;
+        GuestMemory memory = active.Memory;
+        while (queue.TryPopChain(memory, out var chain))
+        {
+            int count = Gather(memory, chain.Readable);
+            if (chain.ReadableBytes > HeaderBytes) _tap.Write(_vectors.AsSpan(0, count));
+            queue.AddUsed(memory, chain.HeadIndex, 0);
+        }
+        if (queue.ShouldNotify(memory)) active.SignalUsedBuffers();
+    }
+
+    /// <summary>Moves waiting frames into receive buffers until the TAP is empty or the guest has no buffer
+    /// left (then the next receive-queue kick resumes). The TAP is watched edge-triggered.</summary>
+    private void OnTapReadable()
+    {
+        if (_activation is not { } active || active.Queues[ReceiveQueue] is not { } queue) return;
+        GuestMemory memory = active.Memory;
+        bool used = false;
+        while (queue.TryPopChain(memory, out var chain))
+        {
+            if (chain.WritableBytes < HeaderBytes)
+                throw new VirtqueueException($"receive buffer of {chain.WritableBytes} bytes cannot hold the {HeaderBytes}-byte header");
+            int count = Gather(memory, chain.Writable);
+            int length = _tap.Read(_vectors.AsSpan(0, count));
+            if (length == 0)
+            {
+                // Nothing waiting: give the buffer back for the next frame.
+                queue.NextAvailableIndex--;
+                break;
+            }
+            MarkReceived(memory, chain.Writable, length);
+            chain.Write(memory, NumBuffersOffset, [1, 0]);
+            queue.AddUsed(memory, chain.HeadIndex, (uint)length);
+            used = true;
+        }
+        if (used && queue.ShouldNotify(memory)) active.SignalUsedBuffers();
+    }
+
+    private int Gather(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments)
+    {
+        int count = Math.Min(segments.Count, MaxSegments);
+        for (int i = 0; i < count; i++) _vectors[i] = memory.ToIoVec(segments[i].Address, segments[i].Length);
+        return count;
+    }
+
+    private static void MarkReceived(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments, long length)
+    {
+        foreach (var segment in segments)
+        {
+            if (length <= 0) break;
+            long bytes = Math.Min(segment.Length, length);
+            memory.MarkDirty(segment.Address, (ulong)bytes);
+            length -= bytes;
+        }
+    }
+
+    public void Dispose() => _tap.Dispose();
+}

@@ -1,0 +1,75 @@
+using System.Text;
+using Vmm.Devices;
+using Vmm.Devices.Virtio;
+using Vmm.Diagnostics;
+using Vmm.Kvm;
+using Vmm.Memory;
+
+namespace Vmm.Vm;
+
+/// <summary>Places virtio devices on the MMIO bus, one 4 KiB window each from 0xd0000000, each with an
+/// ISA interrupt line (irqfd) and one ioeventfd per queue served by the event loop, and writes the
+/// <c>virtio_mmio.device=</c> options that tell the guest kernel where they are.</summary>
+public sealed class VirtioMmioDevices : IDisposable
+{
+    public const ulong FirstWindowAddress = 0xd000_0000;
+
+    /// <summary>ISA IRQs no other vmm device uses; lines below 16 reach the PIC as well as the IOAPIC,
+    /// so a guest without an MP table still gets them.</summary>
+    public static readonly uint[] FreeIrqs = [5, 6, 7, 9, 10, 11, 12, 14, 15];
+
+    private readonly List<IDisposable> _owned = [];
+    private readonly List<(VirtioMmioTransport Transport, ulong Address, uint Irq)> _devices = [];
+
+    public IReadOnlyList<VirtioMmioTransport> Transports => _devices.Select(d => d.Transport).ToList();
+
+    public void Add(string name, IVirtioDevice device, KvmVm vm, DeviceBus mmio, EventLoop eventLoop, GuestMemory memory, Logger log)
+    {
+        if (_devices.Count == FreeIrqs.Length)
+            throw new Boot.BootException($"at most {FreeIrqs.Length} virtio devices are supported");
+        ulong address = FirstWindowAddress + (ulong)_devices.Count * VirtioMmioTransport.WindowBytes;
+        uint irq = FreeIrqs[_devices.Count];
+        if (device is IDisposable disposable) _owned.Add(disposable);
+
+        var interrupt = Own(new EventFd());
+        vm.RegisterIrqfd(interrupt.Number, irq);
+        var transport = new VirtioMmioTransport(name, device, memory, new EventFdInterruptLine(interrupt), log);
+        mmio.Register(address, VirtioMmioTransport.WindowBytes, transport);
+        for (int queue = 0; queue < transport.QueueCount; queue++)
+        {
+            var kick = Own(new EventFd());
+            vm.RegisterIoeventfd(kick.Number, address + VirtioMmioTransport.RegQueueNotify, 4, portIo: false, datamatch: (ulong)queue);
+            int index = queue;
+            eventLoop.Add(kick.Number, () =>
+            {
+                kick.Drain();
+                transport.Notify(index);
+            });
+        }
+        if (device is IVirtioBackendEvents backend)
+            foreach (var (fd, onReadable) in backend.BackendEvents)
+                eventLoop.Add(fd, () => transport.RunDeviceWork($"{name} backend", onReadable), edgeTriggered: true);
+        _devices.Add((transport, address, irq));
+        log.Debug($"{name}: virtio-mmio at 0x{address:x}, IRQ {irq}");
+    }
+
+    /// <summary>The kernel options that declare every device (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).</summary>
+    public string KernelCommandLine()
+    {
+        var text = new StringBuilder();
+        foreach (var (_, address, irq) in _devices)
+            text.Append($" virtio_mmio.device=4K@0x{address:x}:{irq}");
+        return text.ToString().Trim();
+    }
+
+    private T Own<T>(T disposable) where T : IDisposable
+    {
+        _owned.Add(disposable);
+        return disposable;
+    }
+
+    public void Dispose()
+    {
+        foreach (var d in _owned) d.Dispose();
+    }
+}
