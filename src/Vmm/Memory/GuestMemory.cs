@@ -65,6 +65,19 @@ public sealed unsafe class GuestMemory : IDisposable
     public void Write<T>(ulong address, T value) where T : unmanaged =>
         MemoryMarshal.Write(GetSpan(address, sizeof(T)), in value);
 
+    /// <summary>Reads a 16-bit value with acquire semantics: no later read can be satisfied before it. A
+    /// device reads a ring index this way so it sees the ring entries the guest wrote before publishing it.</summary>
+    public ushort ReadUInt16Acquire(ulong address) =>
+        Volatile.Read(ref MemoryMarshal.AsRef<ushort>(GetSpan(address, sizeof(ushort))));
+
+    /// <summary>Writes a 16-bit value on behalf of a device with release semantics (no earlier write can
+    /// become visible after it), and records the page as dirty: how a device publishes a ring index.</summary>
+    public void WriteUInt16ReleaseFromDevice(ulong address, ushort value)
+    {
+        Volatile.Write(ref MemoryMarshal.AsRef<ushort>(GetSpan(address, sizeof(ushort))), value);
+        MarkDirty(address, sizeof(ushort));
+    }
+
     /// <summary>A write on behalf of a device (a virtqueue's used ring, a block read landing in a buffer):
     /// like <see cref="Write"/>, and the pages are recorded in the device dirty bitmap.</summary>
     public void WriteFromDevice(ulong address, ReadOnlySpan<byte> source)
