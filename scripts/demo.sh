@@ -10,10 +10,10 @@ scripts/setup.sh
 images=$(guest-images/build.sh | tail -n1)
 dotnet build src/Vmm.Cli -c Release -v quiet -nologo >&2
 
-echo "demo: booting $images/vmlinux with $images/initramfs.cpio.gz (Ctrl-A x quits)" >&2
+echo "demo: booting $images/vmlinux with $images/initramfs.cpio (Ctrl-A x quits)" >&2
 set +e
 dotnet src/Vmm.Cli/bin/Release/net10.0/vmm.dll run \
-    --kernel "$images/vmlinux" --initrd "$images/initramfs.cpio.gz" --memory 256M "$@"
+    --kernel "$images/vmlinux" --initrd "$images/initramfs.cpio" --memory 256M "$@"
 rc=$?
 set -e
 case $rc in

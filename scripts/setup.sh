@@ -9,8 +9,10 @@ command -v dotnet >/dev/null || { log "error: the .NET 10 SDK (dotnet) is not in
 [[ $(dotnet --version) == 10.* ]] || log "warning: dotnet $(dotnet --version) found; vmm targets .NET 10"
 
 # gcc + kernel headers: the ABI test compiles a probe against <linux/kvm.h>; clang/lld are not needed
-# (NativeAOT links with gcc here); zlib1g-dev is what NativeAOT's linker asks for.
-packages=(gcc libc6-dev linux-libc-dev zlib1g-dev)
+# (NativeAOT links with gcc here); zlib1g-dev is what NativeAOT's linker asks for. e2fsprogs and
+# busybox-static make the guest's ext4 root disk; iproute2, iputils-ping and socat run the network
+# tests (a TAP in a network namespace, ping, the netconsole listener).
+packages=(gcc libc6-dev linux-libc-dev zlib1g-dev e2fsprogs busybox-static iproute2 iputils-ping socat)
 missing=()
 for p in "${packages[@]}"; do
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")

@@ -10,7 +10,7 @@ internal static class GuestImages
     public static string Directory => DirectoryLazy.Value;
     public static string BzImage => Path.Combine(Directory, "bzImage");
     public static string Vmlinux => Path.Combine(Directory, "vmlinux");
-    public static string Initramfs => Path.Combine(Directory, "initramfs.cpio.gz");
+    public static string Initramfs => Path.Combine(Directory, "initramfs.cpio");
 
     private static string Build()
     {

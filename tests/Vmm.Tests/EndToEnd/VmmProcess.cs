@@ -11,15 +11,17 @@ internal sealed class VmmProcess
 
     /// <summary>Runs vmm; sends it SIGTERM when <paramref name="terminateWhen"/> (given the console so far and
     /// the elapsed time) says so, or at <paramref name="timeout"/>.</summary>
-    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, TimeSpan, bool>? terminateWhen = null, string? standardInput = null, IReadOnlyList<string>? markers = null)
+    public static Result Run(IEnumerable<string> arguments, TimeSpan timeout, Func<string, TimeSpan, bool>? terminateWhen = null, string? standardInput = null, IReadOnlyList<string>? markers = null, IReadOnlyList<string>? wrapper = null)
     {
-        var info = new ProcessStartInfo("dotnet")
+        // A wrapper (e.g. "ip netns exec NS") runs vmm inside another context.
+        var command = (wrapper ?? []).Concat(["dotnet", RepositoryPaths.VmmDll]).ToList();
+        var info = new ProcessStartInfo(command[0])
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
         };
-        info.ArgumentList.Add(RepositoryPaths.VmmDll);
+        foreach (string a in command.Skip(1)) info.ArgumentList.Add(a);
         foreach (string a in arguments) info.ArgumentList.Add(a);
         var console = new StringBuilder();
         var log = new StringBuilder();

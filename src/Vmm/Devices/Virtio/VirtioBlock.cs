@@ -84,11 +84,17 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     {
         if (_activation is not { } active || active.Queues[index] is not { } queue) return;
         GuestMemory memory = active.Memory;
-        while (queue.TryPopChain(memory, out var chain))
+        // Drain, then ask for the next kick (avail_event, with EVENT_IDX) and drain again if buffers
+        // arrived meanwhile: without it an EVENT_IDX driver would stop kicking.
+        do
         {
-            uint written = Execute(memory, chain);
-            queue.AddUsed(memory, chain.HeadIndex, written);
+            while (queue.TryPopChain(memory, out var chain))
+            {
+                uint written = Execute(memory, chain);
+                queue.AddUsed(memory, chain.HeadIndex, written);
+            }
         }
+        while (queue.EnableNotifications(memory));
         if (queue.ShouldNotify(memory)) active.SignalUsedBuffers();
     }
 

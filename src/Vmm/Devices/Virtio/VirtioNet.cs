@@ -70,12 +70,16 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
     {
         if (_activation is not { } active || active.Queues[TransmitQueue] is not { } queue) return;
         GuestMemory memory = active.Memory;
-        while (queue.TryPopChain(memory, out var chain))
+        do
         {
-            int count = Gather(memory, chain.Readable);
-            if (chain.ReadableBytes > HeaderBytes) _tap.Write(_vectors.AsSpan(0, count));
-            queue.AddUsed(memory, chain.HeadIndex, 0);
+            while (queue.TryPopChain(memory, out var chain))
+            {
+                int count = Gather(memory, chain.Readable);
+                if (chain.ReadableBytes > HeaderBytes) _tap.Write(_vectors.AsSpan(0, count));
+                queue.AddUsed(memory, chain.HeadIndex, 0);
+            }
         }
+        while (queue.EnableNotifications(memory));
         if (queue.ShouldNotify(memory)) active.SignalUsedBuffers();
     }
 
@@ -86,22 +90,35 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         if (_activation is not { } active || active.Queues[ReceiveQueue] is not { } queue) return;
         GuestMemory memory = active.Memory;
         bool used = false;
-        while (queue.TryPopChain(memory, out var chain))
+        while (true)
         {
-            if (chain.WritableBytes < HeaderBytes)
-                throw new VirtqueueException($"receive buffer of {chain.WritableBytes} bytes cannot hold the {HeaderBytes}-byte header");
-            int count = Gather(memory, chain.Writable);
-            int length = _tap.Read(_vectors.AsSpan(0, count));
-            if (length == 0)
+            bool tapEmpty = false;
+            while (queue.TryPopChain(memory, out var chain))
             {
-                // Nothing waiting: give the buffer back for the next frame.
-                queue.NextAvailableIndex--;
+                if (chain.WritableBytes < HeaderBytes)
+                    throw new VirtqueueException($"receive buffer of {chain.WritableBytes} bytes cannot hold the {HeaderBytes}-byte header");
+                int count = Gather(memory, chain.Writable);
+                int length = _tap.Read(_vectors.AsSpan(0, count));
+                if (length == 0)
+                {
+                    // Nothing waiting: give the buffer back for the next frame.
+                    queue.NextAvailableIndex--;
+                    tapEmpty = true;
+                    break;
+                }
+                MarkReceived(memory, chain.Writable, length);
+                chain.Write(memory, NumBuffersOffset, [1, 0]);
+                queue.AddUsed(memory, chain.HeadIndex, (uint)length);
+                used = true;
+            }
+            if (tapEmpty)
+            {
+                queue.UpdateAvailableEvent(memory);
                 break;
             }
-            MarkReceived(memory, chain.Writable, length);
-            chain.Write(memory, NumBuffersOffset, [1, 0]);
-            queue.AddUsed(memory, chain.HeadIndex, (uint)length);
-            used = true;
+            // Out of receive buffers with frames perhaps waiting: ask for a kick when the driver adds
+            // some, and go on at once if it already did.
+            if (!queue.EnableNotifications(memory)) break;
         }
         if (used && queue.ShouldNotify(memory)) active.SignalUsedBuffers();
     }
