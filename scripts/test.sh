@@ -19,4 +19,7 @@ dotnet publish src/Vmm.Cli -c Release -r linux-x64 -o "$aot" -v quiet -nologo >&
 set +e; "$aot/vmm" run >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 2 ]] || { echo "test: the NativeAOT vmm exited $rc on a missing --kernel, expected 2" >&2; exit 1; }
 
+# The virtqueue fuzz harness over generated inputs, in-process, no fuzzer needed (fuzz/README.md).
+dotnet run --project fuzz/Vmm.Fuzz -c Release -- --smoke 20000
+
 dotnet test Vmm.sln -c Release --logger "console;verbosity=normal" "$@"

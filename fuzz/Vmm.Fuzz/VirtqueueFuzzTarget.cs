@@ -3,12 +3,6 @@ using Vmm.Memory;
 
 namespace Vmm.Fuzz;
 
-/// <summary>What one fuzz input did: chains completed, and the queue's message if it rejected the guest.</summary>
-public readonly record struct FuzzRunResult(int ChainsCompleted, string? Rejection)
-{
-    public bool Rejected => Rejection is not null;
-}
-
 /// <summary>The fuzz target: builds guest RAM and a queue from the input (see <see cref="FuzzInputLayout"/>),
 /// then acts as a device would, popping, reading, writing and completing chains and deciding on
 /// notifications. <see cref="VirtqueueException"/> is the one expected exception; anything else, or a

@@ -17,7 +17,7 @@ public sealed class DescriptorChain
     private readonly List<DescriptorSegment> _readable;
     private readonly List<DescriptorSegment> _writable;
 
-    public DescriptorChain()
+    internal DescriptorChain()
     {
         _readable = [];
         _writable = [];

@@ -20,8 +20,8 @@ public sealed class Virtqueue
 {
     public const ushort MaxQueueSize = 32768;
 
-    // An indirect table's entries are addressed by the 16-bit next field; rust-vmm's virtio-queue and
-    // Firecracker bound the table at 65535 entries, and so do we.
+    // The spec sets no size for an indirect table beyond its 16-bit next field; like rust-vmm's
+    // virtio-queue we stop at 65535 entries, which also bounds the walk through one table.
     public const int MaxIndirectEntries = 65535;
 
     private readonly DescriptorChain _chain = new();

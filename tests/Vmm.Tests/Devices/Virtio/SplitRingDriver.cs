@@ -4,9 +4,6 @@ using static Vmm.Devices.Virtio.SplitVirtqueueLayout;
 
 namespace Vmm.Tests.Devices.Virtio;
 
-/// <summary>One buffer as a test driver posts it.</summary>
-internal readonly record struct DriverBuffer(ulong Address, uint Length, bool DeviceWritable);
-
 /// <summary>Plays the guest's virtio driver over a split ring in guest memory: fills descriptors, publishes
 /// heads in the available ring, and reads back what the device put in the used ring.</summary>
 internal sealed class SplitRingDriver
