@@ -81,8 +81,10 @@ public sealed unsafe class TapDevice : IDisposable
         {
             if (Libc.Writev(_fd.Number, v, buffers.Length) >= 0) return;
             int errno = Marshal.GetLastPInvokeError();
-            // A full TAP queue drops the frame, as a NIC would; the guest's TCP retransmits.
-            if (errno == Libc.EAGAIN) return;
+            // Dropped, as a NIC would, the guest's TCP retransmitting: a full TAP queue (EAGAIN), a TAP the
+            // host has not brought up (EIO, no link), a frame tun rejects (EINVAL: shorter than an Ethernet
+            // header, or a virtio-net header the guest got wrong). None of them is the VMM failing.
+            if (errno is Libc.EAGAIN or Libc.EIO or Libc.EINVAL) return;
             throw new PosixException("writev", errno, $"TAP {Name}");
         }
     }

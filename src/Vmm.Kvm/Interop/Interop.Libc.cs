@@ -27,6 +27,8 @@ public static unsafe partial class Libc
 
     public const int EINTR = 4;
     public const int EAGAIN = 11;
+    public const int EIO = 5;
+    public const int EINVAL = 22;
     public const int ENOENT = 2;
     public const int EACCES = 13;
     public const int EPERM = 1;

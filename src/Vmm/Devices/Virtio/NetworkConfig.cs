@@ -55,7 +55,7 @@ public sealed record NetworkConfig(string TapName, byte[] Mac)
         if (octets.Length != 6) return null;
         byte[] mac = new byte[6];
         for (int i = 0; i < 6; i++)
-            if (octets[i].Length != 2 || !byte.TryParse(octets[i], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out mac[i])) return null;
+            if (octets[i].Length != 2 || !byte.TryParse(octets[i], NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out mac[i])) return null;
         return (mac[0] & 1) == 0 ? mac : null;
     }
 }

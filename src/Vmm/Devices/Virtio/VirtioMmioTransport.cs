@@ -165,7 +165,9 @@ public sealed class VirtioMmioTransport : IBusDevice
                 break;
             case RegQueueSel: _queueSel = value; break;
             case RegQueueNum when queueConfigurable: queue!.Size = (ushort)Math.Min(value, ushort.MaxValue); break;
-            case RegQueueReady when queue is not null: queue.Ready = value == 1; break;
+            // After DRIVER_OK the queues belong to the device, QueueReady included (as in Firecracker): a
+            // queue pulled from under it would leave its used ring unusable mid-request.
+            case RegQueueReady when queue is not null && (_status & StatusDriverOk) == 0: queue.Ready = value == 1; break;
             case RegQueueDescLow when queueConfigurable: queue!.DescriptorTableAddress = SetLow(queue.DescriptorTableAddress, value); break;
             case RegQueueDescHigh when queueConfigurable: queue!.DescriptorTableAddress = SetHigh(queue.DescriptorTableAddress, value); break;
             case RegQueueDriverLow when queueConfigurable: queue!.AvailableRingAddress = SetLow(queue.AvailableRingAddress, value); break;
