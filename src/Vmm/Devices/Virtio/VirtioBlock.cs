@@ -70,8 +70,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         BinaryPrimitives.WriteUInt64LittleEndian(config, (ulong)(CapacityBytes / SectorBytes));
         BinaryPrimitives.WriteUInt32LittleEndian(config[12..], QueueSize - 2);
         BinaryPrimitives.WriteUInt32LittleEndian(config[20..], SectorBytes);
-        if (offset < 0 || offset >= config.Length) return;
-        config[offset..Math.Min(config.Length, offset + data.Length)].CopyTo(data);
+        VirtioConfigSpace.Read(config, offset, data);
     }
 
     public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }

@@ -50,8 +50,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         Span<byte> config = stackalloc byte[8];
         Config.Mac.CopyTo(config);
         BinaryPrimitives.WriteUInt16LittleEndian(config[6..], StatusLinkUp);
-        if (offset < 0 || offset >= config.Length) return;
-        config[offset..Math.Min(config.Length, offset + data.Length)].CopyTo(data);
+        VirtioConfigSpace.Read(config, offset, data);
     }
 
     public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }
