@@ -72,6 +72,11 @@ public static unsafe partial class Libc
     [LibraryImport("libc", EntryPoint = "writev", SetLastError = true)]
     public static partial nint Writev(int fd, IoVec* vectors, int count);
 
+    public const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
+
+    [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    public static partial int Fallocate(int fd, int mode, long offset, long length);
+
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FdataSync(int fd);
 

@@ -19,11 +19,16 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
 
     // Feature bits (5.2.3).
     public const ulong FeatureSegMax = 1UL << 2, FeatureReadOnly = 1UL << 5, FeatureBlockSize = 1UL << 6, FeatureFlush = 1UL << 9;
+    public const ulong FeatureDiscard = 1UL << 13, FeatureWriteZeroes = 1UL << 14;
 
     // Request types and status values (5.2.6).
-    public const uint RequestIn = 0, RequestOut = 1, RequestFlush = 4, RequestGetId = 8;
+    public const uint RequestIn = 0, RequestOut = 1, RequestFlush = 4, RequestGetId = 8, RequestDiscard = 11, RequestWriteZeroes = 13;
     public const byte StatusOk = 0, StatusIoError = 1, StatusUnsupported = 2;
     private const int RequestHeaderBytes = 16;
+    /// <summary>struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags.</summary>
+    private const int RangeBytes = 16;
+    private const uint MaxRangeSectors = 1u << 22, MaxRanges = 16;
+    private const uint RangeFlagUnmap = 1;
 
     private readonly SafeFileHandle _file;
     private readonly byte[] _id;
@@ -58,18 +63,26 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     public VirtioDeviceType Type => VirtioDeviceType.Block;
 
     public ulong OfferedFeatures =>
-        VirtioFeatures.Common | FeatureSegMax | FeatureBlockSize | FeatureFlush | (Config.ReadOnly ? FeatureReadOnly : 0);
+        VirtioFeatures.Common | FeatureSegMax | FeatureBlockSize | FeatureFlush
+        | (Config.ReadOnly ? FeatureReadOnly : FeatureDiscard | FeatureWriteZeroes);
 
     public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize];
 
-    /// <summary>struct virtio_blk_config: capacity (sectors) at 0, seg_max at 12, blk_size at 20.</summary>
+    /// <summary>struct virtio_blk_config: capacity (sectors) at 0, seg_max at 12, blk_size at 20, the
+    /// discard limits at 36-47 and the write-zeroes limits at 48-56.</summary>
     public void ReadConfig(int offset, Span<byte> data)
     {
-        Span<byte> config = stackalloc byte[24];
+        Span<byte> config = stackalloc byte[60];
         config.Clear();
         BinaryPrimitives.WriteUInt64LittleEndian(config, (ulong)(CapacityBytes / SectorBytes));
         BinaryPrimitives.WriteUInt32LittleEndian(config[12..], QueueSize - 2);
         BinaryPrimitives.WriteUInt32LittleEndian(config[20..], SectorBytes);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[36..], MaxRangeSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[40..], MaxRanges);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[44..], 1);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[48..], MaxRangeSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[52..], MaxRanges);
+        config[56] = 1; // write_zeroes_may_unmap: zeroing may free the blocks (a hole reads as zeros)
         VirtioConfigSpace.Read(config, offset, data);
     }
 
@@ -122,6 +135,9 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             case RequestFlush:
                 status = Config.ReadOnly || Libc.FdataSync((int)_file.DangerousGetHandle()) == 0 ? StatusOk : StatusIoError;
                 break;
+            case RequestDiscard or RequestWriteZeroes:
+                status = Config.ReadOnly ? StatusIoError : ZeroRanges(memory, chain, discard: type == RequestDiscard);
+                break;
             case RequestGetId:
                 dataWritten = chain.Write(memory, 0, _id.AsSpan(0, (int)Math.Min(_id.Length, statusOffset)));
                 if (dataWritten < statusOffset && dataWritten < BlockDiskConfig.MaxIdBytes)
@@ -134,6 +150,49 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         }
         chain.Write(memory, statusOffset, [status]);
         return (uint)(dataWritten + 1);
+    }
+
+    /// <summary>DISCARD punches holes; WRITE_ZEROES makes the ranges read as zeros, freeing the blocks when
+    /// the guest allows it (unmap) and the file system can. Both are fallocate on the image.</summary>
+    private byte ZeroRanges(GuestMemory memory, DescriptorChain chain, bool discard)
+    {
+        long payload = chain.ReadableBytes - RequestHeaderBytes;
+        if (payload <= 0 || payload % RangeBytes != 0 || payload / RangeBytes > MaxRanges) return StatusUnsupported;
+        Span<byte> range = stackalloc byte[RangeBytes];
+        for (long offset = RequestHeaderBytes; offset < chain.ReadableBytes; offset += RangeBytes)
+        {
+            chain.Read(memory, offset, range);
+            ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(range);
+            uint sectors = BinaryPrimitives.ReadUInt32LittleEndian(range[8..]);
+            uint flags = BinaryPrimitives.ReadUInt32LittleEndian(range[12..]);
+            if (sectors > MaxRangeSectors || sector > (ulong)(CapacityBytes / SectorBytes)
+                || (long)sector * SectorBytes > CapacityBytes - (long)sectors * SectorBytes)
+                return StatusIoError;
+            if ((flags & ~RangeFlagUnmap) != 0 || (discard && flags != 0)) return StatusUnsupported;
+            long start = (long)sector * SectorBytes, length = (long)sectors * SectorBytes;
+            int fd = (int)_file.DangerousGetHandle();
+            bool done = discard || (flags & RangeFlagUnmap) != 0
+                ? Libc.Fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0
+                : Libc.Fallocate(fd, Libc.FALLOC_FL_ZERO_RANGE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0;
+            // A discard is advice: a file system that cannot punch holes just keeps the data. Zeroes must land.
+            if (!done && !discard && !WriteZeroes(start, length)) return StatusIoError;
+        }
+        return StatusOk;
+    }
+
+    private bool WriteZeroes(long start, long length)
+    {
+        byte[] zeros = new byte[Math.Min(length, 1 << 20)];
+        try
+        {
+            for (long done = 0; done < length; done += zeros.Length)
+                RandomAccess.Write(_file, zeros.AsSpan(0, (int)Math.Min(zeros.Length, length - done)), start + done);
+            return true;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Moves <paramref name="length"/> bytes between the disk at <paramref name="sector"/> and the

@@ -15,7 +15,8 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
     /// <summary>struct virtio_net_hdr_v1 (num_buffers included, as VERSION_1 requires).</summary>
     public const int HeaderBytes = 12;
     private const int NumBuffersOffset = 10;
-    private const int MaxSegments = 64;
+    /// <summary>IOV_MAX: readv/writev take no more. Linux uses a few dozen segments per frame at most.</summary>
+    private const int MaxSegments = 1024;
 
     public const ulong FeatureMac = 1UL << 5, FeatureStatus = 1UL << 16;
     private const ushort StatusLinkUp = 1;
@@ -124,7 +125,10 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
 
     private int Gather(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments)
     {
-        int count = Math.Min(segments.Count, MaxSegments);
+        // More would be silently cut off, truncating the frame (or hiding the header from the TAP).
+        if (segments.Count > MaxSegments)
+            throw new VirtqueueException($"a network buffer of {segments.Count} segments exceeds the {MaxSegments} vmm supports");
+        int count = segments.Count;
         for (int i = 0; i < count; i++) _vectors[i] = memory.ToIoVec(segments[i].Address, segments[i].Length);
         return count;
     }

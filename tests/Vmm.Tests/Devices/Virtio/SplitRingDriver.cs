@@ -5,7 +5,8 @@ using static Vmm.Devices.Virtio.SplitVirtqueueLayout;
 namespace Vmm.Tests.Devices.Virtio;
 
 /// <summary>Plays the guest's virtio driver over a split ring in guest memory: fills descriptors, publishes
-/// heads in the available ring, and reads back what the device put in the used ring.</summary>
+/// heads in the available ring, and reads back what the device put in the used ring. The rings sit at the
+/// default addresses below unless the constructor is given others (a device with several queues).</summary>
 internal sealed class SplitRingDriver
 {
     public const ulong DescriptorTableAddress = 0x10000;
@@ -19,14 +20,24 @@ internal sealed class SplitRingDriver
 
     /// <param name="descriptorOrder">The order in which free descriptor indices are handed out (default
     /// 0, 1, 2, ...), so a test can scatter a chain over the table.</param>
-    public SplitRingDriver(GuestMemory memory, ushort size, IEnumerable<ushort>? descriptorOrder = null)
+    public SplitRingDriver(GuestMemory memory, ushort size, IEnumerable<ushort>? descriptorOrder = null,
+        ulong descriptorTable = DescriptorTableAddress, ulong availableRing = AvailableRingAddress, ulong usedRing = UsedRingAddress)
     {
         _memory = memory;
         Size = size;
         _freeDescriptors = new Queue<ushort>(descriptorOrder ?? Enumerable.Range(0, size).Select(i => (ushort)i));
+        DescriptorTable = descriptorTable;
+        AvailableRing = availableRing;
+        UsedRing = usedRing;
     }
 
     public ushort Size { get; }
+
+    public ulong DescriptorTable { get; }
+
+    public ulong AvailableRing { get; }
+
+    public ulong UsedRing { get; }
 
     public ushort AvailableIndex { get; private set; }
 
@@ -37,9 +48,9 @@ internal sealed class SplitRingDriver
         var queue = new Virtqueue(Virtqueue.MaxQueueSize)
         {
             Size = Size,
-            DescriptorTableAddress = DescriptorTableAddress,
-            AvailableRingAddress = AvailableRingAddress,
-            UsedRingAddress = UsedRingAddress,
+            DescriptorTableAddress = DescriptorTable,
+            AvailableRingAddress = AvailableRing,
+            UsedRingAddress = UsedRing,
             EventIdxEnabled = eventIdx,
             IndirectEnabled = indirect,
         };
@@ -52,7 +63,7 @@ internal sealed class SplitRingDriver
         _memory.Write(tableAddress + (ulong)DescriptorBytes * index, new VirtqueueDescriptor(address, length, flags, next));
 
     public void WriteDescriptor(uint index, ulong address, uint length, ushort flags, ushort next = 0) =>
-        WriteDescriptor(DescriptorTableAddress, index, address, length, flags, next);
+        WriteDescriptor(DescriptorTable, index, address, length, flags, next);
 
     /// <summary>Puts the buffers in free descriptors of the queue's table, linked in order, and publishes the head.</summary>
     public ushort AddChain(IReadOnlyList<DriverBuffer> buffers)
@@ -94,29 +105,29 @@ internal sealed class SplitRingDriver
 
     public void Publish(ushort head)
     {
-        _memory.Write(AvailableRingAddress + AvailableRingEntryOffset(Size, AvailableIndex), head);
+        _memory.Write(AvailableRing + AvailableRingEntryOffset(Size, AvailableIndex), head);
         SetAvailableIndex((ushort)(AvailableIndex + 1));
     }
 
     public void SetAvailableIndex(ushort index)
     {
         AvailableIndex = index;
-        _memory.Write(AvailableRingAddress + AvailableIndexOffset, index);
+        _memory.Write(AvailableRing + AvailableIndexOffset, index);
     }
 
-    public void SetAvailableFlags(ushort flags) => _memory.Write(AvailableRingAddress + AvailableFlagsOffset, flags);
+    public void SetAvailableFlags(ushort flags) => _memory.Write(AvailableRing + AvailableFlagsOffset, flags);
 
-    public void SetUsedEvent(ushort index) => _memory.Write(AvailableRingAddress + UsedEventOffset(Size), index);
+    public void SetUsedEvent(ushort index) => _memory.Write(AvailableRing + UsedEventOffset(Size), index);
 
-    public ushort UsedIndex => _memory.Read<ushort>(UsedRingAddress + UsedIndexOffset);
+    public ushort UsedIndex => _memory.Read<ushort>(UsedRing + UsedIndexOffset);
 
-    public ushort UsedFlags => _memory.Read<ushort>(UsedRingAddress + UsedFlagsOffset);
+    public ushort UsedFlags => _memory.Read<ushort>(UsedRing + UsedFlagsOffset);
 
-    public ushort AvailableEvent => _memory.Read<ushort>(UsedRingAddress + AvailableEventOffset(Size));
+    public ushort AvailableEvent => _memory.Read<ushort>(UsedRing + AvailableEventOffset(Size));
 
     public (uint Id, uint Length) UsedElement(ushort ringIndex)
     {
-        ulong address = UsedRingAddress + UsedRingEntryOffset(Size, ringIndex);
+        ulong address = UsedRing + UsedRingEntryOffset(Size, ringIndex);
         return (_memory.Read<uint>(address), _memory.Read<uint>(address + 4));
     }
 }
