@@ -125,12 +125,12 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         switch (type)
         {
             case RequestIn:
-                status = Transfer(memory, chain.Writable, 0, statusOffset, sector, toGuest: true);
+                status = Transfer(memory, chain.WritableSpan, 0, statusOffset, sector, toGuest: true);
                 if (status == StatusOk) dataWritten = statusOffset;
                 break;
             case RequestOut:
                 status = Config.ReadOnly ? StatusIoError
-                    : Transfer(memory, chain.Readable, RequestHeaderBytes, chain.ReadableBytes - RequestHeaderBytes, sector, toGuest: false);
+                    : Transfer(memory, chain.ReadableSpan, RequestHeaderBytes, chain.ReadableBytes - RequestHeaderBytes, sector, toGuest: false);
                 break;
             case RequestFlush:
                 status = Config.ReadOnly || Libc.FdataSync((int)_file.DangerousGetHandle()) == 0 ? StatusOk : StatusIoError;
@@ -197,7 +197,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
 
     /// <summary>Moves <paramref name="length"/> bytes between the disk at <paramref name="sector"/> and the
     /// chain's segments, starting <paramref name="skip"/> bytes into them.</summary>
-    private byte Transfer(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments, long skip, long length, ulong sector, bool toGuest)
+    private byte Transfer(GuestMemory memory, ReadOnlySpan<DescriptorSegment> segments, long skip, long length, ulong sector, bool toGuest)
     {
         if (sector > (ulong)(CapacityBytes / SectorBytes) || (long)sector * SectorBytes > CapacityBytes - length)
             return StatusIoError;

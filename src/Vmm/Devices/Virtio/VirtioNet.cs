@@ -74,7 +74,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         {
             while (queue.TryPopChain(memory, out var chain))
             {
-                int count = Gather(memory, chain.Readable);
+                int count = Gather(memory, chain.ReadableSpan);
                 if (chain.ReadableBytes > HeaderBytes) _tap.Write(_vectors.AsSpan(0, count));
                 queue.AddUsed(memory, chain.HeadIndex, 0);
             }
@@ -97,7 +97,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
             {
                 if (chain.WritableBytes < HeaderBytes)
                     throw new VirtqueueException($"receive buffer of {chain.WritableBytes} bytes cannot hold the {HeaderBytes}-byte header");
-                int count = Gather(memory, chain.Writable);
+                int count = Gather(memory, chain.WritableSpan);
                 int length = _tap.Read(_vectors.AsSpan(0, count));
                 if (length == 0)
                 {
@@ -106,7 +106,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
                     tapEmpty = true;
                     break;
                 }
-                MarkReceived(memory, chain.Writable, length);
+                MarkReceived(memory, chain.WritableSpan, length);
                 chain.Write(memory, NumBuffersOffset, [1, 0]);
                 queue.AddUsed(memory, chain.HeadIndex, (uint)length);
                 used = true;
@@ -123,17 +123,17 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         if (used && queue.ShouldNotify(memory)) active.SignalUsedBuffers();
     }
 
-    private int Gather(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments)
+    private int Gather(GuestMemory memory, ReadOnlySpan<DescriptorSegment> segments)
     {
         // More would be silently cut off, truncating the frame (or hiding the header from the TAP).
-        if (segments.Count > MaxSegments)
-            throw new VirtqueueException($"a network buffer of {segments.Count} segments exceeds the {MaxSegments} vmm supports");
-        int count = segments.Count;
+        if (segments.Length > MaxSegments)
+            throw new VirtqueueException($"a network buffer of {segments.Length} segments exceeds the {MaxSegments} vmm supports");
+        int count = segments.Length;
         for (int i = 0; i < count; i++) _vectors[i] = memory.ToIoVec(segments[i].Address, segments[i].Length);
         return count;
     }
 
-    private static void MarkReceived(GuestMemory memory, IReadOnlyList<DescriptorSegment> segments, long length)
+    private static void MarkReceived(GuestMemory memory, ReadOnlySpan<DescriptorSegment> segments, long length)
     {
         foreach (var segment in segments)
         {
