@@ -17,7 +17,7 @@ public sealed class RunOptions
     [Option("memory", Default = "256M", HelpText = "Guest RAM, e.g. 512M or 2G (powers of 1024).")]
     public string Memory { get; set; } = "256M";
 
-    [Option("cpus", Default = 1, HelpText = "Number of vCPUs (only 1 for now).")]
+    [Option("cpus", Default = 1, HelpText = "Number of vCPUs, 1 to 32; the guest finds them in an MP table.")]
     public int Cpus { get; set; } = 1;
 
     [Option("disk", HelpText = "A virtio-blk disk: PATH[,ro][,id=NAME], a raw image whose size is a multiple of 512. Repeatable: vda, vdb, ...")]

@@ -13,7 +13,7 @@ namespace Vmm.Vm;
 /// ports, and the vCPU threads. <see cref="Run"/> runs it until something stops it.</summary>
 public sealed class Machine : IVmControl, IDisposable
 {
-    public const int MaxVcpusBeforeSmp = 1;
+    public const int MaxVcpus = 32;
 
     private readonly KvmSystem _kvm;
     private readonly KvmVm _vm;
@@ -82,6 +82,11 @@ public sealed class Machine : IVmControl, IDisposable
             BootCpuState.WriteTables(_memory, Boot.EntryMode);
 
             var supportedCpuid = kvm.GetSupportedCpuid();
+            int kvmMaxVcpus = kvm.CheckExtension(KvmCapability.MaxVcpus);
+            if (kvmMaxVcpus > 0 && config.VcpuCount > kvmMaxVcpus)
+                throw new BootException($"--cpus {config.VcpuCount}: this host's KVM allows at most {kvmMaxVcpus} vCPUs per VM");
+            var leaf1 = supportedCpuid.FirstOrDefault(e => e.Function == 1);
+            _memory.Write(MpTable.Address, MpTable.Build(config.VcpuCount, leaf1.Eax, leaf1.Edx));
             for (int i = 0; i < config.VcpuCount; i++)
             {
                 var vcpu = _vm.CreateVcpu(i);
@@ -103,8 +108,8 @@ public sealed class Machine : IVmControl, IDisposable
     {
         if (config.VcpuCount < 1)
             throw new BootException($"--cpus must be at least 1 (got {config.VcpuCount})");
-        if (config.VcpuCount > MaxVcpusBeforeSmp)
-            throw new BootException($"--cpus {config.VcpuCount}: vmm runs 1 vCPU for now; SMP guests are not supported yet");
+        if (config.VcpuCount > MaxVcpus)
+            throw new BootException($"--cpus {config.VcpuCount}: vmm runs at most {MaxVcpus} vCPUs");
         if (config.MemoryBytes < X86Layout.MinimumMemoryBytes)
             throw new BootException($"--memory {config.MemoryBytes >> 20} MiB is too little: vmm needs at least {X86Layout.MinimumMemoryBytes >> 20} MiB");
         if (config.MemoryBytes % 4096 != 0)

@@ -82,7 +82,8 @@ public sealed class CliTests : IDisposable
     [Theory]
     [InlineData("--memory", "12Q", "unknown unit 'Q'")]
     [InlineData("--memory", "1M", "too little")]
-    [InlineData("--cpus", "2", "1 vCPU for now")]
+    [InlineData("--cpus", "33", "at most 32 vCPUs")]
+    [InlineData("--cpus", "0", "at least 1")]
     [InlineData("--initrd", "/nonexistent/initrd", "initramfs file /nonexistent/initrd does not exist")]
     public void BadOptions_ExitWithCode2AndSayWhy(string option, string value, string message)
     {

@@ -27,11 +27,20 @@ public sealed partial class LinuxBootTests(ITestOutputHelper output)
     [Fact]
     public void ElfVmlinux_BootsToInit() => BootToInit(GuestImages.Vmlinux);
 
-    private void BootToInit(string kernel)
+    [Fact]
+    public void TwoVcpus_TheKernelBringsUpBothFromTheMpTable()
+    {
+        var result = BootToInit(GuestImages.Vmlinux, cpus: 2);
+
+        Assert.Contains("smp: Brought up 1 node, 2 CPUs", result.Console);
+        Assert.Contains("IOAPIC[0]: apic_id 2", result.Console);
+    }
+
+    private VmmProcess.Result BootToInit(string kernel, int cpus = 1)
     {
         bool userSpaceRuns = !NestedKvm.IsActiveOnThisHost();
         var result = VmmProcess.Run(
-            ["run", "--kernel", kernel, "--initrd", GuestImages.Initramfs, "--memory", "256M",
+            ["run", "--kernel", kernel, "--initrd", GuestImages.Initramfs, "--memory", "256M", "--cpus", cpus.ToString(),
              "--cmdline", MachineConfig.DefaultCommandLine + " loglevel=7"],
             BootTimeout, markers: [KernelRunsInit, InitMarker]);
 
@@ -63,6 +72,7 @@ public sealed partial class LinuxBootTests(ITestOutputHelper output)
             Assert.Equal(ExitCodes.GuestFinished, result.ExitCode);
             Assert.Contains("guest reset (i8042 reset command 0xfe)", result.Log);
         }
+        return result;
     }
 
     [GeneratedRegex(@"^\[\s*(\d+\.\d+)\]")]

@@ -22,6 +22,17 @@ public sealed class FirmwareGuestTests : IDisposable
     }
 
     [Fact]
+    public void SeveralVcpus_ApplicationProcessorsWaitingForStartup_StopCleanlyWithTheVm()
+    {
+        // Only the boot CPU runs firmware; the others sit in KVM_RUN waiting for INIT/SIPI and must still
+        // be kicked out and joined when the VM stops.
+        var result = _runner.Run(FirmwareGuests.PrintThenReset("four cpus\n"), c => c with { VcpuCount = 4 });
+
+        Assert.Equal("four cpus\n", result.Console);
+        Assert.Equal(VmStopKind.GuestReset, result.Stop.Kind);
+    }
+
+    [Fact]
     public void ExitPort_EndsTheVmWithTheGuestsCode()
     {
         var result = _runner.Run(FirmwareGuests.BootTimerThenExit(0x21));
