@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using System.Text;
 using Vmm.Vm;
 using Xunit;
@@ -8,15 +9,16 @@ namespace Vmm.Tests.EndToEnd;
 
 /// <summary>virtio-net with the guest-images kernel, on a TAP inside a network namespace the test makes
 /// (192.168.250.0/24, nothing routed outside it). The guest kernel configures itself (ip=), answers the
-/// host's pings and sends its log to the host over UDP (netconsole=). Its init is /bin/spin, which never
-/// makes a system call, so the kernel stays up serving the network on every host, the nested backend
-/// (where user space cannot enter the kernel) included; the test ends the VM with SIGTERM.</summary>
+/// host's pings and sends its log to the host over UDP (netconsole=). Where guest user space runs, its
+/// init (/net-init) also takes a file from the host over TCP and sends it back, and the checksums must
+/// match. On the nested backend, where user space cannot enter the kernel, init is /bin/spin, which never
+/// makes a system call, so the kernel stays up serving the network; the test then ends the VM with SIGTERM.</summary>
 [Trait("Category", "LinuxBoot")]
 [Collection(LinuxGuests.Collection)]
 public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
 {
     private const string HostAddress = "192.168.250.1", GuestAddress = "192.168.250.2", Tap = "vmmtap0";
-    private const int NetconsolePort = 6666;
+    private const int NetconsolePort = 6666, GuestTcpPort = 7000, HostTcpPort = 7001;
     private readonly string _namespace = $"vmm-e2e-{Environment.ProcessId}";
     private readonly string _directory = Directory.CreateTempSubdirectory("vmm-net-").FullName;
 
@@ -37,24 +39,36 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
         string root = Path.Combine(_directory, "root.ext4");
         MustRun("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), root);
 
-        using var listener = StartNetconsoleListener(out var received);
+        bool userSpaceRuns = !NestedKvm.IsActiveOnThisHost();
+        string payload = Path.Combine(_directory, "payload.bin"), returned = Path.Combine(_directory, "returned.bin");
+        File.WriteAllBytes(payload, RandomNumberGenerator.GetBytes(256 * 1024));
+
+        using var listener = StartInNamespace(out var received, "socat", "-u", $"UDP-RECV:{NetconsolePort}", "STDOUT");
+        using var tcpReceiver = userSpaceRuns ? StartInNamespace(out _, "socat", "-u", $"TCP-LISTEN:{HostTcpPort},reuseaddr", $"CREATE:{returned}") : null;
+        Process? tcpSender = null;
         string ping = "";
         var result = VmmProcess.Run(
             ["run", "--kernel", GuestImages.Vmlinux, "--memory", "256M", "--disk", root, "--net", $"tap={Tap},mac=02:00:00:00:02:02",
-             "--cmdline", $"{MachineConfig.DefaultCommandLine} loglevel=7 root=/dev/vda rw init=/bin/spin " +
+             "--cmdline", $"{MachineConfig.DefaultCommandLine} loglevel=7 root=/dev/vda rw init={(userSpaceRuns ? "/net-init" : "/bin/spin")} " +
                           $"ip={GuestAddress}::{HostAddress}:255.255.255.0:guest:eth0:off " +
                           $"netconsole=6665@{GuestAddress}/eth0,{NetconsolePort}@{HostAddress}/"],
             TimeSpan.FromMinutes(20),
-            terminateWhen: (console, _) =>
+            terminateWhen: (console, elapsed) =>
             {
-                if (!console.Contains("Run /bin/spin as init process")) return false;
-                ping = InNamespace("ping", "-c", "3", "-W", "10", GuestAddress);
-                return true;
+                if (ping.Length == 0 && console.Contains("IP-Config: Complete:"))
+                {
+                    ping = InNamespace("ping", "-c", "3", "-W", "10", GuestAddress);
+                    if (userSpaceRuns)
+                        tcpSender = StartInNamespace(out _, "socat", "-u", $"OPEN:{payload}", $"TCP:{GuestAddress}:{GuestTcpPort},retry=60,interval=1");
+                }
+                // Where user space runs, init ends the VM itself after the round trip.
+                return !userSpaceRuns && ping.Length > 0 && console.Contains("Run /bin/spin as init process");
             },
             wrapper: ["ip", "netns", "exec", _namespace]);
         Thread.Sleep(1000);
-        listener.Kill();
-        listener.WaitForExit();
+        foreach (var p in new[] { listener, tcpReceiver, tcpSender })
+            if (p is not null && !p.HasExited) p.Kill();
+        tcpSender?.Dispose();
 
         output.WriteLine($"vmm exit code {result.ExitCode} after {result.Elapsed.TotalSeconds:F1} s");
         output.WriteLine("ping:\n" + ping);
@@ -64,23 +78,31 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("IP-Config: Complete:", result.Console);
         Assert.Contains($"device=eth0, hwaddr=02:00:00:00:02:02, ipaddr={GuestAddress}", result.Console);
         Assert.Matches(@"3 packets transmitted, [123] received", ping);
-        lock (received) Assert.Contains("Run /bin/spin as init process", received.ToString());
-        Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
-        output.WriteLine("evidence asserted: the guest kernel's own IP configuration, its ICMP replies and its netconsole log " +
-                         "(all kernel-side, so the same on the nested backend and on hardware KVM)");
+        lock (received) Assert.Contains(userSpaceRuns ? "Run /net-init as init process" : "Run /bin/spin as init process", received.ToString());
+        if (userSpaceRuns)
+        {
+            output.WriteLine("evidence asserted: the guest kernel's IP configuration, ICMP replies and netconsole log, and a 256 KiB " +
+                             "file sent to the guest's init over TCP and back with matching SHA-256 (hardware KVM: user space runs)");
+            Assert.Equal(ExitCodes.FromExitPort(0x10), result.ExitCode);
+            Assert.Contains("VMM-NET-INIT-OK", result.Console);
+            Assert.Equal(SHA256.HashData(File.ReadAllBytes(payload)), SHA256.HashData(File.ReadAllBytes(returned)));
+        }
+        else
+        {
+            output.WriteLine("evidence asserted: the guest kernel's own IP configuration, its ICMP replies and its netconsole log " +
+                             "(nested kvm_pvm: guest user space cannot make system calls, so the TCP file round trip cannot run here)");
+            Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
+        }
     }
 
-    private Process StartNetconsoleListener(out StringBuilder received)
+    /// <summary>Starts a command inside the namespace, collecting its standard output.</summary>
+    private Process StartInNamespace(out StringBuilder stdout, params string[] command)
     {
         var text = new StringBuilder();
-        var info = new ProcessStartInfo("ip", ["netns", "exec", _namespace, "socat", "-u", $"UDP-RECV:{NetconsolePort}", "STDOUT"])
-        {
-            RedirectStandardOutput = true,
-        };
-        var process = Process.Start(info)!;
+        var process = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", _namespace, .. command]) { RedirectStandardOutput = true })!;
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (text) text.AppendLine(e.Data); };
         process.BeginOutputReadLine();
-        received = text;
+        stdout = text;
         return process;
     }
 
