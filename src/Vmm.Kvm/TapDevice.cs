@@ -50,15 +50,23 @@ public sealed unsafe class TapDevice : IDisposable
             }
             int headerBytes = vnetHeaderBytes;
             if (Libc.Ioctl(fd, TunSetVnetHdrSz, &headerBytes) < 0) throw PosixException.FromLastError("TUNSETVNETHDRSZ");
-            // No offloads: frames carry full checksums and no segmentation, which every guest handles.
-            if (Libc.Ioctl(fd, TunSetOffload, (nuint)0) < 0) throw PosixException.FromLastError("TUNSETOFFLOAD");
-            return new TapDevice(handle, name);
+            var tap = new TapDevice(handle, name);
+            // No offloads until a driver accepts them: full checksums, no segmentation, which any guest handles.
+            tap.SetOffloads(TapOffloads.None);
+            return tap;
         }
         catch
         {
             handle.Dispose();
             throw;
         }
+    }
+
+    /// <summary>TUNSETOFFLOAD: which offloaded frames (partial checksums, TSO super-frames) the TAP may
+    /// hand to the VMM; frames the VMM writes may always use them, as described by their header.</summary>
+    public void SetOffloads(TapOffloads offloads)
+    {
+        if (Libc.Ioctl(_fd.Number, TunSetOffload, (nuint)offloads) < 0) throw PosixException.FromLastError("TUNSETOFFLOAD", $"TAP {Name}");
     }
 
     /// <summary>Reads one frame (header + packet) into the buffers; returns its length, or 0 when none is waiting.</summary>
@@ -90,4 +98,14 @@ public sealed unsafe class TapDevice : IDisposable
     }
 
     public void Dispose() => _fd.Dispose();
+}
+
+/// <summary>TUN_F_* flags of TUNSETOFFLOAD (linux/if_tun.h).</summary>
+[Flags]
+public enum TapOffloads : uint
+{
+    None = 0,
+    Checksum = 0x01,
+    Tso4 = 0x02,
+    Tso6 = 0x04,
 }

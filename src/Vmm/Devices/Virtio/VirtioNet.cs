@@ -19,6 +19,11 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
     private const int MaxSegments = 1024;
 
     public const ulong FeatureMac = 1UL << 5, FeatureStatus = 1UL << 16;
+    // Offloads (5.1.3): the driver may send partial checksums and TSO frames (CSUM, HOST_TSO*), and take
+    // them (GUEST_CSUM, GUEST_TSO*). The virtio-net header carries the details through the TAP unchanged.
+    public const ulong FeatureCsum = 1UL << 0, FeatureGuestCsum = 1UL << 1, FeatureGuestTso4 = 1UL << 7, FeatureGuestTso6 = 1UL << 8;
+    public const ulong FeatureHostTso4 = 1UL << 11, FeatureHostTso6 = 1UL << 12;
+    public const ulong OffloadFeatures = FeatureCsum | FeatureGuestCsum | FeatureGuestTso4 | FeatureGuestTso6 | FeatureHostTso4 | FeatureHostTso6;
     private const ushort StatusLinkUp = 1;
 
     private readonly TapDevice _tap;
@@ -41,7 +46,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
 
     public NetworkConfig Config { get; }
     public VirtioDeviceType Type => VirtioDeviceType.Net;
-    public ulong OfferedFeatures => VirtioFeatures.Common | FeatureMac | FeatureStatus;
+    public ulong OfferedFeatures => VirtioFeatures.Common | FeatureMac | FeatureStatus | OffloadFeatures;
     public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize];
     public IReadOnlyList<(int Fd, Action OnReadable)> BackendEvents { get; }
 
@@ -56,9 +61,28 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
 
     public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }
 
-    public void Activate(VirtioActivation activation) => _activation = activation;
+    public void Activate(VirtioActivation activation)
+    {
+        _activation = activation;
+        _tap.SetOffloads(ReceiveOffloads(activation.AcknowledgedFeatures));
+    }
 
-    public void Reset() => _activation = null;
+    public void Reset()
+    {
+        _activation = null;
+        _tap.SetOffloads(TapOffloads.None);
+    }
+
+    /// <summary>What the TAP may deliver: only the offloaded frames the driver said it can take
+    /// (TSO needs checksum offload too, in the TAP as in virtio).</summary>
+    public static TapOffloads ReceiveOffloads(ulong acknowledged)
+    {
+        if ((acknowledged & FeatureGuestCsum) == 0) return TapOffloads.None;
+        var offloads = TapOffloads.Checksum;
+        if ((acknowledged & FeatureGuestTso4) != 0) offloads |= TapOffloads.Tso4;
+        if ((acknowledged & FeatureGuestTso6) != 0) offloads |= TapOffloads.Tso6;
+        return offloads;
+    }
 
     public void ProcessQueue(int index)
     {
