@@ -154,6 +154,22 @@ public static class FirmwareGuests
         return Assemble(a);
     }
 
+    /// <summary>Where <see cref="CountForever"/> keeps its counter.</summary>
+    public const ulong CounterAddress = 0x300000;
+
+    /// <summary>Increments a 64-bit counter at <see cref="CounterAddress"/> forever: the host sees whether
+    /// the guest runs (pause, resume, migration) by reading it.</summary>
+    public static byte[] CountForever()
+    {
+        var a = new Assembler(64);
+        var loop = a.CreateLabel();
+        a.mov(edi, (uint)CounterAddress);
+        a.Label(ref loop);
+        a.inc(__qword_ptr[rdi]);
+        a.jmp(loop);
+        return Assemble(a);
+    }
+
     /// <summary>Spins forever without exiting to the VMM: only a stop from the host ends it.</summary>
     public static byte[] SpinForever()
     {

@@ -10,6 +10,7 @@ public static class Program
     // CommandLineParser builds option objects by reflection; these keep their members through trimming
     // so the NativeAOT binary parses exactly like the JIT one.
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(CtlOptions))]
     public static int Main(string[] args)
     {
         using var parser = new Parser(settings =>
@@ -18,10 +19,11 @@ public static class Program
             settings.CaseInsensitiveEnumValues = true;
             settings.AllowMultiInstance = true;
         });
-        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions));
+        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions), typeof(CtlOptions));
         return result switch
         {
             Parsed<object> { Value: RunOptions run } => RunCommand.Execute(run),
+            Parsed<object> { Value: CtlOptions ctl } => CtlCommand.Execute(ctl),
             NotParsed<object> notParsed => ReportParseErrors(notParsed),
             _ => ExitCodes.VmmError,
         };

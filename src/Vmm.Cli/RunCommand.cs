@@ -63,6 +63,7 @@ public static class RunCommand
             using var machine = Machine.Create(config, log);
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => StopBySignal(c, machine, "SIGINT", SigInt));
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => StopBySignal(c, machine, "SIGTERM", SigTerm));
+            using var control = options.ApiSocket is null ? null : StartControl(machine, options.ApiSocket, log);
             using var terminal = TerminalInput.Start(machine);
             VmStop stop = machine.Run();
             terminal?.Dispose();
@@ -77,6 +78,18 @@ public static class RunCommand
         finally
         {
             serialLog?.Dispose();
+        }
+    }
+
+    private static Control.ControlServer StartControl(Machine machine, string path, Logger log)
+    {
+        try
+        {
+            return Control.ControlServer.Start(machine, path, log);
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
+        {
+            throw new BootException($"--api-socket {path}: {e.Message}");
         }
     }
 

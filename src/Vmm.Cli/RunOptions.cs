@@ -26,6 +26,9 @@ public sealed class RunOptions
     [Option("net", HelpText = "A virtio-net interface on a TAP device: tap=NAME[,mac=XX:XX:XX:XX:XX:XX]. Repeatable: eth0, eth1, ...")]
     public IEnumerable<string> Networks { get; set; } = [];
 
+    [Option("api-socket", HelpText = "Serve the VM's control socket here (unix socket; see vmm ctl): status, pause, resume.")]
+    public string? ApiSocket { get; set; }
+
     [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
     public string? SerialLog { get; set; }
 

@@ -22,6 +22,9 @@ public sealed class Machine : IVmControl, IDisposable
     private readonly List<VcpuRunner> _runners = [];
     private readonly ManualResetEventSlim _stopped = new();
     private readonly EventLoop _eventLoop;
+    private readonly VcpuPauseGate _pauseGate = new();
+    private readonly object _stateLock = new();
+    private readonly DateTime _startedUtc = DateTime.UtcNow;
     private readonly VirtioMmioDevices _virtio = new();
     private readonly Logger _log;
     private VmStop? _stop;
@@ -92,7 +95,7 @@ public sealed class Machine : IVmControl, IDisposable
                 var vcpu = _vm.CreateVcpu(i);
                 _vcpus.Add(vcpu);
                 BootCpuState.ApplyCommon(vcpu, supportedCpuid, config.VcpuCount);
-                _runners.Add(new VcpuRunner(vcpu, IoPorts, Mmio, _memory, this, () => _stop is not null, workarounds));
+                _runners.Add(new VcpuRunner(vcpu, IoPorts, Mmio, _memory, this, () => _stop is not null, _pauseGate, workarounds));
             }
             BootCpuState.Apply(_vcpus[0], Boot.EntryAddress, Boot.EntryMode, Boot.ZeroPageAddress);
         }
@@ -156,6 +159,36 @@ public sealed class Machine : IVmControl, IDisposable
         if (Interlocked.CompareExchange(ref _stop, stop, null) is not null) return;
         _stopped.Set();
         foreach (var runner in _runners) runner.Kick();
+        _pauseGate.Release();
+    }
+
+    public bool IsPaused { get; private set; }
+    public int VcpuCount => _runners.Count;
+    public TimeSpan Uptime => DateTime.UtcNow - _startedUtc;
+
+    /// <summary>Stops every vCPU between two instructions and returns once all are parked. Devices keep
+    /// completing what the guest already queued.</summary>
+    public void Pause()
+    {
+        lock (_stateLock)
+        {
+            if (IsPaused || _stop is not null) return;
+            _pauseGate.RequestPause(_runners.Count);
+            foreach (var runner in _runners) runner.Kick();
+            if (!_pauseGate.WaitUntilParked(TimeSpan.FromSeconds(10)))
+                throw new InvalidOperationException("the vCPUs did not stop within 10 s");
+            IsPaused = true;
+        }
+    }
+
+    public void Resume()
+    {
+        lock (_stateLock)
+        {
+            if (!IsPaused) return;
+            _pauseGate.Release();
+            IsPaused = false;
+        }
     }
 
     private void DisposeKvmObjects()
@@ -172,5 +205,6 @@ public sealed class Machine : IVmControl, IDisposable
         DisposeKvmObjects();
         _kvm.Dispose();
         _stopped.Dispose();
+        _pauseGate.Dispose();
     }
 }

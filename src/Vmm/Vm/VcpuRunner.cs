@@ -9,7 +9,7 @@ namespace Vmm.Vm;
 /// exits that end the VM turned into a <see cref="VmStop"/> with a report.</summary>
 internal sealed class VcpuRunner(
     KvmVcpu vcpu, DeviceBus ioPorts, DeviceBus mmio, GuestMemory memory, IVmControl vm,
-    Func<bool> stopRequested, bool handleNestedEmulationFailures)
+    Func<bool> stopRequested, VcpuPauseGate pauseGate, bool handleNestedEmulationFailures)
 {
     private const uint SystemEventShutdown = 1, SystemEventReset = 2, SystemEventCrash = 3;
 
@@ -39,6 +39,13 @@ internal sealed class VcpuRunner(
         {
             while (!stopRequested())
             {
+                if (pauseGate.PauseRequested)
+                {
+                    // The kick that asked for the pause left immediate_exit set; the next KVM_RUN must run.
+                    vcpu.RunPage.ImmediateExit = false;
+                    pauseGate.Park();
+                    continue;
+                }
                 if (!vcpu.Run()) continue;
                 if (HandleExit() is { } stop) vm.RequestStop(stop);
             }

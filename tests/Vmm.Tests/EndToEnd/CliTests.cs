@@ -106,6 +106,44 @@ public sealed class CliTests : IDisposable
     }
 
     [Fact]
+    public void Ctl_PausesAndResumesARunningVmThroughItsControlSocket()
+    {
+        string socket = Path.Combine(_directory, "api.sock");
+        string pause = "", status = "", resume = "", unknown = "";
+        int pauseExit = -1, unknownExit = -1;
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.SpinForever()), "--api-socket", socket], Timeout,
+            terminateWhen: (_, elapsed) =>
+            {
+                if (!File.Exists(socket)) return elapsed > TimeSpan.FromSeconds(30);
+                var p = VmmProcess.Run(["ctl", "--socket", socket, "pause"], Timeout);
+                (pause, pauseExit) = (p.Console, p.ExitCode);
+                status = VmmProcess.Run(["ctl", "--socket", socket, "status"], Timeout).Console;
+                resume = VmmProcess.Run(["ctl", "--socket", socket, "resume"], Timeout).Console;
+                var u = VmmProcess.Run(["ctl", "--socket", socket, "reboot"], Timeout);
+                (unknown, unknownExit) = (u.Console, u.ExitCode);
+                return true;
+            });
+
+        Assert.Equal(0, pauseExit);
+        Assert.Contains("\"state\":\"paused\"", pause);
+        Assert.Contains("\"state\":\"paused\"", status);
+        Assert.Contains("\"state\":\"running\"", resume);
+        Assert.Equal(1, unknownExit);
+        Assert.Contains("unknown command", unknown);
+        Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
+        Assert.False(File.Exists(socket));
+    }
+
+    [Fact]
+    public void Ctl_WithNoVmAtTheSocket_ExitsWithCode2()
+    {
+        var result = VmmProcess.Run(["ctl", "--socket", Path.Combine(_directory, "none.sock"), "status"], Timeout);
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("cannot reach the control socket", result.Log);
+    }
+
+    [Fact]
     public void HelpAndVersion_ExitZero()
     {
         var help = VmmProcess.Run(["run", "--help"], Timeout);
