@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using Vmm.Diagnostics;
 using Vmm.Vm;
@@ -169,7 +170,8 @@ public sealed class ControlServer : IDisposable
     private static byte[] Json(Action<Utf8JsonWriter> body)
     {
         var buffer = new MemoryStream();
-        using (var writer = new Utf8JsonWriter(buffer))
+        // Relaxed escaping keeps messages readable ('x', not \u0027x\u0027); the output is never embedded in HTML.
+        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             writer.WriteStartObject();
             body(writer);
