@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using Vmm.Vm;
 using Xunit;
@@ -83,28 +82,18 @@ public sealed class LinuxDiskTests(ITestOutputHelper output) : IDisposable
     private string MakeRootfs(string name)
     {
         string path = Path.Combine(_directory, name);
-        Run("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), path);
+        HostCommand.Checked("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), path);
         return path;
     }
 
     private static string SuperblockField(string image, string field)
     {
-        string text = Run("dumpe2fs", "-h", image);
+        string text = HostCommand.Checked("dumpe2fs", "-h", image);
         string line = text.Split('\n').Single(l => l.StartsWith(field + ":", StringComparison.Ordinal));
         return line[(field.Length + 1)..].Trim();
     }
 
-    private static string DebugfsCat(string image, string path) => Run("debugfs", "-R", $"cat {path}", image);
+    private static string DebugfsCat(string image, string path) => HostCommand.Checked("debugfs", "-R", $"cat {path}", image);
 
     private static string Sha256(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
-
-    private static string Run(string file, params string[] arguments)
-    {
-        using var process = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        string stdout = process.StandardOutput.ReadToEnd();
-        string stderr = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{file} {string.Join(' ', arguments)} failed ({process.ExitCode}): {stderr}");
-        return stdout;
-    }
 }

@@ -24,20 +24,20 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose()
     {
-        Run("ip", "netns", "del", _namespace);
+        HostCommand.Run("ip", "netns", "del", _namespace);
         Directory.Delete(_directory, recursive: true);
     }
 
     [Fact]
     public void GuestKernel_ConfiguresItsAddressAnswersPingsAndSendsItsLogOverUdp()
     {
-        MustRun("ip", "netns", "add", _namespace);
+        HostCommand.Checked("ip", "netns", "add", _namespace);
         InNamespace("ip", "link", "set", "lo", "up");
         InNamespace("ip", "tuntap", "add", "dev", Tap, "mode", "tap");
         InNamespace("ip", "addr", "add", $"{HostAddress}/24", "dev", Tap);
         InNamespace("ip", "link", "set", Tap, "up");
         string root = Path.Combine(_directory, "root.ext4");
-        MustRun("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), root);
+        HostCommand.Checked("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), root);
 
         bool userSpaceRuns = !NestedKvm.IsActiveOnThisHost();
         string payload = Path.Combine(_directory, "payload.bin"), returned = Path.Combine(_directory, "returned.bin");
@@ -109,21 +109,5 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
         return process;
     }
 
-    private string InNamespace(params string[] command) => Run(["ip", "netns", "exec", _namespace, .. command]);
-
-    private static void MustRun(params string[] command)
-    {
-        string result = Run(command);
-        Assert.True(result.StartsWith("exit 0", StringComparison.Ordinal), $"{string.Join(' ', command)}: {result}");
-    }
-
-    /// <summary>Runs a command; returns "exit N" followed by its output.</summary>
-    private static string Run(params string[] command)
-    {
-        using var process = Process.Start(new ProcessStartInfo(command[0], command.Skip(1)) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        return $"exit {process.ExitCode}\n{stdout.Result}{stderr.Result}";
-    }
+    private string InNamespace(params string[] command) => HostCommand.Run(["ip", "netns", "exec", _namespace, .. command]).Output;
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Vmm.Kvm.Interop;
 using Xunit;
@@ -104,22 +103,12 @@ public sealed class KvmAbiTests
         {
             string source = Path.Combine(dir, "probe.c"), binary = Path.Combine(dir, "probe");
             File.WriteAllText(source, "#include <stdio.h>\n#include <linux/kvm.h>\nint main(void) {\n" + string.Join("\n", statements) + "\nreturn 0; }\n");
-            Run("gcc", $"-o {binary} {source}");
-            return Run(binary, "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            HostCommand.Checked("gcc", "-o", binary, source);
+            return HostCommand.Checked(binary).Split('\n', StringSplitOptions.RemoveEmptyEntries);
         }
         finally
         {
             Directory.Delete(dir, recursive: true);
         }
-    }
-
-    private static string Run(string file, string arguments)
-    {
-        using var process = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{file} {arguments} failed: {error}");
-        return output;
     }
 }
