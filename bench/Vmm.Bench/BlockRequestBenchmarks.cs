@@ -1,9 +1,8 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
-using BenchmarkDotNet.Configs;
 using Vmm.Devices.Virtio;
 using Vmm.Memory;
 using static Vmm.Devices.Virtio.SplitVirtqueueLayout;
+using static Vmm.Bench.DescriptorTableWriter;
 
 namespace Vmm.Bench;
 
@@ -11,21 +10,15 @@ namespace Vmm.Bench;
 /// makes 64 requests available (16-byte header, one data buffer, status byte, each in three chained
 /// descriptors) and the device runs them against a 64 MiB raw image in tmpfs (/dev/shm), so the figure
 /// is the VMM's cost per request plus a page-cache copy, without disk latency. Reported per request.</summary>
-[Config(typeof(Config))]
+[Config(typeof(OperationsPerSecondConfig))]
 [MemoryDiagnoser]
 public class BlockRequestBenchmarks
 {
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(StatisticColumn.OperationsPerSecond);
-    }
-
     public const int RequestsPerOperation = 64;
     private const ushort QueueSize = 256;
     private const long ImageBytes = 64L << 20;
     private const ulong DescriptorTableAddress = 0x10000, AvailableRingAddress = 0x20000, UsedRingAddress = 0x21000;
     private const ulong BuffersAddress = 0x100000;
-    private const ushort FlagNext = 1, FlagWrite = 2;
 
     private string _image = "";
     private GuestMemory _memory = null!;
@@ -53,9 +46,9 @@ public class BlockRequestBenchmarks
             _memory.Write(header, RequestType);
             bool toGuest = RequestType == VirtioBlock.RequestIn;
             int first = 3 * request;
-            WriteDescriptor(first, header, 16, FlagNext, (ushort)(first + 1));
-            WriteDescriptor(first + 1, data, (uint)DataBytes, (ushort)(FlagNext | (toGuest ? FlagWrite : 0)), (ushort)(first + 2));
-            WriteDescriptor(first + 2, status, 1, FlagWrite, 0);
+            Write(_memory, DescriptorTableAddress, first, header, 16, FlagNext, (ushort)(first + 1));
+            Write(_memory, DescriptorTableAddress, first + 1, data, (uint)DataBytes, (ushort)(FlagNext | (toGuest ? FlagWrite : 0)), (ushort)(first + 2));
+            Write(_memory, DescriptorTableAddress, first + 2, status, 1, FlagWrite, 0);
         }
         for (int slot = 0; slot < QueueSize; slot++)
             _memory.Write(AvailableRingAddress + AvailableRingOffset + 2UL * (ulong)slot, (ushort)(slot % RequestsPerOperation * 3));
@@ -95,14 +88,5 @@ public class BlockRequestBenchmarks
         _availableIndex += RequestsPerOperation;
         _memory.Write(AvailableRingAddress + AvailableIndexOffset, _availableIndex);
         _disk.ProcessQueue(0);
-    }
-
-    private void WriteDescriptor(int index, ulong address, uint length, ushort flags, ushort next)
-    {
-        ulong entry = DescriptorTableAddress + (ulong)DescriptorBytes * (ulong)index;
-        _memory.Write(entry, address);
-        _memory.Write(entry + 8, length);
-        _memory.Write(entry + 12, flags);
-        _memory.Write(entry + 14, next);
     }
 }

@@ -1,9 +1,8 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
-using BenchmarkDotNet.Configs;
 using Vmm.Devices.Virtio;
 using Vmm.Memory;
 using static Vmm.Devices.Virtio.SplitVirtqueueLayout;
+using static Vmm.Bench.DescriptorTableWriter;
 
 namespace Vmm.Bench;
 
@@ -11,7 +10,7 @@ namespace Vmm.Bench;
 /// available (one avail idx store, the ring entries already in place) and the device pops and completes
 /// each, then asks whether to notify. Reported per chain; the target is at least 5 million chains per
 /// second per core (Op/s).</summary>
-[Config(typeof(Config))]
+[Config(typeof(OperationsPerSecondConfig))]
 [MemoryDiagnoser]
 public class VirtqueuePopCompleteBenchmarks
 {
@@ -25,16 +24,10 @@ public class VirtqueuePopCompleteBenchmarks
         ThreeInIndirectTable,
     }
 
-    private sealed class Config : ManualConfig
-    {
-        public Config() => AddColumn(StatisticColumn.OperationsPerSecond);
-    }
-
     public const int ChainsPerOperation = 256;
     private const ushort QueueSize = 256;
     private const ulong DescriptorTableAddress = 0x10000, AvailableRingAddress = 0x20000, UsedRingAddress = 0x21000;
     private const ulong IndirectTablesAddress = 0x30000, BuffersAddress = 0x40000;
-    private const ushort FlagNext = 1, FlagWrite = 2, FlagIndirect = 4;
 
     private GuestMemory _memory = null!;
     private Virtqueue _queue = null!;
@@ -56,7 +49,7 @@ public class VirtqueuePopCompleteBenchmarks
             switch (Shape)
             {
                 case ChainShape.OneDescriptor:
-                    WriteDescriptor(DescriptorTableAddress, chain, buffer, 1526, FlagWrite, 0);
+                    Write(_memory, DescriptorTableAddress, chain, buffer, 1526, FlagWrite, 0);
                     break;
                 case ChainShape.ThreeDescriptors:
                     WriteBlockRead(DescriptorTableAddress, 3 * chain, buffer);
@@ -64,7 +57,7 @@ public class VirtqueuePopCompleteBenchmarks
                 case ChainShape.ThreeInIndirectTable:
                     ulong table = IndirectTablesAddress + (ulong)chain * 48;
                     WriteBlockRead(table, 0, buffer);
-                    WriteDescriptor(DescriptorTableAddress, chain, table, 48, FlagIndirect, 0);
+                    Write(_memory, DescriptorTableAddress, chain, table, 48, FlagIndirect, 0);
                     break;
             }
         }
@@ -104,17 +97,8 @@ public class VirtqueuePopCompleteBenchmarks
 
     private void WriteBlockRead(ulong table, int first, ulong buffer)
     {
-        WriteDescriptor(table, first, buffer, 16, FlagNext, (ushort)(first + 1));
-        WriteDescriptor(table, first + 1, buffer + 16, 512, FlagWrite | FlagNext, (ushort)(first + 2));
-        WriteDescriptor(table, first + 2, buffer + 528, 1, FlagWrite, 0);
-    }
-
-    private void WriteDescriptor(ulong table, int index, ulong address, uint length, ushort flags, ushort next)
-    {
-        ulong entry = table + (ulong)DescriptorBytes * (ulong)index;
-        _memory.Write(entry, address);
-        _memory.Write(entry + 8, length);
-        _memory.Write(entry + 12, flags);
-        _memory.Write(entry + 14, next);
+        Write(_memory, table, first, buffer, 16, FlagNext, (ushort)(first + 1));
+        Write(_memory, table, first + 1, buffer + 16, 512, FlagWrite | FlagNext, (ushort)(first + 2));
+        Write(_memory, table, first + 2, buffer + 528, 1, FlagWrite, 0);
     }
 }
