@@ -5,11 +5,15 @@ namespace Vmm.Devices;
 
 /// <summary>The device thread: one epoll over eventfds (virtqueue kicks from ioeventfd, TAP readiness),
 /// each with a handler run on this thread, so devices need no locks against each other. A handler
-/// that throws stops the loop and is reported through <paramref name="onHandlerFailure"/>.</summary>
+/// that throws stops the loop and is reported through <paramref name="onHandlerFailure"/>. The loop can
+/// be paused between batches: events that arrive meanwhile wait in the epoll set until it resumes.</summary>
 public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
 {
     private readonly Epoll _epoll = new();
-    private readonly EventFd _stop = new();
+    /// <summary>Wakes the loop out of epoll_wait to stop or to pause.</summary>
+    private readonly EventFd _wake = new();
+    private readonly object _pauseLock = new();
+    private bool _pauseRequested, _parked;
     private readonly List<Action> _handlers = [];
     private readonly object _lock = new();
     private Thread? _thread;
@@ -29,7 +33,7 @@ public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
 
     public void Start()
     {
-        _epoll.Add(_stop.Number, 0);
+        _epoll.Add(_wake.Number, 0);
         _thread = new Thread(Run) { Name = "devices", IsBackground = true };
         _thread.Start();
     }
@@ -41,11 +45,18 @@ public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
         {
             while (!_stopping)
             {
+                ParkWhilePaused();
                 int count = _epoll.Wait(events, -1);
+                // The whole batch is handled before a pause takes effect: an edge-triggered event that
+                // epoll has already handed over would otherwise be lost.
                 for (int i = 0; i < count && !_stopping; i++)
                 {
                     ulong token = events[i].Data;
-                    if (token == 0) return;
+                    if (token == 0)
+                    {
+                        _wake.Drain();
+                        continue;
+                    }
                     Action handler;
                     lock (_lock) handler = _handlers[(int)token - 1];
                     handler();
@@ -58,11 +69,43 @@ public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
         }
     }
 
+    private void ParkWhilePaused()
+    {
+        lock (_pauseLock)
+        {
+            if (!_pauseRequested) return;
+            _parked = true;
+            Monitor.PulseAll(_pauseLock);
+            while (_pauseRequested && !_stopping) Monitor.Wait(_pauseLock);
+            _parked = false;
+        }
+    }
+
+    /// <summary>Returns once the loop runs no handler and will run none until <see cref="Resume"/>.</summary>
+    public void Pause()
+    {
+        if (_thread is null || Thread.CurrentThread == _thread) return;
+        lock (_pauseLock) _pauseRequested = true;
+        _wake.Signal();
+        lock (_pauseLock)
+            while (!_parked && !_stopping && _thread.IsAlive) Monitor.Wait(_pauseLock, 50);
+    }
+
+    public void Resume()
+    {
+        lock (_pauseLock)
+        {
+            _pauseRequested = false;
+            Monitor.PulseAll(_pauseLock);
+        }
+    }
+
     public void Stop()
     {
         if (_thread is null || _stopping) return;
         _stopping = true;
-        _stop.Signal();
+        _wake.Signal();
+        lock (_pauseLock) Monitor.PulseAll(_pauseLock);
         if (Thread.CurrentThread != _thread) _thread.Join();
     }
 
@@ -70,6 +113,6 @@ public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
     {
         Stop();
         _epoll.Dispose();
-        _stop.Dispose();
+        _wake.Dispose();
     }
 }

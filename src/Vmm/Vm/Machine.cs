@@ -166,8 +166,9 @@ public sealed class Machine : IVmControl, IDisposable
     public int VcpuCount => _runners.Count;
     public TimeSpan Uptime => DateTime.UtcNow - _startedUtc;
 
-    /// <summary>Stops every vCPU between two instructions and returns once all are parked. Devices keep
-    /// completing what the guest already queued.</summary>
+    /// <summary>Stops every vCPU between two instructions, then the device thread between two batches of
+    /// events, and returns once all are parked: nothing touches guest memory or device state until
+    /// <see cref="Resume"/> (kicks and TAP frames that arrive meanwhile wait).</summary>
     public void Pause()
     {
         lock (_stateLock)
@@ -177,6 +178,7 @@ public sealed class Machine : IVmControl, IDisposable
             foreach (var runner in _runners) runner.Kick();
             if (!_pauseGate.WaitUntilParked(TimeSpan.FromSeconds(10)))
                 throw new InvalidOperationException("the vCPUs did not stop within 10 s");
+            _eventLoop.Pause();
             IsPaused = true;
         }
     }
@@ -186,6 +188,7 @@ public sealed class Machine : IVmControl, IDisposable
         lock (_stateLock)
         {
             if (!IsPaused) return;
+            _eventLoop.Resume();
             _pauseGate.Release();
             IsPaused = false;
         }

@@ -1,0 +1,78 @@
+using Vmm.Devices;
+using Vmm.Kvm;
+using Xunit;
+
+namespace Vmm.Tests.Devices;
+
+public sealed class EventLoopTests : IDisposable
+{
+    private readonly EventLoop _loop = new(_ => { });
+    private readonly EventFd _source = new();
+    private int _handled;
+
+    public void Dispose()
+    {
+        _loop.Dispose();
+        _source.Dispose();
+    }
+
+    private void StartCounting(bool edgeTriggered)
+    {
+        _loop.Add(_source.Number, () =>
+        {
+            _source.Drain();
+            Interlocked.Increment(ref _handled);
+        }, edgeTriggered);
+        _loop.Start();
+    }
+
+    private bool HandledReaches(int count)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (Volatile.Read(ref _handled) < count && DateTime.UtcNow < deadline) Thread.Sleep(5);
+        return Volatile.Read(ref _handled) >= count;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EventLoop_WhilePaused_RunsNoHandlerAndDeliversWhatArrivedOnResume(bool edgeTriggered)
+    {
+        StartCounting(edgeTriggered);
+        _source.Signal();
+        Assert.True(HandledReaches(1));
+
+        _loop.Pause();
+        _source.Signal();
+        Thread.Sleep(200);
+
+        Assert.Equal(1, Volatile.Read(ref _handled));
+        _loop.Resume();
+        Assert.True(HandledReaches(2));
+    }
+
+    [Fact]
+    public async Task EventLoop_StopWhilePaused_EndsTheLoop()
+    {
+        StartCounting(edgeTriggered: false);
+        _loop.Pause();
+
+        await Task.Run(_loop.Stop).WaitAsync(TimeSpan.FromSeconds(5));
+    }
+
+    [Fact]
+    public void EventLoop_AHandlerThatThrows_IsReported()
+    {
+        Exception? reported = null;
+        using var loop = new EventLoop(e => reported = e);
+        using var source = new EventFd();
+        loop.Add(source.Number, () => throw new InvalidOperationException("device broke"));
+        loop.Start();
+
+        source.Signal();
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (reported is null && DateTime.UtcNow < deadline) Thread.Sleep(5);
+
+        Assert.Equal("device broke", reported?.Message);
+    }
+}
