@@ -55,7 +55,15 @@ public sealed class Machine : IVmControl, IDisposable
             log.Warning("nested KVM backend (kvm_pvm) detected but its workarounds are off: a Linux guest is unlikely to boot");
         }
 
-        _vm = kvm.CreateVm();
+        try
+        {
+            _vm = kvm.CreateVm();
+        }
+        catch
+        {
+            _eventLoop.Dispose();
+            throw;
+        }
         try
         {
             // Intel needs these pages for real-mode emulation; KVM on AMD accepts and ignores them.

@@ -25,11 +25,12 @@ public sealed class VirtioMmioDevices : IDisposable
 
     public void Add(string name, IVirtioDevice device, KvmVm vm, DeviceBus mmio, EventLoop eventLoop, GuestMemory memory, Logger log)
     {
+        // Owned first: a device refused below (one too many) still has its image or TAP closed.
+        if (device is IDisposable disposable) _owned.Add(disposable);
         if (_devices.Count == FreeIrqs.Length)
             throw new Boot.BootException($"at most {FreeIrqs.Length} virtio devices are supported");
         ulong address = FirstWindowAddress + (ulong)_devices.Count * VirtioMmioTransport.WindowBytes;
         uint irq = FreeIrqs[_devices.Count];
-        if (device is IDisposable disposable) _owned.Add(disposable);
 
         var interrupt = Own(new EventFd());
         vm.RegisterIrqfd(interrupt.Number, irq);
