@@ -39,6 +39,14 @@ public sealed unsafe class KvmVcpu : IDisposable
     public KvmVcpuEvents GetVcpuEvents() => Get<KvmVcpuEvents>("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents);
     public void SetVcpuEvents(in KvmVcpuEvents events) => Set("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents, events);
 
+    /// <summary>KVM_GET_TSC_KHZ: the frequency of the guest's time-stamp counter.</summary>
+    public uint GetTscKhz()
+    {
+        int khz = Libc.Ioctl(_fd.Number, KvmIoctls.GetTscKhz, (nuint)0);
+        if (khz < 0) throw KvmException.FromLastError("KVM_GET_TSC_KHZ");
+        return (uint)khz;
+    }
+
     /// <summary>KVM_TRANSLATE: the guest physical address behind a linear address in the vCPU's current
     /// paging mode, or null when it is not mapped.</summary>
     public ulong? Translate(ulong linearAddress)

@@ -51,4 +51,5 @@ public static unsafe class KvmIoctls
     public static readonly nuint SetCpuid2 = IoW(0x90, sizeof(KvmCpuid2Header));
     public static readonly nuint GetVcpuEvents = IoR(0x9f, sizeof(KvmVcpuEvents));
     public static readonly nuint SetVcpuEvents = IoW(0xa0, sizeof(KvmVcpuEvents));
+    public static readonly nuint GetTscKhz = Io(0xa3);
 }
