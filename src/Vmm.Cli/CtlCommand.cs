@@ -5,12 +5,17 @@ using System.Text.Json;
 namespace Vmm.Cli;
 
 /// <summary><c>vmm ctl</c>: one request to a VM's control socket. Exit code 0 when the VM did it, 1 when
-/// it answered with an error, 2 when there was no VM to ask.</summary>
+/// it answered with an error, 2 when there was no VM to ask. A migration's progress lines are printed as
+/// they come, then its final answer.</summary>
 public static class CtlCommand
 {
     public static int Execute(CtlOptions options)
     {
-        string request = JsonSerializer.Serialize(options.Command, CtlJsonContext.Default.String);
+        if (BuildRequest(options, out string error) is not { } request)
+        {
+            Console.Error.WriteLine($"vmm: error: {error}");
+            return 2;
+        }
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
@@ -22,16 +27,56 @@ public static class CtlCommand
             return 2;
         }
         using var stream = new NetworkStream(socket);
-        stream.Write(Encoding.UTF8.GetBytes($"{{\"command\":{request}}}\n"));
+        stream.Write(request);
         using var reader = new StreamReader(stream, Encoding.UTF8);
-        string? answer = reader.ReadLine();
-        if (answer is null)
+        while (reader.ReadLine() is { } answer)
         {
-            Console.Error.WriteLine("vmm: error: the VM closed the control socket without answering");
-            return 2;
+            Console.Out.WriteLine(answer);
+            using var document = JsonDocument.Parse(answer);
+            if (!document.RootElement.TryGetProperty("ok", out var ok)) continue; // a progress line
+            return ok.ValueKind == JsonValueKind.True ? 0 : 1;
         }
-        Console.Out.WriteLine(answer);
-        using var document = JsonDocument.Parse(answer);
-        return document.RootElement.TryGetProperty("ok", out var ok) && ok.ValueKind == JsonValueKind.True ? 0 : 1;
+        Console.Error.WriteLine("vmm: error: the VM closed the control socket without answering");
+        return 2;
+    }
+
+    /// <summary>The JSON request line, or null with <paramref name="error"/> when the arguments do not make one.</summary>
+    private static byte[]? BuildRequest(CtlOptions options, out string error)
+    {
+        error = "";
+        var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("command", options.Command);
+            switch (options.Command)
+            {
+                case "snapshot":
+                    if (options.Path is null)
+                    {
+                        error = "snapshot needs a directory: vmm ctl --socket PATH snapshot DIR";
+                        return null;
+                    }
+                    // The VM resolves paths against its own working directory, not ours.
+                    writer.WriteString("path", Path.GetFullPath(options.Path));
+                    break;
+                case "migrate":
+                    if (options.To is null)
+                    {
+                        error = "migrate needs --to HOST:PORT (where 'vmm migrate-receive --listen' runs)";
+                        return null;
+                    }
+                    writer.WriteString("to", options.To);
+                    writer.WriteNumber("downtimeMs", options.DowntimeMs);
+                    writer.WriteNumber("timeoutS", options.TimeoutS);
+                    writer.WriteNumber("maxPasses", options.MaxPasses);
+                    writer.WriteBoolean("force", options.Force);
+                    writer.WriteBoolean("autoConverge", options.AutoConverge);
+                    break;
+            }
+            writer.WriteEndObject();
+        }
+        buffer.WriteByte((byte)'\n');
+        return buffer.ToArray();
     }
 }

@@ -8,6 +8,27 @@ public sealed class CtlOptions
     [Option("socket", Required = true, HelpText = "The VM's control socket.")]
     public string Socket { get; set; } = "";
 
-    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause or resume.")]
+    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, or migrate --to HOST:PORT.")]
     public string Command { get; set; } = "";
+
+    [Value(1, MetaName = "path", HelpText = "snapshot: the directory to write the snapshot to.")]
+    public string? Path { get; set; }
+
+    [Option("to", HelpText = "migrate: the target's address, HOST:PORT, where 'vmm migrate-receive --listen' runs.")]
+    public string? To { get; set; }
+
+    [Option("downtime-ms", Default = 300, HelpText = "migrate: the longest pause the guest may see; the last copy starts once the dirty pages left can be sent in this time.")]
+    public int DowntimeMs { get; set; } = 300;
+
+    [Option("timeout-s", Default = 0, HelpText = "migrate: give up after this many seconds (0: no limit); the VM keeps running here.")]
+    public int TimeoutS { get; set; }
+
+    [Option("max-passes", Default = 30, HelpText = "migrate: the most copy passes before the downtime limit is given up on (see --force).")]
+    public int MaxPasses { get; set; } = 30;
+
+    [Option("force", HelpText = "migrate: when --max-passes or --timeout-s is reached, do the last copy anyway (longer downtime) instead of failing.")]
+    public bool Force { get; set; }
+
+    [Option("auto-converge", HelpText = "migrate: when a pass does not shrink the dirty pages, slow the vCPUs down (20%, then +10% per pass, up to 99%).")]
+    public bool AutoConverge { get; set; }
 }

@@ -11,6 +11,7 @@ public static class Program
     // so the NativeAOT binary parses exactly like the JIT one.
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(CtlOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(MigrateReceiveOptions))]
     public static int Main(string[] args)
     {
         using var parser = new Parser(settings =>
@@ -19,11 +20,12 @@ public static class Program
             settings.CaseInsensitiveEnumValues = true;
             settings.AllowMultiInstance = true;
         });
-        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions), typeof(CtlOptions));
+        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions), typeof(CtlOptions), typeof(MigrateReceiveOptions));
         return result switch
         {
             Parsed<object> { Value: RunOptions run } => RunCommand.Execute(run),
             Parsed<object> { Value: CtlOptions ctl } => CtlCommand.Execute(ctl),
+            Parsed<object> { Value: MigrateReceiveOptions receive } => MigrateReceiveCommand.Execute(receive),
             NotParsed<object> notParsed => ReportParseErrors(notParsed),
             _ => ExitCodes.VmmError,
         };

@@ -3,6 +3,8 @@ using Vmm.Boot;
 using Vmm.Diagnostics;
 using Vmm.Kvm;
 using Vmm.Memory;
+using Vmm.Snapshot;
+using Vmm.State;
 using Vmm.Vm;
 
 namespace Vmm.Cli;
@@ -16,7 +18,13 @@ public static class RunCommand
     public static int Execute(RunOptions options)
     {
         var log = Logger.Stderr(options.Verbose ? LogLevel.Debug : LogLevel.Info);
-        if (!MemorySize.TryParse(options.Memory, out ulong memoryBytes, out string error))
+        if (options.Restore is not null) return Restore(options, log);
+        if (options.Kernel is null)
+        {
+            log.Error("--kernel is required (or --restore DIR to continue a snapshot)");
+            return ExitCodes.VmmError;
+        }
+        if (!MemorySize.TryParse(options.Memory ?? "256M", out ulong memoryBytes, out string error))
         {
             log.Error($"--memory: {error}");
             return ExitCodes.VmmError;
@@ -44,23 +52,83 @@ public static class RunCommand
             networks.Add(network!);
         }
 
+        return RunMachine(options, log, serial => Machine.Create(new MachineConfig
+        {
+            KernelPath = options.Kernel,
+            InitrdPath = options.Initrd,
+            CommandLine = options.CommandLine ?? MachineConfig.DefaultCommandLine,
+            MemoryBytes = memoryBytes,
+            VcpuCount = options.Cpus ?? 1,
+            Disks = disks,
+            Networks = networks,
+            SerialOutput = serial,
+            NestedKvmWorkarounds = !options.NoNestedWorkarounds,
+        }, log));
+    }
+
+    /// <summary><c>vmm run --restore DIR</c>: the machine comes from the snapshot, so the options that
+    /// describe one are refused rather than silently ignored.</summary>
+    private static int Restore(RunOptions options, Logger log)
+    {
+        string[] conflicting = [
+            .. options.Kernel is null ? Array.Empty<string>() : ["--kernel"],
+            .. options.Initrd is null ? Array.Empty<string>() : ["--initrd"],
+            .. options.CommandLine is null ? Array.Empty<string>() : ["--cmdline"],
+            .. options.Memory is null ? Array.Empty<string>() : ["--memory"],
+            .. options.Cpus is null ? Array.Empty<string>() : ["--cpus"],
+            .. options.Disks.Any() ? ["--disk"] : Array.Empty<string>(),
+            .. options.Networks.Any() ? ["--net"] : Array.Empty<string>(),
+        ];
+        if (conflicting.Length > 0)
+        {
+            log.Error($"--restore takes the machine from the snapshot; {string.Join(", ", conflicting)} cannot be given with it");
+            return ExitCodes.VmmError;
+        }
+        MachineState state;
+        string memoryPath;
+        try
+        {
+            (state, memoryPath) = SnapshotDirectory.Read(options.Restore!);
+        }
+        catch (Exception e) when (e is StateFormatException or IOException or UnauthorizedAccessException)
+        {
+            log.Error($"--restore {options.Restore}: {e.Message}");
+            return ExitCodes.VmmError;
+        }
+        return RunMachine(options, log, serial =>
+        {
+            var machine = Machine.CreateForRestore(ConfigFor(state.Description, serial, options.NoNestedWorkarounds), log, memoryPath);
+            try
+            {
+                machine.RestoreState(state);
+            }
+            catch
+            {
+                machine.Dispose();
+                throw;
+            }
+            log.Info($"restored the VM saved in {options.Restore}");
+            return machine;
+        });
+    }
+
+    public static MachineConfig ConfigFor(MachineDescription description, Stream serial, bool noNestedWorkarounds) => new()
+    {
+        MemoryBytes = description.MemoryBytes,
+        VcpuCount = description.VcpuCount,
+        Disks = description.Disks,
+        Networks = description.Networks,
+        SerialOutput = serial,
+        NestedKvmWorkarounds = !noNestedWorkarounds,
+    };
+
+    private static int RunMachine(RunOptions options, Logger log, Func<Stream, Machine> build)
+    {
         Stream? serialLog = null;
         try
         {
             serialLog = options.SerialLog is null ? null : OpenSerialLog(options.SerialLog);
-            var config = new MachineConfig
-            {
-                KernelPath = options.Kernel,
-                InitrdPath = options.Initrd,
-                CommandLine = options.CommandLine ?? MachineConfig.DefaultCommandLine,
-                MemoryBytes = memoryBytes,
-                VcpuCount = options.Cpus,
-                Disks = disks,
-                Networks = networks,
-                SerialOutput = serialLog ?? Console.OpenStandardOutput(),
-                NestedKvmWorkarounds = !options.NoNestedWorkarounds,
-            };
-            using var machine = Machine.Create(config, log);
+            using var machine = build(serialLog ?? Console.OpenStandardOutput());
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => StopBySignal(c, machine, "SIGINT", SigInt));
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => StopBySignal(c, machine, "SIGTERM", SigTerm));
             using var control = options.ApiSocket is null ? null : StartControl(machine, options.ApiSocket, log);
@@ -70,7 +138,7 @@ public static class RunCommand
             Report(log, stop);
             return stop.ExitCode;
         }
-        catch (Exception e) when (e is BootException or PosixException or GuestMemoryException)
+        catch (Exception e) when (e is BootException or PosixException or GuestMemoryException or StateFormatException or KvmException)
         {
             log.Error(e.Message);
             return ExitCodes.VmmError;

@@ -5,8 +5,11 @@ namespace Vmm.Cli;
 [Verb("run", HelpText = "Boot a Linux kernel (bzImage or ELF vmlinux) in a new VM, console on the terminal.")]
 public sealed class RunOptions
 {
-    [Option("kernel", Required = true, HelpText = "Kernel to boot: a bzImage or an ELF vmlinux.")]
-    public string Kernel { get; set; } = "";
+    [Option("kernel", HelpText = "Kernel to boot: a bzImage or an ELF vmlinux. Required unless --restore is given.")]
+    public string? Kernel { get; set; }
+
+    [Option("restore", HelpText = "Continue the VM saved in this snapshot directory (vmm ctl snapshot) instead of booting; its memory, vCPUs, disks and TAPs come from the snapshot.")]
+    public string? Restore { get; set; }
 
     [Option("initrd", HelpText = "Initramfs (cpio, optionally compressed) for the kernel.")]
     public string? Initrd { get; set; }
@@ -14,11 +17,11 @@ public sealed class RunOptions
     [Option("cmdline", HelpText = "Kernel command line. Default: \"" + Vm.MachineConfig.DefaultCommandLine + "\".")]
     public string? CommandLine { get; set; }
 
-    [Option("memory", Default = "256M", HelpText = "Guest RAM, e.g. 512M or 2G (powers of 1024).")]
-    public string Memory { get; set; } = "256M";
+    [Option("memory", HelpText = "Guest RAM, e.g. 512M or 2G (powers of 1024). Default: 256M.")]
+    public string? Memory { get; set; }
 
-    [Option("cpus", Default = 1, HelpText = "Number of vCPUs, 1 to 32; the guest finds them in an MP table.")]
-    public int Cpus { get; set; } = 1;
+    [Option("cpus", HelpText = "Number of vCPUs, 1 to 32; the guest finds them in an MP table. Default: 1.")]
+    public int? Cpus { get; set; }
 
     [Option("disk", HelpText = "A virtio-blk disk: PATH[,ro][,id=NAME], a raw image whose size is a multiple of 512. Repeatable: vda, vdb, ...")]
     public IEnumerable<string> Disks { get; set; } = [];
@@ -26,7 +29,7 @@ public sealed class RunOptions
     [Option("net", HelpText = "A virtio-net interface on a TAP device: tap=NAME[,mac=XX:XX:XX:XX:XX:XX]. Repeatable: eth0, eth1, ...")]
     public IEnumerable<string> Networks { get; set; } = [];
 
-    [Option("api-socket", HelpText = "Serve the VM's control socket here (unix socket; see vmm ctl): status, pause, resume.")]
+    [Option("api-socket", HelpText = "Serve the VM's control socket here (unix socket; see vmm ctl): status, pause, resume, snapshot, migrate.")]
     public string? ApiSocket { get; set; }
 
     [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]

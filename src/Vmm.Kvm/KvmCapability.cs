@@ -15,4 +15,12 @@ public enum KvmCapability
     ImmediateExit = 136,
     NrMemslots = 10,
     MaxVcpus = 66,
+    AdjustClock = 39,
+    Debugregs = 50,
+    Xsave = 55,
+    Xcrs = 56,
+    TscControl = 60,
+    ManualDirtyLogProtect2 = 168,
+    DirtyLogRing = 192,
+    Xsave2 = 208,
 }

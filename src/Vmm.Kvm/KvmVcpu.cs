@@ -39,6 +39,35 @@ public sealed unsafe class KvmVcpu : IDisposable
     public KvmVcpuEvents GetVcpuEvents() => Get<KvmVcpuEvents>("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents);
     public void SetVcpuEvents(in KvmVcpuEvents events) => Set("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents, events);
 
+    public KvmMpState GetMpState() => Get<KvmMpState>("KVM_GET_MP_STATE", KvmIoctls.GetMpState);
+    public void SetMpState(in KvmMpState state) => Set("KVM_SET_MP_STATE", KvmIoctls.SetMpState, state);
+    public KvmDebugRegs GetDebugRegs() => Get<KvmDebugRegs>("KVM_GET_DEBUGREGS", KvmIoctls.GetDebugRegs);
+    public void SetDebugRegs(in KvmDebugRegs regs) => Set("KVM_SET_DEBUGREGS", KvmIoctls.SetDebugRegs, regs);
+    public KvmXcrs GetXcrs() => Get<KvmXcrs>("KVM_GET_XCRS", KvmIoctls.GetXcrs);
+    public void SetXcrs(in KvmXcrs xcrs) => Set("KVM_SET_XCRS", KvmIoctls.SetXcrs, xcrs);
+
+    /// <summary>The XSAVE area. <paramref name="sizeBytes"/> is what KVM_CAP_XSAVE2 reports (0 or at most
+    /// 4096 on hosts without extended state such as AMX, then the legacy KVM_GET_XSAVE is used).</summary>
+    public byte[] GetXsave(int sizeBytes)
+    {
+        bool extended = sizeBytes > sizeof(KvmXsave);
+        byte[] area = new byte[extended ? sizeBytes : sizeof(KvmXsave)];
+        fixed (byte* p = area)
+            Check(extended ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE", Libc.Ioctl(_fd.Number, extended ? KvmIoctls.GetXsave2 : KvmIoctls.GetXsave, p));
+        return area;
+    }
+
+    /// <summary>KVM_SET_XSAVE; KVM reads as many bytes as this vCPU's XSAVE area has, so a shorter area is refused here.</summary>
+    public void SetXsave(ReadOnlySpan<byte> area)
+    {
+        if (area.Length < sizeof(KvmXsave)) throw new ArgumentException($"an XSAVE area is at least {sizeof(KvmXsave)} bytes", nameof(area));
+        fixed (byte* p = area) Check("KVM_SET_XSAVE", Libc.Ioctl(_fd.Number, KvmIoctls.SetXsave, p));
+    }
+
+    /// <summary>KVM_SET_TSC_KHZ: runs the guest's TSC at this frequency (KVM_CAP_TSC_CONTROL), so a guest
+    /// moved to a host with another TSC frequency keeps its notion of time.</summary>
+    public void SetTscKhz(uint khz) => Check("KVM_SET_TSC_KHZ", Libc.Ioctl(_fd.Number, KvmIoctls.SetTscKhz, (nuint)khz));
+
     /// <summary>KVM_GET_TSC_KHZ: the frequency of the guest's time-stamp counter.</summary>
     public uint GetTscKhz()
     {

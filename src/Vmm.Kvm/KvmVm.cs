@@ -89,6 +89,64 @@ public sealed unsafe class KvmVm : IDisposable
         }
     }
 
+    /// <summary>KVM_CLEAR_DIRTY_LOG (manual dirty-log protection): re-protects the pages set in
+    /// <paramref name="bitmap"/>, which starts at <paramref name="firstPage"/> (a multiple of 64).</summary>
+    public void ClearDirtyLog(uint slot, ulong firstPage, uint pageCount, ReadOnlySpan<ulong> bitmap)
+    {
+        fixed (ulong* p = bitmap)
+        {
+            var clear = new KvmClearDirtyLog { Slot = slot, FirstPage = firstPage, NumPages = pageCount, DirtyBitmap = (ulong)p };
+            Check("KVM_CLEAR_DIRTY_LOG", Libc.Ioctl(_fd.Number, KvmIoctls.ClearDirtyLog, &clear));
+        }
+    }
+
+    public void EnableCap(KvmCapability capability, ulong argument0)
+    {
+        var cap = new KvmEnableCap { Cap = (uint)capability };
+        cap.Args[0] = argument0;
+        Check("KVM_ENABLE_CAP", Libc.Ioctl(_fd.Number, KvmIoctls.EnableCap, &cap));
+    }
+
+    /// <summary>The in-kernel interrupt controller chips, by KVM's numbering.</summary>
+    public const uint IrqchipPicMaster = 0, IrqchipPicSlave = 1, IrqchipIoapic = 2;
+
+    public KvmIrqchip GetIrqchip(uint chipId)
+    {
+        var chip = new KvmIrqchip { ChipId = chipId };
+        Check("KVM_GET_IRQCHIP", Libc.Ioctl(_fd.Number, KvmIoctls.GetIrqchip, &chip));
+        return chip;
+    }
+
+    public void SetIrqchip(in KvmIrqchip chip)
+    {
+        fixed (KvmIrqchip* p = &chip) Check("KVM_SET_IRQCHIP", Libc.Ioctl(_fd.Number, KvmIoctls.SetIrqchip, p));
+    }
+
+    public KvmPitState2 GetPit2()
+    {
+        KvmPitState2 state;
+        Check("KVM_GET_PIT2", Libc.Ioctl(_fd.Number, KvmIoctls.GetPit2, &state));
+        return state;
+    }
+
+    public void SetPit2(in KvmPitState2 state)
+    {
+        fixed (KvmPitState2* p = &state) Check("KVM_SET_PIT2", Libc.Ioctl(_fd.Number, KvmIoctls.SetPit2, p));
+    }
+
+    /// <summary>KVM_GET_CLOCK: kvmclock's current value in nanoseconds.</summary>
+    public KvmClockData GetClock()
+    {
+        KvmClockData clock;
+        Check("KVM_GET_CLOCK", Libc.Ioctl(_fd.Number, KvmIoctls.GetClock, &clock));
+        return clock;
+    }
+
+    public void SetClock(in KvmClockData clock)
+    {
+        fixed (KvmClockData* p = &clock) Check("KVM_SET_CLOCK", Libc.Ioctl(_fd.Number, KvmIoctls.SetClock, p));
+    }
+
     public KvmVcpu CreateVcpu(int index)
     {
         int fd = Libc.Ioctl(_fd.Number, KvmIoctls.CreateVcpu, (nuint)index);

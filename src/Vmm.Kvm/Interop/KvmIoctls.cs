@@ -34,6 +34,15 @@ public static unsafe class KvmIoctls
     public static readonly nuint Irqfd = IoW(0x76, sizeof(KvmIrqfd));
     public static readonly nuint CreatePit2 = IoW(0x77, sizeof(KvmPitConfig));
     public static readonly nuint Ioeventfd = IoW(0x79, sizeof(KvmIoeventfd));
+    public static readonly nuint GetIrqchip = IoWR(0x62, sizeof(KvmIrqchip));
+    // The kernel declares KVM_SET_IRQCHIP with _IOR although it reads the struct.
+    public static readonly nuint SetIrqchip = IoR(0x63, sizeof(KvmIrqchip));
+    public static readonly nuint SetClock = IoW(0x7b, sizeof(KvmClockData));
+    public static readonly nuint GetClock = IoR(0x7c, sizeof(KvmClockData));
+    public static readonly nuint GetPit2 = IoR(0x9f, sizeof(KvmPitState2));
+    public static readonly nuint SetPit2 = IoW(0xa0, sizeof(KvmPitState2));
+    public static readonly nuint EnableCap = IoW(0xa3, sizeof(KvmEnableCap));
+    public static readonly nuint ClearDirtyLog = IoWR(0xc0, sizeof(KvmClearDirtyLog));
 
     // vCPU ioctls.
     public static readonly nuint Run = Io(0x80);
@@ -51,5 +60,15 @@ public static unsafe class KvmIoctls
     public static readonly nuint SetCpuid2 = IoW(0x90, sizeof(KvmCpuid2Header));
     public static readonly nuint GetVcpuEvents = IoR(0x9f, sizeof(KvmVcpuEvents));
     public static readonly nuint SetVcpuEvents = IoW(0xa0, sizeof(KvmVcpuEvents));
+    public static readonly nuint GetMpState = IoR(0x98, sizeof(KvmMpState));
+    public static readonly nuint SetMpState = IoW(0x99, sizeof(KvmMpState));
+    public static readonly nuint GetDebugRegs = IoR(0xa1, sizeof(KvmDebugRegs));
+    public static readonly nuint SetDebugRegs = IoW(0xa2, sizeof(KvmDebugRegs));
+    public static readonly nuint SetTscKhz = Io(0xa2);
     public static readonly nuint GetTscKhz = Io(0xa3);
+    public static readonly nuint GetXsave = IoR(0xa4, sizeof(KvmXsave));
+    public static readonly nuint SetXsave = IoW(0xa5, sizeof(KvmXsave));
+    public static readonly nuint GetXcrs = IoR(0xa6, sizeof(KvmXcrs));
+    public static readonly nuint SetXcrs = IoW(0xa7, sizeof(KvmXcrs));
+    public static readonly nuint GetXsave2 = IoR(0xcf, sizeof(KvmXsave));
 }

@@ -218,3 +218,120 @@ public struct KvmTranslation
 
 [InlineArray(5)]
 public struct TranslationPad { private byte _element; }
+
+/// <summary>struct kvm_irqchip: chip 0 is the master PIC, 1 the slave PIC, 2 the IOAPIC; the state is a
+/// 512-byte union that vmm saves and restores without looking inside.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmIrqchip
+{
+    public uint ChipId;
+    public uint Pad;
+    public IrqchipState State;
+}
+
+[InlineArray(512)]
+public struct IrqchipState { private byte _element; }
+
+/// <summary>struct kvm_pit_state2 (three channel states, flags, reserved), saved and restored whole.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmPitState2
+{
+    public PitState2Bytes Bytes;
+}
+
+[InlineArray(112)]
+public struct PitState2Bytes { private byte _element; }
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmClockData
+{
+    public ulong Clock;
+    public uint Flags;
+    public uint Pad0;
+    public ulong Realtime;
+    public ulong HostTsc;
+    public ClockDataPad Pad;
+}
+
+[InlineArray(4)]
+public struct ClockDataPad { private uint _element; }
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmMpState
+{
+    public uint State;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmDebugRegs
+{
+    public DebugRegisters Db;
+    public ulong Dr6;
+    public ulong Dr7;
+    public ulong Flags;
+    public DebugRegsReserved Reserved;
+}
+
+[InlineArray(4)]
+public struct DebugRegisters { private ulong _element; }
+
+[InlineArray(9)]
+public struct DebugRegsReserved { private ulong _element; }
+
+/// <summary>struct kvm_xsave: the 4 KiB legacy XSAVE area (KVM_GET_XSAVE2 may need more; see
+/// <see cref="KvmVcpu.GetXsave"/>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmXsave
+{
+    public XsaveRegion Region;
+}
+
+[InlineArray(4096)]
+public struct XsaveRegion { private byte _element; }
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmXcr
+{
+    public uint Xcr;
+    public uint Reserved;
+    public ulong Value;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmXcrs
+{
+    public uint Count;
+    public uint Flags;
+    public XcrArray Xcrs;
+    public XcrsPadding Padding;
+}
+
+[InlineArray(16)]
+public struct XcrArray { private KvmXcr _element; }
+
+[InlineArray(16)]
+public struct XcrsPadding { private ulong _element; }
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmClearDirtyLog
+{
+    public uint Slot;
+    public uint NumPages;
+    public ulong FirstPage;
+    public ulong DirtyBitmap;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct KvmEnableCap
+{
+    public uint Cap;
+    public uint Flags;
+    public EnableCapArgs Args;
+    public EnableCapPad Pad;
+}
+
+[InlineArray(4)]
+public struct EnableCapArgs { private ulong _element; }
+
+[InlineArray(64)]
+public struct EnableCapPad { private byte _element; }

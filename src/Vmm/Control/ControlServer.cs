@@ -2,12 +2,15 @@ using System.Net.Sockets;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Vmm.Diagnostics;
+using Vmm.Migration;
 using Vmm.Vm;
 
 namespace Vmm.Control;
 
 /// <summary>The VM's control socket: a unix socket taking one JSON request per line,
-/// <c>{"command":"status"|"pause"|"resume"}</c>, and answering one JSON line,
+/// <c>{"command":"status"|"pause"|"resume"}</c>, <c>{"command":"snapshot","path":DIR}</c> or
+/// <c>{"command":"migrate","to":"HOST:PORT",...}</c> (which first streams one <c>{"event":"pass",...}</c>
+/// line per copy pass), and answering one JSON line,
 /// <c>{"ok":true,...}</c> or <c>{"ok":false,"error":"..."}</c>. Requests are hostile input: anything
 /// malformed gets an error answer, never an exception in the VMM.</summary>
 public sealed class ControlServer : IDisposable
@@ -19,6 +22,7 @@ public sealed class ControlServer : IDisposable
     private readonly Socket _listener;
     private readonly string _path;
     private volatile bool _closed;
+    private int _migrating;
 
     private ControlServer(Machine machine, Logger log, Socket listener, string path)
     {
@@ -86,8 +90,11 @@ public sealed class ControlServer : IDisposable
             {
                 while (ReadLine(stream) is { } request)
                 {
-                    byte[] answer = Handle(request);
+                    VmStop? stopAfterAnswer = null;
+                    byte[] answer = Handle(request, line => stream.Write(line), stop => stopAfterAnswer = stop);
                     stream.Write(answer);
+                    // A migrated VM stops here only once the client has the answer.
+                    if (stopAfterAnswer is not null) _machine.RequestStop(stopAfterAnswer);
                 }
             }
             catch (IOException)
@@ -112,27 +119,38 @@ public sealed class ControlServer : IDisposable
     }
 
     /// <summary>Answers one request; public so tests can drive the protocol without a socket.</summary>
-    public byte[] Handle(ReadOnlySpan<byte> request)
+    public byte[] Handle(ReadOnlySpan<byte> request) => Handle(request, _ => { }, _ => { });
+
+    /// <param name="progress">Writes an intermediate JSON line (a migration's passes) to the client.</param>
+    /// <param name="stopAfterAnswer">Asks for the VM to stop once the answer is written (a finished migration).</param>
+    private byte[] Handle(ReadOnlySpan<byte> request, Action<byte[]> progress, Action<VmStop> stopAfterAnswer)
     {
-        string? command;
+        JsonElement root;
         try
         {
             using var document = JsonDocument.Parse(request.ToArray());
-            command = document.RootElement.ValueKind == JsonValueKind.Object
-                && document.RootElement.TryGetProperty("command", out var value) && value.ValueKind == JsonValueKind.String
-                ? value.GetString() : null;
+            root = document.RootElement.Clone();
         }
         catch (JsonException e)
         {
             return Error($"the request is not JSON: {e.Message}");
         }
+        string? command = root.ValueKind == JsonValueKind.Object
+            && root.TryGetProperty("command", out var value) && value.ValueKind == JsonValueKind.String
+            ? value.GetString() : null;
         if (command is null) return Error("the request must be a JSON object with a string \"command\"");
         try
         {
             switch (command)
             {
+                case "snapshot":
+                    if (StringArgument(root, "path") is not { Length: > 0 } path) return Error("snapshot needs a \"path\": the directory to write");
+                    Snapshot(path);
+                    break;
                 case "status":
                     break;
+                case "migrate":
+                    return Migrate(root, progress, stopAfterAnswer);
                 case "pause":
                     _machine.Pause();
                     _log.Info("paused by the control socket");
@@ -142,20 +160,115 @@ public sealed class ControlServer : IDisposable
                     _log.Info("resumed by the control socket");
                     break;
                 default:
-                    return Error($"unknown command '{command}' (expected status, pause or resume)");
+                    return Error($"unknown command '{command}' (expected status, pause, resume, snapshot or migrate)");
             }
         }
-        catch (InvalidOperationException e)
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or Kvm.KvmException)
         {
             return Error(e.Message);
         }
         return Status();
     }
 
+    private byte[] Migrate(JsonElement root, Action<byte[]> progress, Action<VmStop> stopAfterAnswer)
+    {
+        if (StringArgument(root, "to") is not { Length: > 0 } target) return Error("migrate needs \"to\": the target's HOST:PORT");
+        var options = new MigrationOptions
+        {
+            Target = target,
+            DowntimeMs = IntArgument(root, "downtimeMs") ?? 300,
+            TimeoutS = IntArgument(root, "timeoutS") ?? 0,
+            MaxPasses = IntArgument(root, "maxPasses") ?? 30,
+            Force = BoolArgument(root, "force"),
+            AutoConverge = BoolArgument(root, "autoConverge"),
+        };
+        if (options.DowntimeMs < 0 || options.TimeoutS < 0 || options.MaxPasses < 1)
+            return Error("downtimeMs and timeoutS must not be negative, maxPasses at least 1");
+        if (Interlocked.Exchange(ref _migrating, 1) == 1) return Error("a migration is already running");
+        try
+        {
+            _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")})");
+            var report = MigrationSource.Migrate(_machine, options, pass =>
+            {
+                _log.Info($"migration {pass}");
+                TryWrite(progress, Json(writer =>
+                {
+                    writer.WriteString("event", "pass");
+                    writer.WriteNumber("pass", pass.Number);
+                    writer.WriteNumber("pagesSent", pass.PagesSent);
+                    writer.WriteNumber("zeroPages", pass.ZeroPages);
+                    writer.WriteNumber("mibSent", Math.Round(pass.BytesSent / 1048576.0, 2));
+                    writer.WriteNumber("ms", Math.Round(pass.Seconds * 1000, 1));
+                    writer.WriteNumber("bandwidthMiBps", Math.Round(pass.BandwidthMiBps, 1));
+                    writer.WriteNumber("dirtyPages", pass.DirtyPagesAfter);
+                    writer.WriteNumber("dirtyRateMiBps", Math.Round(pass.DirtyRateMiBps, 1));
+                    writer.WriteNumber("estimatedDowntimeMs", Math.Round(pass.EstimatedDowntimeMs, 1));
+                    writer.WriteNumber("throttlePercent", pass.ThrottlePercent);
+                }));
+            }, _log);
+            _log.Info(report.ToString());
+            stopAfterAnswer(VmStop.Migrated(target));
+            return Json(writer =>
+            {
+                writer.WriteBoolean("ok", true);
+                writer.WriteString("state", "migrated");
+                writer.WriteString("target", target);
+                writer.WriteNumber("passes", report.Passes);
+                writer.WriteNumber("totalMs", Math.Round(report.TotalMs, 1));
+                writer.WriteNumber("downtimeMs", Math.Round(report.DowntimeMs, 1));
+                writer.WriteNumber("mibSent", Math.Round(report.TotalBytes / 1048576.0, 2));
+                writer.WriteNumber("pagesSent", report.PagesSent);
+                writer.WriteBoolean("forced", report.Forced);
+            });
+        }
+        catch (MigrationException e)
+        {
+            _log.Error(e.Message);
+            return Error(e.Message);
+        }
+        finally
+        {
+            Volatile.Write(ref _migrating, 0);
+        }
+    }
+
+    /// <summary>A client that stopped reading progress must not fail the migration itself.</summary>
+    private static void TryWrite(Action<byte[]> write, byte[] line)
+    {
+        try { write(line); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { }
+    }
+
+    private static int? IntArgument(JsonElement root, string name) =>
+        root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number && value.TryGetInt32(out int n) ? n : null;
+
+    private static bool BoolArgument(JsonElement root, string name) =>
+        root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.True;
+
+    private static string? StringArgument(JsonElement root, string name) =>
+        root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
+
+    /// <summary>Pauses a running VM for as long as the snapshot takes (a paused one stays paused).</summary>
+    private void Snapshot(string path)
+    {
+        bool wasPaused = _machine.IsPaused;
+        _machine.Pause();
+        var started = DateTime.UtcNow;
+        try
+        {
+            Vmm.Snapshot.SnapshotDirectory.Write(_machine, path);
+        }
+        finally
+        {
+            if (!wasPaused) _machine.Resume();
+        }
+        _log.Info($"snapshot written to {path} in {(DateTime.UtcNow - started).TotalMilliseconds:F0} ms");
+    }
+
     private byte[] Status() => Json(writer =>
     {
         writer.WriteBoolean("ok", true);
-        writer.WriteString("state", _machine.IsPaused ? "paused" : "running");
+        writer.WriteString("state", Volatile.Read(ref _migrating) == 1 ? "migrating" : _machine.IsPaused ? "paused" : "running");
         writer.WriteNumber("vcpus", _machine.VcpuCount);
         writer.WriteNumber("memoryBytes", _machine.Memory.TotalBytes);
         writer.WriteNumber("uptimeMs", (long)_machine.Uptime.TotalMilliseconds);

@@ -16,7 +16,9 @@ public sealed class CmosRtc(Func<DateTime> utcNow) : IBusDevice
     private const byte StatusDValid = 0x80;
 
     private readonly object _lock = new();
-    private readonly byte[] _cmos = new byte[128];
+    public const int RamBytes = 128;
+
+    private readonly byte[] _cmos = new byte[RamBytes];
     private byte _index;
 
     public void Read(ulong offset, Span<byte> data)
@@ -34,6 +36,20 @@ public sealed class CmosRtc(Func<DateTime> utcNow) : IBusDevice
             // Bit 7 of the index port is the NMI mask, not part of the index.
             if (offset == 0) _index = (byte)(data[0] & 0x7f);
             else if (_index >= 0x0e) _cmos[_index] = data[0];
+        }
+    }
+
+    public CmosRtcState SaveState()
+    {
+        lock (_lock) return new CmosRtcState(_index, (byte[])_cmos.Clone());
+    }
+
+    public void RestoreState(CmosRtcState state)
+    {
+        lock (_lock)
+        {
+            _index = state.Index;
+            state.Ram.CopyTo(_cmos, 0);
         }
     }
 

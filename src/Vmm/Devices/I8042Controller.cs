@@ -70,6 +70,29 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
         if (trigger) keyboardInterrupt.Trigger();
     }
 
+    public I8042State SaveState()
+    {
+        lock (_lock) return new I8042State(_config, _status, _pendingControllerCommand, _pendingKeyboardCommand, _outputPort, _output.ToArray());
+    }
+
+    public void RestoreState(I8042State state)
+    {
+        lock (_lock)
+        {
+            (_config, _status, _outputPort) = (state.Config, state.Status, state.OutputPort);
+            (_pendingControllerCommand, _pendingKeyboardCommand) = (state.PendingControllerCommand, state.PendingKeyboardCommand);
+            _output.Clear();
+            foreach (byte b in state.Output) Emit(b);
+        }
+    }
+
+    /// <summary>Queues a byte for the guest to read. A guest that sends commands and never reads the
+    /// answers would grow the queue without end; like a real controller's buffer it holds a bounded amount.</summary>
+    private void Emit(byte value)
+    {
+        if (_output.Count < I8042State.MaxOutputBytes) _output.Enqueue(value);
+    }
+
     private bool KeyboardInterruptEnabled => (_config & ConfigKeyboardInterrupt) != 0;
 
     private void WriteCommand(byte command)
@@ -78,15 +101,15 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
         _pendingControllerCommand = 0;
         switch (command)
         {
-            case CmdReadConfig: _output.Enqueue(_config); break;
+            case CmdReadConfig: Emit(_config); break;
             case CmdWriteConfig or CmdWriteOutputPort or CmdWriteKeyboardOutput: _pendingControllerCommand = command; break;
             case CmdDisableAux: _config |= ConfigDisableAux; break;
             case CmdEnableAux: _config &= unchecked((byte)~ConfigDisableAux); break;
-            case CmdSelfTest: _output.Enqueue(0x55); break;
-            case CmdKeyboardTest: _output.Enqueue(0x00); break;
+            case CmdSelfTest: Emit(0x55); break;
+            case CmdKeyboardTest: Emit(0x00); break;
             case CmdDisableKeyboard: _config |= ConfigDisableKeyboard; break;
             case CmdEnableKeyboard: _config &= unchecked((byte)~ConfigDisableKeyboard); break;
-            case CmdReadOutputPort: _output.Enqueue(_outputPort); break;
+            case CmdReadOutputPort: Emit(_outputPort); break;
             case CmdPulseReset: vm.RequestStop(VmStop.Reset("i8042 reset command 0xfe")); break;
         }
     }
@@ -106,7 +129,7 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
                 if ((value & 0x01) == 0) vm.RequestStop(VmStop.Reset("i8042 output port reset line"));
                 return;
             case CmdWriteKeyboardOutput:
-                _output.Enqueue(value);
+                Emit(value);
                 return;
         }
         WriteToKeyboard(value);
@@ -120,16 +143,16 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
             // The parameter byte of set-LEDs, set-rate or scancode-set.
             byte command = _pendingKeyboardCommand;
             _pendingKeyboardCommand = 0;
-            _output.Enqueue(KbdAck);
-            if (command == KbdSetScancodeSet && value == 0) _output.Enqueue(0x02);
+            Emit(KbdAck);
+            if (command == KbdSetScancodeSet && value == 0) Emit(0x02);
             return;
         }
-        _output.Enqueue(KbdAck);
+        Emit(KbdAck);
         switch (value)
         {
             case KbdSetLeds or KbdSetRate or KbdSetScancodeSet: _pendingKeyboardCommand = value; break;
-            case KbdGetId: _output.Enqueue(0xab); _output.Enqueue(0x83); break; // MF2 keyboard
-            case KbdReset: _output.Enqueue(KbdSelfTestPassed); break;
+            case KbdGetId: Emit(0xab); Emit(0x83); break; // MF2 keyboard
+            case KbdReset: Emit(KbdSelfTestPassed); break;
         }
     }
 }

@@ -91,6 +91,26 @@ public sealed class Serial8250 : IBusDevice
         return true;
     }
 
+    public Serial8250State SaveState()
+    {
+        lock (_lock)
+            return new Serial8250State(_ier, _lcr, _mcr, _scratch, _fcr, _divisorLow, _divisorHigh,
+                _thrEmptyPending, _overrun, _lineHigh, _receive.ToArray());
+    }
+
+    public void RestoreState(Serial8250State state)
+    {
+        lock (_lock)
+        {
+            (_ier, _lcr, _mcr, _scratch, _fcr) = (state.Ier, state.Lcr, state.Mcr, state.Scratch, state.Fcr);
+            (_divisorLow, _divisorHigh) = (state.DivisorLow, state.DivisorHigh);
+            (_thrEmptyPending, _overrun, _lineHigh) = (state.ThrEmptyPending, state.Overrun, state.LineHigh);
+            _receive.Clear();
+            foreach (byte b in state.Received) _receive.Enqueue(b);
+            Monitor.PulseAll(_lock);
+        }
+    }
+
     private byte ReadRegister(int register)
     {
         bool dlab = (_lcr & LcrDivisorLatch) != 0;

@@ -19,18 +19,36 @@ public sealed unsafe class GuestMemory : IDisposable
     public ulong TotalBytes => _regions.Aggregate(0UL, (sum, r) => sum + r.SizeBytes);
 
     /// <summary>Maps anonymous memory for each (address, size) range, in order.</summary>
-    public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges)
+    public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges) => Map(ranges, null);
+
+    /// <summary>Maps each range from <paramref name="imagePath"/>, where the ranges are stored one after the
+    /// other (what <see cref="Snapshot.MemoryImage"/> writes). The mapping is private and lazy: a page is read
+    /// from the file when the guest first touches it, and the guest's writes never reach the file.</summary>
+    public static GuestMemory MapImage(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, string imagePath)
+    {
+        using var image = File.OpenHandle(imagePath, FileMode.Open, FileAccess.Read);
+        ulong expected = ranges.Aggregate(0UL, (sum, r) => sum + r.SizeBytes);
+        long actual = RandomAccess.GetLength(image);
+        if ((ulong)actual != expected)
+            throw new State.StateFormatException($"{imagePath} holds {actual} bytes, the VM's RAM is {expected}");
+        return Map(ranges, image);
+    }
+
+    private static GuestMemory Map(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, Microsoft.Win32.SafeHandles.SafeFileHandle? image)
     {
         var regions = new List<GuestMemoryRegion>();
+        ulong fileOffset = 0;
         try
         {
             foreach (var (guestAddress, sizeBytes) in ranges)
             {
                 // MAP_NORESERVE: guest RAM is touched lazily; a 2 GiB guest that uses 100 MiB costs 100 MiB.
-                nint host = Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE,
-                    Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+                nint host = image is null
+                    ? Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0)
+                    : Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_NORESERVE, (int)image.DangerousGetHandle(), (long)fileOffset);
                 if (host == Libc.MapFailed)
                     throw PosixException.FromLastError("mmap", $"cannot map {sizeBytes >> 20} MiB of guest RAM");
+                fileOffset += sizeBytes;
                 // The guest's memory never belongs in a forked child (e.g. a helper process the VMM starts).
                 Libc.Madvise(host, (nuint)sizeBytes, Libc.MADV_DONTFORK);
                 regions.Add(new GuestMemoryRegion((uint)regions.Count, guestAddress, sizeBytes, host));

@@ -4,7 +4,7 @@ namespace Vmm.Vm;
 /// ((value &lt;&lt; 1) | 1, QEMU's isa-debug-exit convention), so vmm's own codes are even.</summary>
 public static class ExitCodes
 {
-    /// <summary>The guest reset or powered off.</summary>
+    /// <summary>The guest reset or powered off, or the VM was migrated to another host.</summary>
     public const int GuestFinished = 0;
     /// <summary>vmm could not start or run the VM: bad arguments, a missing file, KVM unavailable, an internal failure.</summary>
     public const int VmmError = 2;

@@ -6,6 +6,7 @@ using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Kvm;
 using Vmm.Memory;
+using Vmm.State;
 
 namespace Vmm.Vm;
 
@@ -27,16 +28,30 @@ public sealed class Machine : IVmControl, IDisposable
     private readonly DateTime _startedUtc = DateTime.UtcNow;
     private readonly VirtioMmioDevices _virtio = new();
     private readonly Logger _log;
+    private readonly VcpuThrottle _throttle;
+    private readonly VcpuStateSupport _stateSupport;
+    private I8042Controller _i8042 = null!;
+    private CmosRtc _cmos = null!;
     private VmStop? _stop;
+    private bool _started;
 
     public DeviceBus IoPorts { get; }
     public DeviceBus Mmio { get; }
     public Serial8250 Serial { get; }
-    public BootSetup Boot { get; }
+    /// <summary>How the kernel was loaded; null for a machine built to take a saved state.</summary>
+    public BootSetup? Boot { get; }
     public GuestMemory Memory => _memory;
+    public MachineDescription Description { get; }
+    internal KvmVm KvmVm => _vm;
+    internal Logger Log => _log;
 
-    private Machine(MachineConfig config, Logger log, KvmSystem kvm)
+    /// <param name="memoryImagePath">null: boot the kernel in <paramref name="config"/>. Otherwise build the
+    /// same machine without loading anything, RAM mapped from this image ("" for fresh, zeroed RAM that a
+    /// migration fills), ready for <see cref="RestoreState"/>.</param>
+    private Machine(MachineConfig config, Logger log, KvmSystem kvm, string? memoryImagePath)
     {
+        bool booting = memoryImagePath is null;
+        Description = new MachineDescription(config.MemoryBytes, config.VcpuCount, config.Disks, config.Networks);
         _log = log;
         _kvm = kvm;
         IoPorts = new DeviceBus("port", log);
@@ -45,7 +60,7 @@ public sealed class Machine : IVmControl, IDisposable
         bool nested = config.NestedKvmHostOverride ?? NestedKvm.IsActiveOnThisHost();
         bool workarounds = nested && config.NestedKvmWorkarounds;
         string commandLine = config.CommandLine;
-        if (workarounds)
+        if (workarounds && booting)
         {
             commandLine = $"{commandLine} {NestedKvm.GuestCommandLineOptions}".Trim();
             log.Info($"nested KVM backend (kvm_pvm): adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\"; int3 and fwait emulation failures are completed by vmm (--no-nested-workarounds turns both off)");
@@ -72,7 +87,8 @@ public sealed class Machine : IVmControl, IDisposable
             _vm.CreateIrqchip();
             _vm.CreatePit2();
 
-            _memory = GuestMemory.Allocate(X86Layout.RamRanges(config.MemoryBytes));
+            var ranges = X86Layout.RamRanges(config.MemoryBytes);
+            _memory = string.IsNullOrEmpty(memoryImagePath) ? GuestMemory.Allocate(ranges) : GuestMemory.MapImage(ranges, memoryImagePath);
             foreach (var region in _memory.Regions)
                 _vm.SetUserMemoryRegion(region.Slot, region.GuestAddress, region.SizeBytes, region.HostAddress);
 
@@ -89,23 +105,28 @@ public sealed class Machine : IVmControl, IDisposable
             }
             commandLine = $"{commandLine} {_virtio.KernelCommandLine()}".Trim();
 
-            Boot = LinuxLoader.Load(_memory, config.KernelPath, config.InitrdPath, commandLine);
-            BootCpuState.WriteTables(_memory, Boot.EntryMode);
-
             var supportedCpuid = kvm.GetSupportedCpuid();
             int kvmMaxVcpus = kvm.CheckExtension(KvmCapability.MaxVcpus);
             if (kvmMaxVcpus > 0 && config.VcpuCount > kvmMaxVcpus)
                 throw new BootException($"--cpus {config.VcpuCount}: this host's KVM allows at most {kvmMaxVcpus} vCPUs per VM");
-            var leaf1 = supportedCpuid.FirstOrDefault(e => e.Function == 1);
-            _memory.Write(MpTable.Address, MpTable.Build(config.VcpuCount, leaf1.Eax, leaf1.Edx));
+            if (booting)
+            {
+                if (string.IsNullOrEmpty(config.KernelPath)) throw new BootException("no kernel given (--kernel)");
+                Boot = LinuxLoader.Load(_memory, config.KernelPath, config.InitrdPath, commandLine);
+                BootCpuState.WriteTables(_memory, Boot.EntryMode);
+                var leaf1 = supportedCpuid.FirstOrDefault(e => e.Function == 1);
+                _memory.Write(MpTable.Address, MpTable.Build(config.VcpuCount, leaf1.Eax, leaf1.Edx));
+            }
+            _throttle = new VcpuThrottle(_runners);
             for (int i = 0; i < config.VcpuCount; i++)
             {
                 var vcpu = _vm.CreateVcpu(i);
                 _vcpus.Add(vcpu);
                 BootCpuState.ApplyCommon(vcpu, supportedCpuid, config.VcpuCount);
-                _runners.Add(new VcpuRunner(vcpu, IoPorts, Mmio, _memory, this, () => _stop is not null, _pauseGate, workarounds));
+                _runners.Add(new VcpuRunner(vcpu, IoPorts, Mmio, _memory, this, () => _stop is not null, _pauseGate, () => _throttle.SleepPerSlice, workarounds));
             }
-            BootCpuState.Apply(_vcpus[0], Boot.EntryAddress, Boot.EntryMode, Boot.ZeroPageAddress);
+            if (Boot is not null) BootCpuState.Apply(_vcpus[0], Boot.EntryAddress, Boot.EntryMode, Boot.ZeroPageAddress);
+            _stateSupport = new VcpuStateSupport(kvm, _vm);
         }
         catch
         {
@@ -117,6 +138,21 @@ public sealed class Machine : IVmControl, IDisposable
     /// <summary>Builds the VM; bad configuration is a <see cref="BootException"/>, KVM trouble a <see cref="KvmException"/>.</summary>
     public static Machine Create(MachineConfig config, Logger log)
     {
+        Validate(config);
+        return Build(config, log, memoryImagePath: null);
+    }
+
+    /// <summary>Builds the machine a saved state describes, without loading a kernel, for
+    /// <see cref="RestoreState"/>: RAM is mapped lazily from <paramref name="memoryImagePath"/> (a snapshot),
+    /// or left zeroed for a migration to fill when it is null.</summary>
+    public static Machine CreateForRestore(MachineConfig config, Logger log, string? memoryImagePath = null)
+    {
+        Validate(config);
+        return Build(config, log, memoryImagePath ?? "");
+    }
+
+    private static void Validate(MachineConfig config)
+    {
         if (config.VcpuCount < 1)
             throw new BootException($"--cpus must be at least 1 (got {config.VcpuCount})");
         if (config.VcpuCount > MaxVcpus)
@@ -125,10 +161,14 @@ public sealed class Machine : IVmControl, IDisposable
             throw new BootException($"--memory {config.MemoryBytes >> 20} MiB is too little: vmm needs at least {X86Layout.MinimumMemoryBytes >> 20} MiB");
         if (config.MemoryBytes % 4096 != 0)
             throw new BootException("--memory must be a multiple of 4 KiB");
+    }
+
+    private static Machine Build(MachineConfig config, Logger log, string? memoryImagePath)
+    {
         var kvm = KvmSystem.Open();
         try
         {
-            return new Machine(config, log, kvm);
+            return new Machine(config, log, kvm, memoryImagePath);
         }
         catch
         {
@@ -140,10 +180,11 @@ public sealed class Machine : IVmControl, IDisposable
     private void AddLegacyDevices()
     {
         IoPorts.Register(Serial8250.Com1Port, Serial8250.RegisterCount, Serial);
-        var i8042 = new I8042Controller(this, new KvmInterruptLine(_vm, I8042Controller.KeyboardIrq));
-        IoPorts.Register(I8042Controller.DataPort, 1, i8042);
-        IoPorts.Register(I8042Controller.CommandPort, 1, new BusDeviceWindow(i8042, I8042Controller.CommandPort - I8042Controller.DataPort));
-        IoPorts.Register(CmosRtc.Port, CmosRtc.PortCount, new CmosRtc(() => DateTime.UtcNow));
+        _i8042 = new I8042Controller(this, new KvmInterruptLine(_vm, I8042Controller.KeyboardIrq));
+        IoPorts.Register(I8042Controller.DataPort, 1, _i8042);
+        IoPorts.Register(I8042Controller.CommandPort, 1, new BusDeviceWindow(_i8042, I8042Controller.CommandPort - I8042Controller.DataPort));
+        _cmos = new CmosRtc(() => DateTime.UtcNow);
+        IoPorts.Register(CmosRtc.Port, CmosRtc.PortCount, _cmos);
         IoPorts.Register(BootTimer.Port, 4, new BootTimer(_log, SinceProcessStart));
         IoPorts.Register(DebugExitPort.Port, 4, new DebugExitPort(this));
     }
@@ -153,8 +194,13 @@ public sealed class Machine : IVmControl, IDisposable
     /// <summary>Runs the vCPUs until the guest or the host stops the VM; returns why.</summary>
     public VmStop Run()
     {
-        _eventLoop.Start();
-        foreach (var runner in _runners) runner.Start();
+        lock (_stateLock)
+        {
+            _eventLoop.Start();
+            if (IsPaused) _eventLoop.Pause();
+            foreach (var runner in _runners) runner.Start();
+            _started = true;
+        }
         _stopped.Wait();
         foreach (var runner in _runners) runner.Kick();
         foreach (var runner in _runners) runner.Join();
@@ -183,12 +229,69 @@ public sealed class Machine : IVmControl, IDisposable
         {
             if (IsPaused || _stop is not null) return;
             _pauseGate.RequestPause(_runners.Count);
+            if (!_started)
+            {
+                // Not running yet: the vCPU threads will park as soon as they start.
+                IsPaused = true;
+                return;
+            }
             foreach (var runner in _runners) runner.Kick();
             if (!_pauseGate.WaitUntilParked(TimeSpan.FromSeconds(10)))
                 throw new InvalidOperationException("the vCPUs did not stop within 10 s");
             _eventLoop.Pause();
             IsPaused = true;
         }
+    }
+
+    /// <summary>The state of every vCPU, the in-kernel platform devices and vmm's devices. The VM must be
+    /// paused (RAM is not included: see <see cref="Memory"/>).</summary>
+    public MachineState SaveState()
+    {
+        lock (_stateLock)
+        {
+            if (!IsPaused) throw new InvalidOperationException("the VM must be paused to save its state");
+            return new MachineState
+            {
+                Description = Description,
+                Vcpus = _vcpus.Select(v => VcpuState.Capture(v, _stateSupport)).ToArray(),
+                Platform = PlatformState.Capture(_vm),
+                Serial = Serial.SaveState(),
+                I8042 = _i8042.SaveState(),
+                Cmos = _cmos.SaveState(),
+                Virtio = _virtio.Transports.Select(t => t.SaveState()).ToArray(),
+            };
+        }
+    }
+
+    /// <summary>Loads a saved state into a machine built by <see cref="CreateForRestore"/> (RAM already in
+    /// place), before <see cref="Run"/>. Queues that may have had work waiting are kicked once, so requests
+    /// the source had not yet seen are served.</summary>
+    public void RestoreState(MachineState state)
+    {
+        if (!state.Description.SameAs(Description))
+            throw new StateFormatException("the saved state describes a different machine (memory, vCPUs or devices) than the one built for it");
+        var transports = _virtio.Transports;
+        for (int i = 0; i < transports.Count; i++) transports[i].RestoreState(state.Virtio[i]);
+        Serial.RestoreState(state.Serial);
+        _i8042.RestoreState(state.I8042);
+        _cmos.RestoreState(state.Cmos);
+        state.Platform.Restore(_vm);
+        for (int i = 0; i < _vcpus.Count; i++) state.Vcpus[i].Restore(_vcpus[i], _stateSupport);
+        _virtio.KickAllQueues();
+    }
+
+    /// <summary>Flushes every disk image to storage; with the VM paused, the images then hold all it wrote.</summary>
+    public void FlushDisks()
+    {
+        foreach (var transport in _virtio.Transports)
+            if (transport.Device is VirtioBlock block) block.FlushToStorage();
+    }
+
+    /// <summary>Auto-converge: the share of time (0-99%) taken from every vCPU.</summary>
+    public int ThrottlePercent
+    {
+        get => _throttle.Percent;
+        set => _throttle.Set(value);
     }
 
     public void Resume()
@@ -204,6 +307,7 @@ public sealed class Machine : IVmControl, IDisposable
 
     private void DisposeKvmObjects()
     {
+        _throttle?.Dispose();
         _eventLoop.Dispose();
         _virtio.Dispose();
         foreach (var vcpu in _vcpus) vcpu.Dispose();

@@ -8,7 +8,8 @@ public sealed record MachineConfig
     /// so a dead guest does not hang the VMM.</summary>
     public const string DefaultCommandLine = "console=ttyS0 reboot=k panic=-1 i8042.noaux";
 
-    public required string KernelPath { get; init; }
+    /// <summary>The kernel to boot; not needed to restore a saved state.</summary>
+    public string? KernelPath { get; init; }
     public string? InitrdPath { get; init; }
     public string CommandLine { get; init; } = DefaultCommandLine;
     public ulong MemoryBytes { get; init; } = 256UL << 20;

@@ -9,12 +9,13 @@ namespace Vmm.Vm;
 /// exits that end the VM turned into a <see cref="VmStop"/> with a report.</summary>
 internal sealed class VcpuRunner(
     KvmVcpu vcpu, DeviceBus ioPorts, DeviceBus mmio, GuestMemory memory, IVmControl vm,
-    Func<bool> stopRequested, VcpuPauseGate pauseGate, bool handleNestedEmulationFailures)
+    Func<bool> stopRequested, VcpuPauseGate pauseGate, Func<TimeSpan> throttleSleep, bool handleNestedEmulationFailures)
 {
     private const uint SystemEventShutdown = 1, SystemEventReset = 2, SystemEventCrash = 3;
 
     private Thread? _thread;
     private nuint _pthread;
+    private int _throttleSleepDue;
 
     public void Start()
     {
@@ -32,18 +33,35 @@ internal sealed class VcpuRunner(
 
     public void Join() => _thread?.Join();
 
+    /// <summary>Auto-converge: the vCPU sleeps once for the throttle's share of time, then runs on.</summary>
+    public void RequestThrottleSleep()
+    {
+        Volatile.Write(ref _throttleSleepDue, 1);
+        Kick();
+    }
+
     private void Loop()
     {
         Volatile.Write(ref _pthread, Kvm.Interop.Libc.PthreadSelf());
         try
         {
-            while (!stopRequested())
+            while (true)
             {
+                // Whoever kicks sets its condition first, then immediate_exit: cleared here, before the
+                // conditions are read (the fence keeps that order), a kick is either seen below or makes
+                // the next KVM_RUN return at once.
+                vcpu.RunPage.ImmediateExit = false;
+                Interlocked.MemoryBarrier();
+                if (stopRequested()) break;
                 if (pauseGate.PauseRequested)
                 {
-                    // The kick that asked for the pause left immediate_exit set; the next KVM_RUN must run.
-                    vcpu.RunPage.ImmediateExit = false;
+                    CompletePendingExit();
                     pauseGate.Park();
+                    continue;
+                }
+                if (Interlocked.Exchange(ref _throttleSleepDue, 0) == 1)
+                {
+                    Thread.Sleep(throttleSleep());
                     continue;
                 }
                 if (!vcpu.Run()) continue;
@@ -58,6 +76,15 @@ internal sealed class VcpuRunner(
         {
             Volatile.Write(ref _pthread, 0);
         }
+    }
+
+    /// <summary>KVM finishes an I/O or MMIO exit (a port read's value lands in RAX) only on the next
+    /// KVM_RUN; with immediate_exit set that call does just this and returns. Without it a paused vCPU's
+    /// saved state would lose the read.</summary>
+    private void CompletePendingExit()
+    {
+        vcpu.RunPage.ImmediateExit = true;
+        vcpu.Run();
     }
 
     /// <summary>Handles one exit; returns a stop when the VM cannot go on.</summary>

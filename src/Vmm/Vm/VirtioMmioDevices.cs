@@ -19,6 +19,7 @@ public sealed class VirtioMmioDevices : IDisposable
     public static readonly uint[] FreeIrqs = [5, 6, 7, 9, 10, 11, 12, 14, 15];
 
     private readonly List<IDisposable> _owned = [];
+    private readonly List<EventFd> _kicks = [];
     private readonly List<(VirtioMmioTransport Transport, ulong Address, uint Irq)> _devices = [];
 
     public IReadOnlyList<VirtioMmioTransport> Transports => _devices.Select(d => d.Transport).ToList();
@@ -39,6 +40,7 @@ public sealed class VirtioMmioDevices : IDisposable
         for (int queue = 0; queue < transport.QueueCount; queue++)
         {
             var kick = Own(new EventFd());
+            _kicks.Add(kick);
             vm.RegisterIoeventfd(kick.Number, address + VirtioMmioTransport.RegQueueNotify, 4, portIo: false, datamatch: (ulong)queue);
             int index = queue;
             eventLoop.Add(kick.Number, () =>
@@ -52,6 +54,13 @@ public sealed class VirtioMmioDevices : IDisposable
                 eventLoop.Add(fd, () => transport.RunDeviceWork($"{name} backend", onReadable), edgeTriggered: true);
         _devices.Add((transport, address, irq));
         log.Debug($"{name}: virtio-mmio at 0x{address:x}, IRQ {irq}");
+    }
+
+    /// <summary>Signals every queue's kick eventfd, as if the driver had kicked: after a restore, requests
+    /// made available just before the state was saved are then served.</summary>
+    public void KickAllQueues()
+    {
+        foreach (var kick in _kicks) kick.Signal();
     }
 
     /// <summary>The kernel options that declare every device (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).</summary>

@@ -10,6 +10,7 @@ public enum VmStopKind
     VmmError,
     Signal,
     UserQuit,
+    MigratedAway,
 }
 
 /// <summary>Why the VM stopped, the process exit code that goes with it, and (for crashes) the report.</summary>
@@ -22,5 +23,6 @@ public sealed record VmStop(VmStopKind Kind, int ExitCode, string Description)
     public static VmStop Crash(string report) => new(VmStopKind.GuestCrash, ExitCodes.GuestCrash, report);
     public static VmStop Emulation(string report) => new(VmStopKind.EmulationFailure, ExitCodes.EmulationFailure, report);
     public static VmStop Error(string message) => new(VmStopKind.VmmError, ExitCodes.VmmError, message);
+    public static VmStop Migrated(string target) => new(VmStopKind.MigratedAway, ExitCodes.GuestFinished, $"the VM now runs on {target} (migrated)");
     public static VmStop BySignal(string name, int number) => new(VmStopKind.Signal, ExitCodes.Signal(number), $"stopped by {name}");
 }

@@ -28,6 +28,15 @@ public sealed class KvmAbiTests
         ("struct kvm_ioeventfd", Unsafe.SizeOf<KvmIoeventfd>()),
         ("struct kvm_dirty_log", Unsafe.SizeOf<KvmDirtyLog>()),
         ("struct kvm_translation", Unsafe.SizeOf<KvmTranslation>()),
+        ("struct kvm_irqchip", Unsafe.SizeOf<KvmIrqchip>()),
+        ("struct kvm_pit_state2", Unsafe.SizeOf<KvmPitState2>()),
+        ("struct kvm_clock_data", Unsafe.SizeOf<KvmClockData>()),
+        ("struct kvm_mp_state", Unsafe.SizeOf<KvmMpState>()),
+        ("struct kvm_debugregs", Unsafe.SizeOf<KvmDebugRegs>()),
+        ("struct kvm_xsave", Unsafe.SizeOf<KvmXsave>()),
+        ("struct kvm_xcrs", Unsafe.SizeOf<KvmXcrs>()),
+        ("struct kvm_clear_dirty_log", Unsafe.SizeOf<KvmClearDirtyLog>()),
+        ("struct kvm_enable_cap", Unsafe.SizeOf<KvmEnableCap>()),
     ];
 
     private static readonly (string CName, nuint Managed)[] Ioctls =
@@ -63,6 +72,25 @@ public sealed class KvmAbiTests
         ("KVM_SET_CPUID2", KvmIoctls.SetCpuid2),
         ("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents),
         ("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents),
+        ("KVM_GET_IRQCHIP", KvmIoctls.GetIrqchip),
+        ("KVM_SET_IRQCHIP", KvmIoctls.SetIrqchip),
+        ("KVM_GET_CLOCK", KvmIoctls.GetClock),
+        ("KVM_SET_CLOCK", KvmIoctls.SetClock),
+        ("KVM_GET_PIT2", KvmIoctls.GetPit2),
+        ("KVM_SET_PIT2", KvmIoctls.SetPit2),
+        ("KVM_ENABLE_CAP", KvmIoctls.EnableCap),
+        ("KVM_CLEAR_DIRTY_LOG", KvmIoctls.ClearDirtyLog),
+        ("KVM_GET_MP_STATE", KvmIoctls.GetMpState),
+        ("KVM_SET_MP_STATE", KvmIoctls.SetMpState),
+        ("KVM_GET_DEBUGREGS", KvmIoctls.GetDebugRegs),
+        ("KVM_SET_DEBUGREGS", KvmIoctls.SetDebugRegs),
+        ("KVM_SET_TSC_KHZ", KvmIoctls.SetTscKhz),
+        ("KVM_GET_TSC_KHZ", KvmIoctls.GetTscKhz),
+        ("KVM_GET_XSAVE", KvmIoctls.GetXsave),
+        ("KVM_SET_XSAVE", KvmIoctls.SetXsave),
+        ("KVM_GET_XCRS", KvmIoctls.GetXcrs),
+        ("KVM_SET_XCRS", KvmIoctls.SetXcrs),
+        ("KVM_GET_XSAVE2", KvmIoctls.GetXsave2),
     ];
 
     [Fact]

@@ -258,5 +258,13 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         }
     }
 
+    /// <summary>Makes every write the guest completed durable in the image: before another host (shared
+    /// storage) or a restored snapshot opens it, nothing may stay in this host's page cache only.</summary>
+    public void FlushToStorage()
+    {
+        if (!Config.ReadOnly && Libc.FdataSync((int)_file.DangerousGetHandle()) != 0)
+            throw PosixException.FromLastError("fdatasync", $"cannot flush the disk image {Config.Path}");
+    }
+
     public void Dispose() => _file.Dispose();
 }

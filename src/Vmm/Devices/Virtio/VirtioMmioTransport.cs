@@ -124,6 +124,32 @@ public sealed class VirtioMmioTransport : IBusDevice
         if (raise) _interrupt.Trigger();
     }
 
+    public VirtioTransportState SaveState()
+    {
+        lock (_lock)
+            return new VirtioTransportState((uint)_device.Type, _deviceFeaturesSel, _driverFeaturesSel, _queueSel, _status,
+                _interruptStatus, _driverFeatures, _active, _broken, _queues.Select(q => q.SaveState()).ToArray());
+    }
+
+    /// <summary>Takes over a transport saved elsewhere (snapshot or migration): registers, features and
+    /// queue positions; an active device is started again on the restored queues without touching the
+    /// rings. A saved queue layout that is not valid here leaves the device in DEVICE_NEEDS_RESET.</summary>
+    public void RestoreState(VirtioTransportState state)
+    {
+        lock (_lock)
+        {
+            if (state.DeviceType != (uint)_device.Type || state.Queues.Count != _queues.Length)
+                throw new State.StateFormatException(
+                    $"{_name}: saved state is for device type {state.DeviceType} with {state.Queues.Count} queues, this is type {(uint)_device.Type} with {_queues.Length}");
+            ResetDevice();
+            (_deviceFeaturesSel, _driverFeaturesSel, _queueSel) = (state.DeviceFeaturesSel, state.DriverFeaturesSel, state.QueueSel);
+            (_status, _interruptStatus, _driverFeatures) = (state.Status, state.InterruptStatus, state.DriverFeatures);
+            for (int i = 0; i < _queues.Length; i++) _queues[i].RestoreState(state.Queues[i]);
+            if (state.Broken) _broken = true;
+            else if (state.Active) Activate();
+        }
+    }
+
     private uint ReadRegister(int offset)
     {
         Virtqueue? queue = _queueSel < _queues.Length ? _queues[_queueSel] : null;

@@ -112,6 +112,22 @@ public sealed class Virtqueue
         }
     }
 
+    public VirtqueueState SaveState() => new(_size, Ready, _descriptorTableAddress, _availableRingAddress, _usedRingAddress, _nextAvailableIndex, _nextUsedIndex);
+
+    /// <summary>Takes over a queue saved elsewhere. The layout is checked when the queue is next used
+    /// (or by <see cref="Validate"/>), exactly as a layout a driver wrote.</summary>
+    public void RestoreState(VirtqueueState state)
+    {
+        Reset();
+        Size = state.Size;
+        Ready = state.Ready;
+        DescriptorTableAddress = state.DescriptorTableAddress;
+        AvailableRingAddress = state.AvailableRingAddress;
+        UsedRingAddress = state.UsedRingAddress;
+        NextAvailableIndex = state.NextAvailableIndex;
+        NextUsedIndex = state.NextUsedIndex;
+    }
+
     /// <summary>Back to the state after construction, as on a device reset.</summary>
     public void Reset()
     {

@@ -1,0 +1,25 @@
+using CommandLine;
+
+namespace Vmm.Cli;
+
+[Verb("migrate-receive", HelpText = "Wait for VMs migrated here by 'vmm ctl migrate' and run them. Disk images must be at the same paths as on the source (shared storage), TAPs of the same names must exist here.")]
+public sealed class MigrateReceiveOptions
+{
+    [Option("listen", Required = true, HelpText = "ADDRESS:PORT to listen on, e.g. 0.0.0.0:7000 or [::]:7000.")]
+    public string Listen { get; set; } = "";
+
+    [Option("once", HelpText = "Take one migration, run that VM, and exit with its exit code (2 if the migration failed).")]
+    public bool Once { get; set; }
+
+    [Option("serial-log", HelpText = "Write each received guest's serial console here instead of stdout; {n} is replaced by the migration's number (1, 2, ...).")]
+    public string? SerialLog { get; set; }
+
+    [Option("api-socket", HelpText = "Serve each received VM's control socket here; {n} is replaced by the migration's number.")]
+    public string? ApiSocket { get; set; }
+
+    [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not complete int3/fwait emulation failures.")]
+    public bool NoNestedWorkarounds { get; set; }
+
+    [Option('v', "verbose", HelpText = "Also log debug messages.")]
+    public bool Verbose { get; set; }
+}

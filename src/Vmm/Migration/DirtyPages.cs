@@ -1,0 +1,45 @@
+using System.Numerics;
+using Vmm.Memory;
+
+namespace Vmm.Migration;
+
+/// <summary>A set of guest pages, one bitmap per RAM region.</summary>
+internal sealed class DirtyPages(GuestMemory memory, ulong[][] bitmaps)
+{
+    public long Count => bitmaps.Sum(b => b.Sum(w => (long)BitOperations.PopCount(w)));
+
+    public static DirtyPages All(GuestMemory memory) => new(memory, memory.Regions.Select(r =>
+    {
+        ulong pages = r.SizeBytes / GuestMemoryRegion.PageSize;
+        var bitmap = new ulong[(pages + 63) / 64];
+        for (ulong p = 0; p < pages; p++) bitmap[p / 64] |= 1UL << (int)(p % 64);
+        return bitmap;
+    }).ToArray());
+
+    public void UnionWith(DirtyPages other)
+    {
+        for (int i = 0; i < bitmaps.Length; i++)
+            for (int w = 0; w < bitmaps[i].Length; w++) bitmaps[i][w] |= other.Bitmaps[i][w];
+    }
+
+    internal ulong[][] Bitmaps => bitmaps;
+
+    /// <summary>The guest physical address of every page in the set, region by region, in order.</summary>
+    public IEnumerable<ulong> Addresses()
+    {
+        for (int i = 0; i < bitmaps.Length; i++)
+        {
+            ulong baseAddress = memory.Regions[i].GuestAddress;
+            for (int w = 0; w < bitmaps[i].Length; w++)
+            {
+                ulong word = bitmaps[i][w];
+                while (word != 0)
+                {
+                    int bit = BitOperations.TrailingZeroCount(word);
+                    word &= word - 1;
+                    yield return baseAddress + ((ulong)w * 64 + (ulong)bit) * GuestMemoryRegion.PageSize;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+namespace Vmm.Migration;
+
+/// <summary>The frames of a migration stream (see <see cref="MigrationChannel"/>).</summary>
+public enum MigrationFrameType : byte
+{
+    // Source to target.
+    /// <summary>Magic, version, and the <see cref="State.MachineDescription"/> to build.</summary>
+    Hello = 1,
+    /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
+    Pages = 2,
+    /// <summary>The end of one copy pass (its number), for the target's log.</summary>
+    PassEnd = 3,
+    /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target restores and resumes.</summary>
+    State = 4,
+    /// <summary>The source gave up (the reason as text); the target discards everything.</summary>
+    Abort = 5,
+
+    // Target to source.
+    /// <summary>The target built the machine and takes pages.</summary>
+    Ready = 16,
+    /// <summary>The VM runs on the target: the source may stop.</summary>
+    Resumed = 17,
+    /// <summary>The target refused or failed (the reason as text).</summary>
+    Error = 18,
+}

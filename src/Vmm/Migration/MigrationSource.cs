@@ -1,0 +1,234 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net.Sockets;
+using Vmm.Diagnostics;
+using Vmm.Memory;
+using Vmm.State;
+using Vmm.Vm;
+
+namespace Vmm.Migration;
+
+/// <summary>Precopy live migration of a running machine to a <c>vmm migrate-receive</c> target: one full
+/// pass over RAM while the guest runs, passes of the pages it dirtied until the rest fits in the downtime
+/// limit, then pause, the last pages, disk flush and the device and vCPU state. The source stops only
+/// after the target says the VM runs there; any failure before that resumes the VM here.</summary>
+public sealed class MigrationSource
+{
+    private const int InitialThrottlePercent = 20, ThrottleStepPercent = 10;
+
+    private readonly Machine _machine;
+    private readonly MigrationOptions _options;
+    private readonly Action<MigrationPass> _onPass;
+    private readonly Logger _log;
+    private readonly GuestMemory _memory;
+    private readonly byte[] _frame = new byte[MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages)];
+    private long _pagesSent;
+
+    private MigrationSource(Machine machine, MigrationOptions options, Action<MigrationPass> onPass, Logger log)
+    {
+        _machine = machine;
+        _options = options;
+        _onPass = onPass;
+        _log = log;
+        _memory = machine.Memory;
+    }
+
+    /// <summary>Migrates <paramref name="machine"/>; on success the VM runs on the target and the caller
+    /// stops it here. On failure a <see cref="MigrationException"/> says why, and the VM runs here as before.</summary>
+    public static MigrationReport Migrate(Machine machine, MigrationOptions options, Action<MigrationPass> onPass, Logger log) =>
+        new MigrationSource(machine, options, onPass, log).Run();
+
+    private MigrationReport Run()
+    {
+        var total = Stopwatch.StartNew();
+        bool wasPaused = _machine.IsPaused;
+        bool pausedHere = false;
+        using var socket = Connect(_options.Target, _options.IoTimeout);
+        using var network = new NetworkStream(socket, ownsSocket: false);
+        using var buffered = new BufferedStream(network, 4 << 20);
+        var channel = new MigrationChannel(buffered);
+        bool timedOut = false;
+        // Without --force the time limit is hard: closing the socket ends a write that blocks.
+        using var deadline = _options.TimeoutS > 0 && !_options.Force
+            ? new Timer(_ => { timedOut = true; socket.Dispose(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
+            : null;
+        DirtyPageTracker? tracker = null;
+        try
+        {
+            SendHello(channel);
+            tracker = new DirtyPageTracker(_machine.KvmVm, _memory);
+            tracker.Start();
+
+            var pending = DirtyPages.All(_memory);
+            double bandwidthBytesPerSecond = 0;
+            long previousDirty = long.MaxValue;
+            var sinceCollect = Stopwatch.StartNew();
+            bool forced = false;
+            int pass = 0;
+            while (true)
+            {
+                pass++;
+                var passTime = Stopwatch.StartNew();
+                long bytesBefore = channel.BytesSent;
+                var (pages, zeroPages) = SendPages(channel, pending);
+                channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
+                channel.Flush();
+                double seconds = passTime.Elapsed.TotalSeconds;
+                long passBytes = channel.BytesSent - bytesBefore;
+                if (passBytes >= (1 << 20) || bandwidthBytesPerSecond == 0)
+                    bandwidthBytesPerSecond = passBytes / Math.Max(seconds, 1e-6);
+
+                double collectSeconds = sinceCollect.Elapsed.TotalSeconds;
+                pending = tracker.Collect();
+                sinceCollect.Restart();
+                long dirty = pending.Count;
+                double estimatedDowntimeMs = dirty * (double)MigrationChannel.PageSize / bandwidthBytesPerSecond * 1000;
+                _onPass(new MigrationPass(pass, pages, zeroPages, passBytes, seconds, bandwidthBytesPerSecond / 1048576,
+                    dirty, dirty * (double)MigrationChannel.PageSize / 1048576 / Math.Max(collectSeconds, 1e-6), estimatedDowntimeMs, _machine.ThrottlePercent));
+
+                if (estimatedDowntimeMs <= _options.DowntimeMs) break;
+                bool outOfPasses = pass >= _options.MaxPasses;
+                bool outOfTime = _options.TimeoutS > 0 && total.Elapsed.TotalSeconds >= _options.TimeoutS;
+                if (outOfPasses || outOfTime)
+                {
+                    string limit = outOfPasses ? $"{_options.MaxPasses} passes" : $"{_options.TimeoutS} s";
+                    if (!_options.Force)
+                        throw new MigrationException($"did not converge within {limit}: {dirty} pages still dirty, estimated downtime {estimatedDowntimeMs:F0} ms > {_options.DowntimeMs} ms (--force copies anyway, --auto-converge slows the guest)");
+                    _log.Warning($"migration: {limit} reached; copying the last {dirty} pages with the VM paused (--force)");
+                    forced = true;
+                    break;
+                }
+                if (_options.AutoConverge && dirty > previousDirty * 9 / 10)
+                    _machine.ThrottlePercent = _machine.ThrottlePercent == 0 ? InitialThrottlePercent : _machine.ThrottlePercent + ThrottleStepPercent;
+                previousDirty = dirty;
+            }
+
+            // Stop and copy.
+            var downtime = Stopwatch.StartNew();
+            _machine.Pause();
+            pausedHere = !wasPaused;
+            pending.UnionWith(tracker.Collect());
+            long finalBytesBefore = channel.BytesSent;
+            SendPages(channel, pending);
+            _machine.FlushDisks();
+            MachineState state = _machine.SaveState();
+            channel.Send(MigrationFrameType.State, state.ToBytes());
+            channel.Flush();
+            long finalBytes = channel.BytesSent - finalBytesBefore;
+            socket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
+            ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
+            downtime.Stop();
+            tracker.Stop();
+            return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
+                downtime.Elapsed.TotalMilliseconds, finalBytes, forced);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or MigrationException
+                                      or InvalidOperationException or Kvm.KvmException or GuestMemoryException)
+        {
+            try { channel.SendText(MigrationFrameType.Abort, e.Message); channel.Flush(); }
+            catch (Exception abortFailure) when (abortFailure is IOException or SocketException or ObjectDisposedException) { }
+            tracker?.Stop();
+            _machine.ThrottlePercent = 0;
+            if (pausedHere) _machine.Resume();
+            string why = timedOut ? $"timed out after {_options.TimeoutS} s" : e.Message;
+            throw new MigrationException($"migration to {_options.Target} failed: {why}; the VM keeps running here", e);
+        }
+        finally
+        {
+            _machine.ThrottlePercent = 0;
+            tracker?.Dispose();
+        }
+    }
+
+    private void SendHello(MigrationChannel channel)
+    {
+        var w = new StateWriter();
+        foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
+        w.WriteUInt32(MigrationChannel.ProtocolVersion);
+        _machine.Description.Write(w);
+        channel.Send(MigrationFrameType.Hello, w.ToArray());
+        channel.Flush();
+        ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
+    }
+
+    private static void ExpectFrame(MigrationChannel channel, MigrationFrameType expected, string context)
+    {
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        if (type == expected) return;
+        string detail = type == MigrationFrameType.Error ? System.Text.Encoding.UTF8.GetString(payload.Span) : $"unexpected {type} frame";
+        throw new MigrationException($"{context}: {detail}");
+    }
+
+    /// <summary>Sends the pages in frames of up to <see cref="MigrationChannel.MaxPagesPerFrame"/>; an
+    /// all-zero page goes as its address alone.</summary>
+    private (long Pages, long ZeroPages) SendPages(MigrationChannel channel, DirtyPages pages)
+    {
+        long sent = 0, zero = 0;
+        int count = 0, position = 4;
+        foreach (ulong address in pages.Addresses())
+        {
+            var page = _memory.GetSpan(address, MigrationChannel.PageSize);
+            if (page.ContainsAnyExcept((byte)0))
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(position), address);
+                page.CopyTo(_frame.AsSpan(position + 8));
+                position += 8 + MigrationChannel.PageSize;
+            }
+            else
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(position), address | MigrationChannel.ZeroPageFlag);
+                position += 8;
+                zero++;
+            }
+            sent++;
+            if (++count == MigrationChannel.MaxPagesPerFrame)
+            {
+                SendFrame(channel, count, position);
+                count = 0;
+                position = 4;
+            }
+        }
+        if (count > 0) SendFrame(channel, count, position);
+        _pagesSent += sent;
+        return (sent, zero);
+    }
+
+    private void SendFrame(MigrationChannel channel, int count, int length)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(_frame, (uint)count);
+        channel.Send(MigrationFrameType.Pages, _frame.AsSpan(0, length));
+    }
+
+    private static Socket Connect(string target, TimeSpan timeout)
+    {
+        if (!TryParseEndpoint(target, out string host, out int port))
+            throw new MigrationException($"'{target}' is not HOST:PORT");
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            socket.SendBufferSize = 4 << 20;
+            socket.SendTimeout = socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            using var cancel = new CancellationTokenSource(timeout);
+            socket.ConnectAsync(host, port, cancel.Token).AsTask().GetAwaiter().GetResult();
+            return socket;
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            socket.Dispose();
+            throw new MigrationException($"cannot connect to the migration target {target}: {e.Message} (is 'vmm migrate-receive --listen' running there?)");
+        }
+    }
+
+    /// <summary>HOST:PORT, with [IPv6]:PORT.</summary>
+    public static bool TryParseEndpoint(string text, out string host, out int port)
+    {
+        host = "";
+        port = 0;
+        int colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), out port) || port is < 1 or > 65535) return false;
+        host = text[..colon].Trim('[', ']');
+        return host.Length > 0;
+    }
+}

@@ -1,0 +1,94 @@
+using System.Text;
+using System.Text.Json;
+using Vmm.Control;
+using Vmm.Diagnostics;
+using Vmm.Firmware;
+using Vmm.Snapshot;
+using Vmm.State;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Snapshot;
+
+/// <summary>A running guest is snapshotted through the control socket and continued from the snapshot in
+/// a new machine, as <c>vmm run --restore</c> does.</summary>
+public sealed class SnapshotRoundTripTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-snap-").FullName;
+    private readonly Logger _log = new(TextWriter.Null, LogLevel.Debug);
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private static ulong WaitForCounterToMove(Machine machine, ulong from)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        ulong value;
+        while ((value = machine.Memory.Read<ulong>(FirmwareGuests.CounterAddress)) <= from && DateTime.UtcNow < deadline) Thread.Sleep(10);
+        return value;
+    }
+
+    [Fact]
+    public async Task Snapshot_ThenRestore_ContinuesTheGuestWhereItStopped()
+    {
+        string kernel = Path.Combine(_directory, "count.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
+        string snapshot = Path.Combine(_directory, "snap");
+        ulong atSnapshot;
+        byte[] lowMemoryAtSnapshot = new byte[1 << 20];
+        using (var source = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, _log))
+        {
+            var run = Task.Run(source.Run);
+            using var control = ControlServer.Start(source, Path.Combine(_directory, "api.sock"), _log);
+            WaitForCounterToMove(source, 0);
+            Assert.True(Send(control, """{"command":"pause"}""").GetProperty("ok").GetBoolean());
+            var answer = Send(control, $$"""{"command":"snapshot","path":"{{snapshot}}"}""");
+            Assert.True(answer.GetProperty("ok").GetBoolean(), answer.ToString());
+            Assert.Equal("paused", answer.GetProperty("state").GetString());
+            atSnapshot = source.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+            source.Memory.Read(0, lowMemoryAtSnapshot);
+            source.RequestStop(VmStop.Error("test: source done"));
+            await run;
+        }
+
+        var (state, memoryPath) = SnapshotDirectory.Read(snapshot);
+        Assert.Equal(2, state.Vcpus.Count);
+        var config = new MachineConfig { MemoryBytes = state.Description.MemoryBytes, VcpuCount = state.Description.VcpuCount, SerialOutput = Stream.Null };
+        using var restored = Machine.CreateForRestore(config, _log, memoryPath);
+        restored.RestoreState(state);
+        Assert.Equal(atSnapshot, restored.Memory.Read<ulong>(FirmwareGuests.CounterAddress));
+        byte[] lowMemoryRestored = new byte[1 << 20];
+        restored.Memory.Read(0, lowMemoryRestored);
+        Assert.Equal(lowMemoryAtSnapshot, lowMemoryRestored);
+
+        var restoredRun = Task.Run(restored.Run);
+        ulong later = WaitForCounterToMove(restored, atSnapshot);
+        restored.RequestStop(VmStop.Error("test over"));
+        var stop = await restoredRun;
+        Assert.True(later > atSnapshot, $"the restored guest did not count on from {atSnapshot} (stopped: {stop.Description})");
+        Assert.Equal(VmStopKind.VmmError, stop.Kind);
+    }
+
+    [Fact]
+    public void Restore_RefusesAStateForADifferentMachine()
+    {
+        string kernel = Path.Combine(_directory, "spin.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
+        using var source = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+        source.Pause();
+        var state = source.SaveState();
+        using var other = Machine.CreateForRestore(new MachineConfig { MemoryBytes = 128UL << 20, SerialOutput = Stream.Null }, _log);
+        Assert.Throws<StateFormatException>(() => other.RestoreState(state));
+    }
+
+    [Fact]
+    public void SaveState_OfARunningVm_IsRefused()
+    {
+        string kernel = Path.Combine(_directory, "spin.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
+        using var machine = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+        Assert.Throws<InvalidOperationException>(() => machine.SaveState());
+    }
+
+    private static JsonElement Send(ControlServer control, string request) =>
+        JsonDocument.Parse(control.Handle(Encoding.UTF8.GetBytes(request))).RootElement.Clone();
+}
