@@ -1,0 +1,99 @@
+using Vmm.Diagnostics;
+using Vmm.Firmware;
+using Vmm.Migration;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Migration;
+
+/// <summary>Source and target machines in one process, over loopback TCP: the quick check of the whole
+/// precopy path (the two-process tests run the real daemon).</summary>
+public sealed class InProcessMigrationTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-mig-").FullName;
+    private readonly StringWriter _logText = new();
+    private readonly Logger _log;
+
+    public InProcessMigrationTests() => _log = new Logger(TextWriter.Synchronized(_logText), LogLevel.Debug);
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private Machine StartCountingGuest(int vcpus = 1)
+    {
+        string kernel = Path.Combine(_directory, "count.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
+        return Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = vcpus }, _log);
+    }
+
+    private static ulong Counter(Machine machine) => machine.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+
+    private static ulong WaitForCounterAbove(Machine machine, ulong value)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (Counter(machine) <= value && DateTime.UtcNow < deadline) Thread.Sleep(10);
+        return Counter(machine);
+    }
+
+    [Fact]
+    public async Task Migrate_MovesARunningGuest_ThatCountsOnOnTheTarget()
+    {
+        using var source = StartCountingGuest(vcpus: 2);
+        var sourceRun = Task.Factory.StartNew(source.Run, TaskCreationOptions.LongRunning);
+        WaitForCounterAbove(source, 0);
+        using var target = new LoopbackMigration(_log);
+        var passes = new List<MigrationPass>();
+
+        var report = MigrationSource.Migrate(source, new MigrationOptions { Target = target.Address }, passes.Add, _log);
+        ulong atHandOver = Counter(source);
+        source.RequestStop(VmStop.Migrated(target.Address));
+        await sourceRun;
+
+        var (machine, run) = await target.Target;
+        using (machine)
+        {
+            Assert.True(WaitForCounterAbove(machine, atHandOver) > atHandOver, "the guest did not go on counting on the target");
+            machine.RequestStop(VmStop.Error("test over"));
+            await run;
+        }
+        Assert.NotEmpty(passes);
+        Assert.True(passes[0].ZeroPages > 0, "an almost empty guest must send zero pages as markers");
+        Assert.True(report.DowntimeMs > 0);
+        Assert.True(report.Passes >= 2);
+    }
+
+    [Fact]
+    public async Task Migrate_ToATargetThatDropsTheConnection_LeavesTheGuestRunningHere()
+    {
+        using var source = StartCountingGuest();
+        var sourceRun = Task.Factory.StartNew(source.Run, TaskCreationOptions.LongRunning);
+        WaitForCounterAbove(source, 0);
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var dropper = Task.Run(() =>
+        {
+            using var socket = listener.AcceptSocket();
+            var buffer = new byte[64 << 10];
+            socket.Receive(buffer); // the Hello, then hang up without answering
+        });
+
+        var failure = Assert.Throws<MigrationException>(() => MigrationSource.Migrate(source,
+            new MigrationOptions { Target = $"127.0.0.1:{((System.Net.IPEndPoint)listener.LocalEndpoint).Port}" }, _ => { }, _log));
+        await dropper;
+
+        Assert.Contains("keeps running here", failure.Message);
+        Assert.False(source.IsPaused);
+        ulong now = Counter(source);
+        Assert.True(WaitForCounterAbove(source, now) > now, "the guest must keep running on the source");
+        source.RequestStop(VmStop.Error("test over"));
+        await sourceRun;
+    }
+
+    [Fact]
+    public void Migrate_ToNobody_FailsWithAClearError()
+    {
+        using var source = StartCountingGuest();
+        var failure = Assert.Throws<MigrationException>(() => MigrationSource.Migrate(source,
+            new MigrationOptions { Target = "127.0.0.1:1", IoTimeout = TimeSpan.FromSeconds(5) }, _ => { }, _log));
+        Assert.Contains("cannot connect", failure.Message);
+    }
+}
