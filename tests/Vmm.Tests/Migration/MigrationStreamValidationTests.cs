@@ -1,0 +1,154 @@
+using System.Buffers.Binary;
+using CsCheck;
+using Vmm.Devices.Virtio;
+using Vmm.Diagnostics;
+using Vmm.Migration;
+using Vmm.State;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Migration;
+
+/// <summary>The target treats the migration stream as hostile: every malformed, truncated or corrupted
+/// stream ends in a <see cref="MigrationException"/> (reported to the source), never in a crash, a wild
+/// write or a VM that runs.</summary>
+public sealed class MigrationStreamValidationTests
+{
+    private static readonly MachineDescription SmallVm = new(64UL << 20, 1, [], []);
+    private readonly Logger _log = new(TextWriter.Null, LogLevel.Debug);
+
+    private static byte[] Frame(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    {
+        var stream = new MemoryStream();
+        new MigrationChannel(stream).Send(type, payload);
+        return stream.ToArray();
+    }
+
+    private static byte[] Hello(MachineDescription description, uint version = MigrationChannel.ProtocolVersion, string magic = "VMMMIGRT")
+    {
+        var w = new StateWriter();
+        foreach (char c in magic) w.WriteUInt8((byte)c);
+        w.WriteUInt32(version);
+        description.Write(w);
+        return Frame(MigrationFrameType.Hello, w.ToArray());
+    }
+
+    private static byte[] Pages(params (ulong Entry, byte[]? Data)[] pages)
+    {
+        var payload = new MemoryStream();
+        Span<byte> word = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt32LittleEndian(word, (uint)pages.Length);
+        payload.Write(word[..4]);
+        foreach (var (entry, data) in pages)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(word, entry);
+            payload.Write(word);
+            if (data is not null) payload.Write(data);
+        }
+        return Frame(MigrationFrameType.Pages, payload.ToArray());
+    }
+
+    /// <summary>Runs a receiver on <paramref name="stream"/>; returns what it threw and what it answered.</summary>
+    private (Exception? Failure, byte[] Answer) Receive(byte[] stream)
+    {
+        var answers = new MemoryStream();
+        var receiver = new MigrationReceiver(new DuplexStream(new MemoryStream(stream), answers), _log);
+        Machine? built = null;
+        try
+        {
+            using var machine = receiver.Receive(d => built = Machine.CreateForRestore(new MachineConfig
+            {
+                MemoryBytes = d.MemoryBytes, VcpuCount = d.VcpuCount, Disks = d.Disks, Networks = d.Networks, SerialOutput = Stream.Null,
+            }, _log));
+            return (null, answers.ToArray());
+        }
+        catch (Exception e)
+        {
+            return (e, answers.ToArray());
+        }
+    }
+
+    private static void AssertRefusedWith(string expected, (Exception? Failure, byte[] Answer) result)
+    {
+        var failure = Assert.IsType<MigrationException>(result.Failure);
+        Assert.Contains(expected, failure.Message);
+        // The source hears why (an Error frame is the last thing the target sent).
+        Assert.Contains((byte)MigrationFrameType.Error, result.Answer);
+    }
+
+    [Fact]
+    public void BadMagic_IsRefused() => AssertRefusedWith("bad magic", Receive(Hello(SmallVm, magic: "NOTVMMMI")));
+
+    [Fact]
+    public void OtherProtocolVersion_IsRefused() => AssertRefusedWith("protocol version 99", Receive(Hello(SmallVm, version: 99)));
+
+    [Fact]
+    public void ChecksumMismatch_IsRefused()
+    {
+        byte[] stream = Hello(SmallVm);
+        stream[^1] ^= 0x40;
+        AssertRefusedWith("checksum mismatch", Receive(stream));
+    }
+
+    [Fact]
+    public void OversizedFrame_IsRefusedBeforeItIsRead()
+    {
+        byte[] header = new byte[9];
+        header[0] = (byte)MigrationFrameType.Pages;
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(1), uint.MaxValue);
+        AssertRefusedWith("at most", Receive([.. Hello(SmallVm), .. header]));
+    }
+
+    [Fact]
+    public void UnknownFrameType_IsRefused() => AssertRefusedWith("unknown frame type", Receive([.. Hello(SmallVm), .. Frame((MigrationFrameType)99, [])]));
+
+    [Fact]
+    public void PageOutsideGuestRam_IsRefused() =>
+        AssertRefusedWith("not inside guest RAM", Receive([.. Hello(SmallVm), .. Pages((0xC000_0000, new byte[4096]))]));
+
+    [Fact]
+    public void PageWithUnknownFlags_IsRefused() =>
+        AssertRefusedWith("unknown flags", Receive([.. Hello(SmallVm), .. Pages((0x1000 | 0x4, null))]));
+
+    [Fact]
+    public void TruncatedPagesFrame_IsRefused() =>
+        AssertRefusedWith("truncated", Receive([.. Hello(SmallVm), .. Pages((0x1000, new byte[100]))]));
+
+    [Fact]
+    public void StreamThatEndsBeforeTheState_IsRefused() =>
+        AssertRefusedWith("connection closed", Receive([.. Hello(SmallVm), .. Pages((0x1000, new byte[4096]))]));
+
+    [Fact]
+    public void SourceAbort_IsReportedAsSuch()
+    {
+        var stream = new MemoryStream();
+        new MigrationChannel(stream).SendText(MigrationFrameType.Abort, "disk on fire");
+        AssertRefusedWith("the source gave up: disk on fire", Receive([.. Hello(SmallVm), .. stream.ToArray()]));
+    }
+
+    [Fact]
+    public void GarbageState_IsRefused() =>
+        AssertRefusedWith("not a vmm state", Receive([.. Hello(SmallVm), .. Frame(MigrationFrameType.State, "VMMSTATX1234"u8)]));
+
+    [Fact]
+    public void DescriptionOfAnImpossibleMachine_IsRefused() =>
+        AssertRefusedWith("memory size", Receive(Hello(SmallVm with { MemoryBytes = 12345 })));
+
+    [Fact]
+    public void DiskThatDoesNotExistHere_IsRefused() =>
+        AssertRefusedWith("does not exist", Receive(Hello(SmallVm with { Disks = [new BlockDiskConfig("/nonexistent/disk.img", false, null)] })));
+
+    [Fact]
+    public void AnyMutationOfAValidPrefix_EndsInAMigrationException()
+    {
+        byte[] valid = [.. Hello(SmallVm), .. Pages((0x1000, Enumerable.Repeat((byte)0xab, 4096).ToArray()), (0x2000 | MigrationChannel.ZeroPageFlag, null))];
+        Gen.Select(Gen.Int[0, valid.Length - 1], Gen.Byte, Gen.Int[0, valid.Length]).Sample((position, value, length) =>
+        {
+            byte[] mutated = valid[..length];
+            if (position < mutated.Length) mutated[position] = value;
+            var (failure, _) = Receive(mutated);
+            // Nothing completes without a State frame; whatever the damage, the failure is a MigrationException.
+            Assert.IsType<MigrationException>(failure);
+        }, iter: 40);
+    }
+}
