@@ -5,7 +5,7 @@ namespace Vmm.Firmware;
 
 /// <summary>Tiny guests, assembled with Iced when a test asks for them (no binaries are checked in).
 /// Each is 64-bit code entered through the Linux 64-bit boot protocol at <see cref="FirmwareImage.LoadAddress"/>.</summary>
-public static class FirmwareGuests
+public static partial class FirmwareGuests
 {
     public const ushort SerialPort = 0x3f8;
     public const ushort KeyboardCommandPort = 0x64;
@@ -154,7 +154,8 @@ public static class FirmwareGuests
         return Assemble(a);
     }
 
-    /// <summary>Where <see cref="CountForever"/> keeps its counter.</summary>
+    /// <summary>Where <see cref="CountForever"/> keeps its counter, and <see cref="DirtyMemoryWithChecksum"/> its
+    /// count of dirtying writes.</summary>
     public const ulong CounterAddress = 0x300000;
 
     /// <summary>Increments a 64-bit counter at <see cref="CounterAddress"/> forever: the host sees whether
