@@ -89,8 +89,8 @@ public static class MigrateReceiveCommand
         connection.NoDelay = true;
         connection.ReceiveBufferSize = 4 << 20;
         connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
-        using var network = new NetworkStream(connection, ownsSocket: false);
-        using var buffered = new BufferedStream(network, 4 << 20);
+        // Not disposed: disposing flushes, which throws once the source is gone; the socket holds the resources.
+        var buffered = new BufferedStream(new NetworkStream(connection, ownsSocket: false), 4 << 20);
         var receiver = new MigrationReceiver(buffered, log);
         Stream? serialLog = null;
         Machine? machine = null;

@@ -44,8 +44,8 @@ public sealed class MigrationSource
         bool wasPaused = _machine.IsPaused;
         bool pausedHere = false;
         using var socket = Connect(_options.Target, _options.IoTimeout);
-        using var network = new NetworkStream(socket, ownsSocket: false);
-        using var buffered = new BufferedStream(network, 4 << 20);
+        // Not disposed: disposing flushes, which throws once the peer is gone; the socket is what holds resources.
+        var buffered = new BufferedStream(new NetworkStream(socket, ownsSocket: false), 4 << 20);
         var channel = new MigrationChannel(buffered);
         bool timedOut = false;
         // Without --force the time limit is hard: closing the socket ends a write that blocks.

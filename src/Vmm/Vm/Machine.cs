@@ -65,7 +65,7 @@ public sealed class Machine : IVmControl, IDisposable
             commandLine = $"{commandLine} {NestedKvm.GuestCommandLineOptions}".Trim();
             log.Info($"nested KVM backend (kvm_pvm): adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\"; int3 and fwait emulation failures are completed by vmm (--no-nested-workarounds turns both off)");
         }
-        else if (nested)
+        else if (nested && !workarounds)
         {
             log.Warning("nested KVM backend (kvm_pvm) detected but its workarounds are off: a Linux guest is unlikely to boot");
         }

@@ -1,0 +1,239 @@
+using System.Net;
+using System.Net.Sockets;
+using Vmm.Firmware;
+using Vmm.Migration;
+using Vmm.Tests.Integration;
+using Vmm.Vm;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>Live migration between two `vmm` processes, with the memory-dirtying guest: it prints "tick N"
+/// every 100 ms while it writes pages at a set rate and checks a running checksum of them, and at the end
+/// checks every byte of its region. The console of the source followed by the target's must be the exact
+/// sequence a guest that never moved prints: no tick lost or repeated, the checks passed, the success exit.</summary>
+public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-migp-").FullName;
+    private readonly List<string> _namespaces = [];
+
+    public void Dispose()
+    {
+        foreach (string ns in _namespaces) HostCommand.Run("ip", "netns", "del", ns);
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    private static DirtyingGuestOptions Guest(int regionMiB = 64, double dirtyMiBPerSecond = 100, int ticks = 40) =>
+        new(regionMiB, dirtyMiBPerSecond, GuestTsc.Khz, TickMs: 100, Ticks: ticks, FillRandomFirst: true);
+
+    private static string ExpectedConsole(DirtyingGuestOptions g) =>
+        "ready\n" + string.Concat(Enumerable.Range(1, g.Ticks).Select(t => $"tick {t:x8}\n")) + $"done {(ulong)(g.Ticks * g.PagesPerTick):x16}\n";
+
+    private static readonly int GuestSuccess = ExitCodes.FromExitPort(FirmwareGuests.ExitValueSuccess);
+
+    private RunningVmm StartSource(DirtyingGuestOptions g, string socket, IReadOnlyList<string>? wrapper = null)
+    {
+        string kernel = Path.Combine(_directory, "dirty.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
+        ulong memoryMiB = (FirmwareGuests.DirtyingRegionAddress >> 20) + (ulong)g.RegionMiB + 16;
+        var source = new RunningVmm(["run", "--kernel", kernel, "--memory", $"{memoryMiB}M", "--api-socket", socket], wrapper);
+        Assert.True(source.WaitForConsole("tick 00000003", Patience), $"the source guest did not start ticking\n{source}");
+        return source;
+    }
+
+    private static int FreePort()
+    {
+        var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return port;
+    }
+
+    private static RunningVmm StartTarget(string listen, IReadOnlyList<string>? wrapper = null, bool once = true)
+    {
+        var target = new RunningVmm(["migrate-receive", "--listen", listen, .. once ? ["--once"] : Array.Empty<string>()], wrapper);
+        Assert.True(target.WaitFor((_, log) => log.Contains("waiting for migrations"), Patience), $"the target did not listen\n{target}");
+        return target;
+    }
+
+    private static RunningVmm Migrate(string socket, string to, params string[] extra) =>
+        new(["ctl", "--socket", socket, "migrate", "--to", to, .. extra]);
+
+    private void Show(string name, RunningVmm process) => output.WriteLine($"--- {name} ---\n{process}");
+
+    [Fact]
+    public void Loopback_GuestKeepsTickingOnTheTargetWithEveryPageIntact()
+    {
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        string listen = $"127.0.0.1:{FreePort()}";
+        using var target = StartTarget(listen);
+        using var source = StartSource(g, socket);
+        using var ctl = Migrate(socket, listen);
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        int? targetExit = target.WaitForExit(Patience);
+        Show("ctl", ctl); Show("source", source); Show("target", target);
+
+        Assert.Equal(0, ctlExit);
+        Assert.Contains("\"event\":\"pass\"", ctl.Console);
+        Assert.Contains("\"state\":\"migrated\"", ctl.Console);
+        Assert.Equal(0, sourceExit);
+        Assert.Contains("the VM now runs on", source.Log);
+        Assert.Equal(GuestSuccess, targetExit);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+        Assert.DoesNotContain("ready", target.Console);
+    }
+
+    [Fact]
+    public void BetweenNetworkNamespaces_GuestKeepsTickingOnTheTarget()
+    {
+        string a = $"vmm-mig-a-{Environment.ProcessId}", b = $"vmm-mig-b-{Environment.ProcessId}";
+        string vethA = $"vma{Environment.ProcessId % 100000}", vethB = $"vmb{Environment.ProcessId % 100000}";
+        foreach (string ns in new[] { a, b })
+        {
+            HostCommand.Checked("ip", "netns", "add", ns);
+            _namespaces.Add(ns);
+            HostCommand.Checked("ip", "-n", ns, "link", "set", "lo", "up");
+        }
+        HostCommand.Checked("ip", "link", "add", vethA, "netns", a, "type", "veth", "peer", "name", vethB, "netns", b);
+        HostCommand.Checked("ip", "-n", a, "addr", "add", "10.231.0.1/24", "dev", vethA);
+        HostCommand.Checked("ip", "-n", b, "addr", "add", "10.231.0.2/24", "dev", vethB);
+        HostCommand.Checked("ip", "-n", a, "link", "set", vethA, "up");
+        HostCommand.Checked("ip", "-n", b, "link", "set", vethB, "up");
+
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        using var target = StartTarget("10.231.0.2:7700", ["ip", "netns", "exec", b]);
+        using var source = StartSource(g, socket, ["ip", "netns", "exec", a]);
+        using var ctl = Migrate(socket, "10.231.0.2:7700");
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        int? targetExit = target.WaitForExit(Patience);
+        Show("ctl", ctl); Show("source", source); Show("target", target);
+
+        Assert.Equal(0, ctlExit);
+        Assert.Equal(0, sourceExit);
+        Assert.Equal(GuestSuccess, targetExit);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
+
+    [Fact]
+    public void TargetKilledMidPass_SourceKeepsRunningAndTheGuestStaysCorrect()
+    {
+        // A 256 MiB region written at 400 MiB/s with no downtime allowed never converges: passes go on until
+        // the target dies.
+        var g = Guest(regionMiB: 256, dirtyMiBPerSecond: 400, ticks: 50);
+        string socket = Path.Combine(_directory, "src.sock");
+        string listen = $"127.0.0.1:{FreePort()}";
+        using var target = StartTarget(listen);
+        using var source = StartSource(g, socket);
+        using var ctl = Migrate(socket, listen, "--downtime-ms", "0", "--max-passes", "100000");
+        Assert.True(ctl.WaitForConsole("\"pass\":2", Patience), $"no second pass\n{ctl}");
+        target.Kill();
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        Show("ctl", ctl); Show("source", source);
+
+        Assert.Equal(1, ctlExit);
+        Assert.Contains("keeps running here", ctl.Console);
+        Assert.Equal(GuestSuccess, sourceExit);
+        Assert.Equal(ExpectedConsole(g), source.Console);
+    }
+
+    [Theory]
+    [InlineData(TcpFaultProxy.Fault.FlipBit)]
+    [InlineData(TcpFaultProxy.Fault.Truncate)]
+    public void DamagedStream_IsDiscardedByTheTarget_ThenTheSameDaemonTakesTheVmCleanly(TcpFaultProxy.Fault fault)
+    {
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        int port = FreePort();
+        using var target = StartTarget($"127.0.0.1:{port}", once: false);
+        using var source = StartSource(g, socket);
+        using (var proxy = new TcpFaultProxy(port, afterBytes: 3 << 20, fault))
+        using (var damaged = Migrate(socket, $"127.0.0.1:{proxy.Port}"))
+        {
+            Assert.Equal(1, damaged.WaitForExit(Patience));
+            Show("damaged ctl", damaged);
+            Assert.Contains("keeps running here", damaged.Console);
+        }
+        Assert.True(target.WaitFor((_, log) => log.Contains("failed and was discarded"), Patience), $"the target kept a damaged VM\n{target}");
+
+        using var clean = Migrate(socket, $"127.0.0.1:{port}");
+        int? cleanExit = clean.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        Assert.True(target.WaitFor((_, log) => log.Contains("migration 2: VM stopped"), Patience), $"the second VM did not finish on the target\n{target}");
+        Show("clean ctl", clean); Show("source", source); Show("target", target);
+
+        Assert.Equal(0, cleanExit);
+        Assert.Equal(0, sourceExit);
+        Assert.Contains($"(exit code {GuestSuccess})", target.Log);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
+
+    [Fact]
+    public void TargetThatNeverConfirms_SourceResumesAtTheTimeoutAndTheGuestStaysCorrect()
+    {
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var silentTarget = Task.Run(() =>
+        {
+            // Takes the whole VM, state included, and never says it runs.
+            using var connection = listener.AcceptSocket();
+            using var stream = new NetworkStream(connection);
+            var channel = new MigrationChannel(stream);
+            byte[] buffer = new byte[1 << 20];
+            channel.Receive(ref buffer);
+            channel.Send(MigrationFrameType.Ready, []);
+            try
+            {
+                while (channel.Receive(ref buffer).Type != MigrationFrameType.State) { }
+                Thread.Sleep(TimeSpan.FromSeconds(30));
+            }
+            catch (Exception e) when (e is MigrationException or IOException) { }
+        });
+        using var source = StartSource(g, socket);
+        using var ctl = Migrate(socket, $"127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}", "--timeout-s", "5");
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        Show("ctl", ctl); Show("source", source);
+
+        Assert.Equal(1, ctlExit);
+        Assert.Contains("timed out after 5 s", ctl.Console);
+        Assert.Equal(GuestSuccess, sourceExit);
+        Assert.Equal(ExpectedConsole(g), source.Console);
+    }
+
+    [Fact]
+    public void NoConvergence_FailsAtThePassLimitWithoutForce_AndSucceedsWithAutoConverge()
+    {
+        var g = Guest(regionMiB: 128, dirtyMiBPerSecond: 800, ticks: 60);
+        string socket = Path.Combine(_directory, "src.sock");
+        string listen = $"127.0.0.1:{FreePort()}";
+        using var target = StartTarget(listen, once: false);
+        using var source = StartSource(g, socket);
+        using (var refused = Migrate(socket, listen, "--downtime-ms", "0", "--max-passes", "3"))
+        {
+            Assert.Equal(1, refused.WaitForExit(Patience));
+            Show("refused ctl", refused);
+            Assert.Contains("did not converge within 3 passes", refused.Console);
+        }
+        using var converged = Migrate(socket, listen, "--downtime-ms", "20", "--auto-converge", "--max-passes", "60", "--force");
+        int? convergedExit = converged.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        Assert.True(target.WaitFor((_, log) => log.Contains("migration 2: VM stopped"), Patience), $"the VM did not finish on the target\n{target}");
+        Show("converged ctl", converged); Show("source", source); Show("target", target);
+
+        Assert.Equal(0, convergedExit);
+        Assert.Contains("\"throttlePercent\":20", converged.Console);
+        Assert.Equal(0, sourceExit);
+        Assert.Contains($"(exit code {GuestSuccess})", target.Log);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
+}
