@@ -102,10 +102,12 @@ public static class MigrateReceiveCommand
             var serial = serialLog ?? Console.OpenStandardOutput();
             machine = receiver.Receive(description => Machine.CreateForRestore(RunCommand.ConfigFor(description, serial, options.NoNestedWorkarounds), log));
             control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
+            var resuming = System.Diagnostics.Stopwatch.StartNew();
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
             try
             {
                 receiver.ConfirmResumed();
+                log.Debug($"migration {n}: VM started and the source told in {resuming.Elapsed.TotalMilliseconds:F1} ms");
             }
             catch (Exception e) when (e is IOException or ObjectDisposedException)
             {

@@ -51,7 +51,9 @@ public sealed class MigrationReceiver
                         _log.Debug($"migration: pass {BinaryPrimitives.ReadInt32LittleEndian(payload.Span)} received ({_channel.BytesReceived >> 20} MiB so far)");
                         break;
                     case MigrationFrameType.State:
+                        var restoring = System.Diagnostics.Stopwatch.StartNew();
                         machine.RestoreState(MachineState.FromBytes(payload.ToArray()));
+                        _log.Debug($"migration: state restored in {restoring.Elapsed.TotalMilliseconds:F1} ms");
                         return machine;
                     case MigrationFrameType.Abort:
                         throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");

@@ -107,18 +107,23 @@ public sealed class MigrationSource
             var downtime = Stopwatch.StartNew();
             _machine.Pause();
             pausedHere = !wasPaused;
+            double pausedMs = downtime.Elapsed.TotalMilliseconds;
             pending.UnionWith(tracker.Collect());
             long finalBytesBefore = channel.BytesSent;
-            SendPages(channel, pending);
+            var (finalPages, _) = SendPages(channel, pending);
+            double pagesMs = downtime.Elapsed.TotalMilliseconds;
             _machine.FlushDisks();
             MachineState state = _machine.SaveState();
             channel.Send(MigrationFrameType.State, state.ToBytes());
             channel.Flush();
+            double stateMs = downtime.Elapsed.TotalMilliseconds;
             long finalBytes = channel.BytesSent - finalBytesBefore;
             socket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
             ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
             downtime.Stop();
             tracker.Stop();
+            _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages {pagesMs - pausedMs:F1} + " +
+                      $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
             return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
                 downtime.Elapsed.TotalMilliseconds, finalBytes, forced);
         }

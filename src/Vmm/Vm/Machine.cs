@@ -127,6 +127,8 @@ public sealed class Machine : IVmControl, IDisposable
             }
             if (Boot is not null) BootCpuState.Apply(_vcpus[0], Boot.EntryAddress, Boot.EntryMode, Boot.ZeroPageAddress);
             _stateSupport = new VcpuStateSupport(kvm, _vm);
+            // Finding the MSRs KVM refuses takes an ioctl per refusal: done now, not in a migration's downtime.
+            _stateSupport.ReadMsrs(_vcpus[0]);
         }
         catch
         {

@@ -54,7 +54,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
 
     private static RunningVmm StartTarget(string listen, IReadOnlyList<string>? wrapper = null, bool once = true)
     {
-        var target = new RunningVmm(["migrate-receive", "--listen", listen, .. once ? ["--once"] : Array.Empty<string>()], wrapper);
+        var target = new RunningVmm(["migrate-receive", "-v", "--listen", listen, .. once ? ["--once"] : Array.Empty<string>()], wrapper);
         Assert.True(target.WaitFor((_, log) => log.Contains("waiting for migrations"), Patience), $"the target did not listen\n{target}");
         return target;
     }
