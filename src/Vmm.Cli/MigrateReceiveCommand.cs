@@ -100,7 +100,7 @@ public static class MigrateReceiveCommand
         {
             serialLog = options.SerialLog is null ? null : new FileStream(Numbered(options.SerialLog, n), FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 0);
             var serial = serialLog ?? Console.OpenStandardOutput();
-            machine = receiver.Receive(description => Machine.CreateForRestore(RunCommand.ConfigFor(description, serial, options.NoNestedWorkarounds), log));
+            machine = receiver.Receive(description => Machine.CreateForRestore(RunCommand.ConfigFor(description, serial, options.NoNestedWorkarounds, options.DirtyRing), log));
             control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
             var resuming = System.Diagnostics.Stopwatch.StartNew();
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);

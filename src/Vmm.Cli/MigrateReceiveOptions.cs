@@ -17,6 +17,9 @@ public sealed class MigrateReceiveOptions
     [Option("api-socket", HelpText = "Serve each received VM's control socket here; {n} is replaced by the migration's number.")]
     public string? ApiSocket { get; set; }
 
+    [Option("dirty-ring", HelpText = "Build received VMs with dirty rings, for when they migrate on from here (see vmm run --dirty-ring).")]
+    public bool DirtyRing { get; set; }
+
     [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not complete int3/fwait emulation failures.")]
     public bool NoNestedWorkarounds { get; set; }
 

@@ -63,6 +63,7 @@ public static class RunCommand
             Networks = networks,
             SerialOutput = serial,
             NestedKvmWorkarounds = !options.NoNestedWorkarounds,
+            DirtyRing = options.DirtyRing,
         }, log));
     }
 
@@ -97,7 +98,7 @@ public static class RunCommand
         }
         return RunMachine(options, log, serial =>
         {
-            var machine = Machine.CreateForRestore(ConfigFor(state.Description, serial, options.NoNestedWorkarounds), log, memoryPath);
+            var machine = Machine.CreateForRestore(ConfigFor(state.Description, serial, options.NoNestedWorkarounds, options.DirtyRing), log, memoryPath);
             try
             {
                 machine.RestoreState(state);
@@ -112,8 +113,9 @@ public static class RunCommand
         });
     }
 
-    public static MachineConfig ConfigFor(MachineDescription description, Stream serial, bool noNestedWorkarounds) => new()
+    public static MachineConfig ConfigFor(MachineDescription description, Stream serial, bool noNestedWorkarounds, bool dirtyRing) => new()
     {
+        DirtyRing = dirtyRing,
         MemoryBytes = description.MemoryBytes,
         VcpuCount = description.VcpuCount,
         Disks = description.Disks,

@@ -32,6 +32,9 @@ public sealed class RunOptions
     [Option("api-socket", HelpText = "Serve the VM's control socket here (unix socket; see vmm ctl): status, pause, resume, snapshot, migrate.")]
     public string? ApiSocket { get; set; }
 
+    [Option("dirty-ring", HelpText = "Track dirty pages for live migration with KVM's per-vCPU dirty rings instead of the dirty log (where KVM offers them).")]
+    public bool DirtyRing { get; set; }
+
     [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
     public string? SerialLog { get; set; }
 

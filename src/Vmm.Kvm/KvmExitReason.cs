@@ -19,4 +19,5 @@ public enum KvmExitReason : uint
     Nmi = 16,
     InternalError = 17,
     SystemEvent = 24,
+    DirtyRingFull = 31,
 }

@@ -16,6 +16,9 @@ public sealed unsafe class KvmVcpu : IDisposable
     }
 
     public int Index { get; }
+
+    /// <summary>Maps this vCPU's dirty ring; the VM must have KVM_CAP_DIRTY_LOG_RING enabled with this size.</summary>
+    public KvmDirtyRing MapDirtyRing(int sizeBytes) => KvmDirtyRing.Map(_fd, sizeBytes);
     public KvmRunPage RunPage { get; }
 
     /// <summary>KVM_RUN. Returns false when the call was interrupted by a signal (EINTR) or must be

@@ -100,6 +100,12 @@ public sealed unsafe class KvmVm : IDisposable
         }
     }
 
+    /// <summary>KVM_RESET_DIRTY_RINGS: re-protects the pages whose ring entries were collected.</summary>
+    public void ResetDirtyRings()
+    {
+        if (Libc.Ioctl(_fd.Number, KvmIoctls.ResetDirtyRings, (nuint)0) < 0) throw KvmException.FromLastError("KVM_RESET_DIRTY_RINGS");
+    }
+
     public void EnableCap(KvmCapability capability, ulong argument0)
     {
         var cap = new KvmEnableCap { Cap = (uint)capability };

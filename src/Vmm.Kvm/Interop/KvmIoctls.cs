@@ -43,6 +43,7 @@ public static unsafe class KvmIoctls
     public static readonly nuint SetPit2 = IoW(0xa0, sizeof(KvmPitState2));
     public static readonly nuint EnableCap = IoW(0xa3, sizeof(KvmEnableCap));
     public static readonly nuint ClearDirtyLog = IoWR(0xc0, sizeof(KvmClearDirtyLog));
+    public static readonly nuint ResetDirtyRings = Io(0xc7);
 
     // vCPU ioctls.
     public static readonly nuint Run = Io(0x80);

@@ -56,8 +56,8 @@ public sealed class MigrationSource
         try
         {
             SendHello(channel);
-            tracker = new DirtyPageTracker(_machine.KvmVm, _memory);
-            tracker.Start();
+            tracker = _machine.StartDirtyTracking();
+            _log.Debug($"migration: dirty pages tracked with the {(tracker.UsesDirtyRing ? "dirty ring" : tracker.ManualProtect ? "dirty log (manual protect)" : "dirty log")}");
 
             var pending = DirtyPages.All(_memory);
             double bandwidthBytesPerSecond = 0;
@@ -121,7 +121,8 @@ public sealed class MigrationSource
             socket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
             ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
             downtime.Stop();
-            tracker.Stop();
+            _machine.StopDirtyTracking(tracker);
+            if (tracker.UsesDirtyRing) _log.Debug($"migration: vCPUs found their dirty ring full {_machine.DirtyRingFullExits} times so far");
             _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages {pagesMs - pausedMs:F1} + " +
                       $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
             return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
@@ -132,7 +133,6 @@ public sealed class MigrationSource
         {
             try { channel.SendText(MigrationFrameType.Abort, e.Message); channel.Flush(); }
             catch (Exception abortFailure) when (abortFailure is IOException or SocketException or ObjectDisposedException) { }
-            tracker?.Stop();
             _machine.ThrottlePercent = 0;
             if (pausedHere) _machine.Resume();
             string why = timedOut ? $"timed out after {_options.TimeoutS} s" : e.Message;
@@ -141,7 +141,7 @@ public sealed class MigrationSource
         finally
         {
             _machine.ThrottlePercent = 0;
-            tracker?.Dispose();
+            if (tracker is not null) _machine.StopDirtyTracking(tracker);
         }
     }
 

@@ -22,6 +22,9 @@ public sealed record MachineConfig
     public required Stream SerialOutput { get; init; }
     /// <summary>Whether the nested-KVM adjustments may be applied when the host needs them.</summary>
     public bool NestedKvmWorkarounds { get; init; } = true;
+    /// <summary>Track dirty pages for migration with per-vCPU dirty rings (KVM_CAP_DIRTY_LOG_RING) instead of
+    /// the dirty log. Chosen when the VM is built: KVM enables the ring before the vCPUs exist.</summary>
+    public bool DirtyRing { get; init; }
     /// <summary>Overrides the detection of the nested backend (tests); null means look at the host.</summary>
     public bool? NestedKvmHostOverride { get; init; }
 }

@@ -9,7 +9,7 @@ namespace Vmm.Vm;
 /// exits that end the VM turned into a <see cref="VmStop"/> with a report.</summary>
 internal sealed class VcpuRunner(
     KvmVcpu vcpu, DeviceBus ioPorts, DeviceBus mmio, GuestMemory memory, IVmControl vm,
-    Func<bool> stopRequested, VcpuPauseGate pauseGate, Func<TimeSpan> throttleSleep, bool handleNestedEmulationFailures)
+    Func<bool> stopRequested, VcpuPauseGate pauseGate, Func<TimeSpan> throttleSleep, Action onDirtyRingFull, bool handleNestedEmulationFailures)
 {
     private const uint SystemEventShutdown = 1, SystemEventReset = 2, SystemEventCrash = 3;
 
@@ -102,6 +102,9 @@ internal sealed class VcpuRunner(
                 return null;
             case KvmExitReason.Intr:
             case KvmExitReason.IrqWindowOpen:
+                return null;
+            case KvmExitReason.DirtyRingFull:
+                onDirtyRingFull();
                 return null;
             case KvmExitReason.Hlt:
                 return VmStop.PowerOff("vCPU halted with nothing left to wake it");

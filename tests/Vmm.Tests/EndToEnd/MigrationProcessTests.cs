@@ -33,12 +33,12 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
 
     private static readonly int GuestSuccess = ExitCodes.FromExitPort(FirmwareGuests.ExitValueSuccess);
 
-    private RunningVmm StartSource(DirtyingGuestOptions g, string socket, IReadOnlyList<string>? wrapper = null)
+    private RunningVmm StartSource(DirtyingGuestOptions g, string socket, IReadOnlyList<string>? wrapper = null, bool dirtyRing = false)
     {
         string kernel = Path.Combine(_directory, "dirty.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
         ulong memoryMiB = (FirmwareGuests.DirtyingRegionAddress >> 20) + (ulong)g.RegionMiB + 16;
-        var source = new RunningVmm(["run", "--kernel", kernel, "--memory", $"{memoryMiB}M", "--api-socket", socket], wrapper);
+        var source = new RunningVmm(["run", "-v", "--kernel", kernel, "--memory", $"{memoryMiB}M", "--api-socket", socket, .. dirtyRing ? ["--dirty-ring"] : Array.Empty<string>()], wrapper);
         Assert.True(source.WaitForConsole("tick 00000003", Patience), $"the source guest did not start ticking\n{source}");
         return source;
     }
@@ -64,14 +64,17 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
 
     private void Show(string name, RunningVmm process) => output.WriteLine($"--- {name} ---\n{process}");
 
-    [Fact]
-    public void Loopback_GuestKeepsTickingOnTheTargetWithEveryPageIntact()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Loopback_GuestKeepsTickingOnTheTargetWithEveryPageIntact(bool dirtyRing)
     {
-        var g = Guest();
+        // 300 MiB/s over a 64 MiB region: with the dirty ring, vCPUs also hit full rings between harvests.
+        var g = Guest(dirtyMiBPerSecond: 300);
         string socket = Path.Combine(_directory, "src.sock");
         string listen = $"127.0.0.1:{FreePort()}";
         using var target = StartTarget(listen);
-        using var source = StartSource(g, socket);
+        using var source = StartSource(g, socket, dirtyRing: dirtyRing);
         using var ctl = Migrate(socket, listen);
         int? ctlExit = ctl.WaitForExit(Patience);
         int? sourceExit = source.WaitForExit(Patience);
@@ -86,6 +89,29 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         Assert.Equal(GuestSuccess, targetExit);
         Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
         Assert.DoesNotContain("ready", target.Console);
+    }
+
+    [Fact]
+    public void DirtyRing_FullRingsAreHarvestedWhileTheGuestKeepsWriting()
+    {
+        // 256 MiB written at up to 1 GiB/s: more pages per pass than a vCPU's 64 Ki-entry ring holds, so the
+        // vCPU must stop on KVM_EXIT_DIRTY_RING_FULL and harvest; no page may be lost on the way.
+        var g = Guest(regionMiB: 256, dirtyMiBPerSecond: 1024, ticks: 50);
+        string socket = Path.Combine(_directory, "src.sock");
+        string listen = $"127.0.0.1:{FreePort()}";
+        using var target = StartTarget(listen);
+        using var source = StartSource(g, socket, dirtyRing: true);
+        using var ctl = Migrate(socket, listen, "--downtime-ms", "50", "--auto-converge", "--force");
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        int? targetExit = target.WaitForExit(Patience);
+        Show("ctl", ctl); Show("source", source); Show("target", target);
+
+        Assert.Equal(0, ctlExit);
+        Assert.Equal(0, sourceExit);
+        Assert.Matches(@"dirty ring full [1-9]\d* times", source.Log);
+        Assert.Equal(GuestSuccess, targetExit);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
     }
 
     [Fact]

@@ -80,6 +80,7 @@ public sealed class KvmAbiTests
         ("KVM_SET_PIT2", KvmIoctls.SetPit2),
         ("KVM_ENABLE_CAP", KvmIoctls.EnableCap),
         ("KVM_CLEAR_DIRTY_LOG", KvmIoctls.ClearDirtyLog),
+        ("KVM_RESET_DIRTY_RINGS", KvmIoctls.ResetDirtyRings),
         ("KVM_GET_MP_STATE", KvmIoctls.GetMpState),
         ("KVM_SET_MP_STATE", KvmIoctls.SetMpState),
         ("KVM_GET_DEBUGREGS", KvmIoctls.GetDebugRegs),
