@@ -56,6 +56,9 @@ internal sealed class RunningVmm : IDisposable
 
     public void Kill() => _process.Kill(entireProcessTree: true);
 
+    /// <summary>Sends SIGTERM, as an operator stopping vmm would; vmm then stops its VM cleanly.</summary>
+    public void Terminate() => Process.Start("kill", ["-TERM", Id.ToString()])!.WaitForExit();
+
     public override string ToString() => $"console:\n{Console}\nlog:\n{Log}";
 
     private static async Task Pump(StreamReader reader, StringBuilder into)
