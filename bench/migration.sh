@@ -3,7 +3,7 @@
 # downtime (source pause to the target's "it runs here"), data sent and passes, for each scenario.
 # The guest is firmware/FirmwareGuests.DirtyMemoryWithChecksum: a 1 GiB region, random or zero,
 # written at a set rate by native-speed CPL3 code. Each scenario runs RUNS times (default 3).
-# Usage: bench/migration.sh [extra 'vmm ctl migrate' options...]
+# Usage: [RUNS=N] [SOURCE_OPTS=--dirty-ring] [SCENARIOS=regex] bench/migration.sh
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -20,13 +20,14 @@ wait_for() { # file text seconds
 
 scenario() { # name content rate [ctl options...]
     local name=$1 content=$2 rate=$3; shift 3
+    [[ $name =~ ${SCENARIOS:-.} ]] || return 0
     dotnet run -c Release --project bench/Vmm.Bench -- write-dirtying-guest "$out/guest.elf" 1024 "$rate" "$content" >/dev/null
     for run in $(seq "$runs"); do
         local port=$(( 17000 + RANDOM % 1000 ))
         "$vmm" migrate-receive --listen 127.0.0.1:$port --once >"$out/target.out" 2>"$out/target.log" &
         local target=$!
         wait_for "$out/target.log" "waiting for migrations" 30
-        "$vmm" run --kernel "$out/guest.elf" --memory 1056M --api-socket "$out/api.sock" >"$out/source.out" 2>"$out/source.log" &
+        "$vmm" run --kernel "$out/guest.elf" --memory 1056M --api-socket "$out/api.sock" ${SOURCE_OPTS:-} >"$out/source.out" 2>"$out/source.log" &
         local source=$!
         wait_for "$out/source.out" "tick 00000003" 120
         "$vmm" ctl --socket "$out/api.sock" migrate --to 127.0.0.1:$port "$@" >"$out/ctl.out" || true
@@ -35,10 +36,13 @@ scenario() { # name content rate [ctl options...]
         kill -TERM "$target"; wait "$target" || true
         local passes
         passes=$(grep -c '"event":"pass"' "$out/ctl.out" || true)
-        tail -n1 "$out/ctl.out" | sed -e "s/^/$name run $run: /" -e "s/\$/ (passes reported: $passes)/"
+        tail -n1 "$out/ctl.out" | sed -e "s|^|$name run $run: |" -e "s|\$| (passes reported: $passes)|"
     done
 }
 
+# The floor this machine sets: the target must touch 1 GiB of fresh memory (dd's buffer here).
+TIMEFORMAT=%R
+echo "first touch of 1 GiB of fresh anonymous memory on this machine: $( { time dd if=/dev/zero of=/dev/null bs=1G count=1 2>/dev/null; } 2>&1 ) s (dd bs=1G)"
 scenario "1 GiB random, idle" fill 0
 scenario "1 GiB zero, idle" zero 0
 scenario "1 GiB random, 100 MiB/s dirty" fill 100

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to every test: installs what is missing, builds the guest images
 # (cached; the first build takes several minutes), checks that vmm publishes as one NativeAOT binary
-# that parses its options, then runs all tests, the Linux boots included.
+# that parses its options, snapshots, restores and migrates, then runs all tests, the Linux boots included.
 # Arguments go to `dotnet test` (e.g. --filter "Category!=LinuxBoot" for the fast inner loop).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +18,7 @@ dotnet publish src/Vmm.Cli -c Release -r linux-x64 -o "$aot" -v quiet -nologo >&
 "$aot/vmm" run --help >/dev/null
 set +e; "$aot/vmm" run >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 2 ]] || { echo "test: the NativeAOT vmm exited $rc on a missing --kernel, expected 2" >&2; exit 1; }
+scripts/aot-smoke.sh "$aot/vmm"
 
 # The virtqueue fuzz harness over generated inputs, in-process, no fuzzer needed (fuzz/README.md).
 dotnet run --project fuzz/Vmm.Fuzz -c Release -- --smoke 20000

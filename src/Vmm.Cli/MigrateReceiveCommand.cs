@@ -89,9 +89,7 @@ public static class MigrateReceiveCommand
         connection.NoDelay = true;
         connection.ReceiveBufferSize = 4 << 20;
         connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
-        // Not disposed: disposing flushes, which throws once the source is gone; the socket holds the resources.
-        var buffered = new BufferedStream(new NetworkStream(connection, ownsSocket: false), 4 << 20);
-        var receiver = new MigrationReceiver(buffered, log);
+        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log);
         Stream? serialLog = null;
         Machine? machine = null;
         ControlServer? control = null;

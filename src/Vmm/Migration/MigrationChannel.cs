@@ -26,7 +26,7 @@ public sealed class MigrationChannel(Stream stream)
     {
         MigrationFrameType.Hello => 1 << 20,
         MigrationFrameType.Pages => 4 + MaxPagesPerFrame * (8 + PageSize),
-        MigrationFrameType.PassEnd => 4,
+        MigrationFrameType.PassEnd or MigrationFrameType.PassDone => 4,
         MigrationFrameType.State => 64 << 20,
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
         MigrationFrameType.Ready or MigrationFrameType.Resumed => 0,

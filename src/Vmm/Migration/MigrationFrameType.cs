@@ -8,7 +8,8 @@ public enum MigrationFrameType : byte
     Hello = 1,
     /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
     Pages = 2,
-    /// <summary>The end of one copy pass (its number), for the target's log.</summary>
+    /// <summary>The end of one copy pass (its number); the target answers <see cref="PassDone"/> once it has
+    /// written every page of the pass.</summary>
     PassEnd = 3,
     /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target restores and resumes.</summary>
     State = 4,
@@ -22,4 +23,8 @@ public enum MigrationFrameType : byte
     Resumed = 17,
     /// <summary>The target refused or failed (the reason as text).</summary>
     Error = 18,
+    /// <summary>Every page up to that pass's end is in the target's RAM (the pass number). The source waits
+    /// for it before the next decision, so the measured bandwidth is end to end, and no backlog of a pass
+    /// still in socket buffers is left to drain while the VM is paused.</summary>
+    PassDone = 19,
 }

@@ -49,6 +49,8 @@ public sealed class MigrationReceiver
                         break;
                     case MigrationFrameType.PassEnd:
                         _log.Debug($"migration: pass {BinaryPrimitives.ReadInt32LittleEndian(payload.Span)} received ({_channel.BytesReceived >> 20} MiB so far)");
+                        _channel.Send(MigrationFrameType.PassDone, payload.Span);
+                        _channel.Flush();
                         break;
                     case MigrationFrameType.State:
                         var restoring = System.Diagnostics.Stopwatch.StartNew();

@@ -44,9 +44,9 @@ public sealed class MigrationSource
         bool wasPaused = _machine.IsPaused;
         bool pausedHere = false;
         using var socket = Connect(_options.Target, _options.IoTimeout);
-        // Not disposed: disposing flushes, which throws once the peer is gone; the socket is what holds resources.
-        var buffered = new BufferedStream(new NetworkStream(socket, ownsSocket: false), 4 << 20);
-        var channel = new MigrationChannel(buffered);
+        // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
+        // would only add a copy of every page.
+        var channel = new MigrationChannel(new NetworkStream(socket, ownsSocket: false));
         bool timedOut = false;
         // Without --force the time limit is hard: closing the socket ends a write that blocks.
         using var deadline = _options.TimeoutS > 0 && !_options.Force
@@ -73,6 +73,7 @@ public sealed class MigrationSource
                 var (pages, zeroPages) = SendPages(channel, pending);
                 channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
                 channel.Flush();
+                ExpectFrame(channel, MigrationFrameType.PassDone, $"the target did not finish pass {pass}");
                 double seconds = passTime.Elapsed.TotalSeconds;
                 long passBytes = channel.BytesSent - bytesBefore;
                 if (passBytes >= (1 << 20) || bandwidthBytesPerSecond == 0)

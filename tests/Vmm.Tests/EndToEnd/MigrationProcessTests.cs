@@ -219,7 +219,12 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
             channel.Send(MigrationFrameType.Ready, []);
             try
             {
-                while (channel.Receive(ref buffer).Type != MigrationFrameType.State) { }
+                while (true)
+                {
+                    var (type, payload) = channel.Receive(ref buffer);
+                    if (type == MigrationFrameType.State) break;
+                    if (type == MigrationFrameType.PassEnd) channel.Send(MigrationFrameType.PassDone, payload.Span);
+                }
                 Thread.Sleep(TimeSpan.FromSeconds(30));
             }
             catch (Exception e) when (e is MigrationException or IOException) { }
