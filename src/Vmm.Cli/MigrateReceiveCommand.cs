@@ -98,7 +98,11 @@ public static class MigrateReceiveCommand
         {
             serialLog = options.SerialLog is null ? null : new FileStream(Numbered(options.SerialLog, n), FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 0);
             var serial = serialLog ?? Console.OpenStandardOutput();
-            machine = receiver.Receive(description => Machine.CreateForRestore(RunCommand.ConfigFor(description, serial, options.NoNestedWorkarounds, options.DirtyRing), log));
+            machine = receiver.Receive(description =>
+            {
+                CheckDisksAllowed(description, options.DiskDirs.ToList());
+                return Machine.CreateForRestore(RunCommand.ConfigFor(description, serial, options.NoNestedWorkarounds, options.DirtyRing), log);
+            });
             control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
             var resuming = System.Diagnostics.Stopwatch.StartNew();
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
@@ -135,6 +139,22 @@ public static class MigrateReceiveCommand
         vm.Machine.Dispose();
         vm.SerialLog?.Dispose();
         return stop.ExitCode;
+    }
+
+    /// <summary>The disk paths come from the network: each must lie, after normalizing and following a
+    /// symlink, inside a directory the operator named with --disk-dir.</summary>
+    private static void CheckDisksAllowed(State.MachineDescription description, IReadOnlyList<string> diskDirs)
+    {
+        var allowed = diskDirs.Select(d => Path.TrimEndingDirectorySeparator(Path.GetFullPath(d)) + Path.DirectorySeparatorChar).ToList();
+        foreach (var disk in description.Disks)
+        {
+            string full = Path.GetFullPath(disk.Path);
+            string resolved = File.Exists(full) ? new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full : full;
+            if (!allowed.Any(dir => full.StartsWith(dir, StringComparison.Ordinal) && resolved.StartsWith(dir, StringComparison.Ordinal)))
+                throw new Boot.BootException(allowed.Count == 0
+                    ? $"the VM has the disk {disk.Path}, and this target serves no disk directory (start vmm migrate-receive with --disk-dir DIR)"
+                    : $"the VM's disk {disk.Path} is outside the directories this target serves ({string.Join(", ", diskDirs)})");
+        }
     }
 
     private sealed record ReceivedVm(Machine Machine, Task<VmStop> Run, IDisposable? Control, Stream? SerialLog);

@@ -17,6 +17,9 @@ public sealed class MigrateReceiveOptions
     [Option("api-socket", HelpText = "Serve each received VM's control socket here; {n} is replaced by the migration's number.")]
     public string? ApiSocket { get; set; }
 
+    [Option("disk-dir", HelpText = "A directory whose disk images incoming VMs may open (repeatable). The stream names the paths, so without this a VM with disks is refused: a sender must not be able to open any file on this host.")]
+    public IEnumerable<string> DiskDirs { get; set; } = [];
+
     [Option("dirty-ring", HelpText = "Build received VMs with dirty rings, for when they migrate on from here (see vmm run --dirty-ring).")]
     public bool DirtyRing { get; set; }
 

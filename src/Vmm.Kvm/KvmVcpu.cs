@@ -71,6 +71,10 @@ public sealed unsafe class KvmVcpu : IDisposable
     /// moved to a host with another TSC frequency keeps its notion of time.</summary>
     public void SetTscKhz(uint khz) => Check("KVM_SET_TSC_KHZ", Libc.Ioctl(_fd.Number, KvmIoctls.SetTscKhz, (nuint)khz));
 
+    /// <summary>KVM_KVMCLOCK_CTRL: tells a guest that uses kvmclock that the host stopped it (a pause, a
+    /// migration), so its soft-lockup watchdog does not blame itself. False where the guest has no kvmclock.</summary>
+    public bool NotifyGuestStopped() => Libc.Ioctl(_fd.Number, KvmIoctls.KvmclockCtrl, (nuint)0) == 0;
+
     /// <summary>KVM_GET_TSC_KHZ: the frequency of the guest's time-stamp counter.</summary>
     public uint GetTscKhz()
     {

@@ -72,4 +72,5 @@ public static unsafe class KvmIoctls
     public static readonly nuint GetXcrs = IoR(0xa6, sizeof(KvmXcrs));
     public static readonly nuint SetXcrs = IoW(0xa7, sizeof(KvmXcrs));
     public static readonly nuint GetXsave2 = IoR(0xcf, sizeof(KvmXsave));
+    public static readonly nuint KvmclockCtrl = Io(0xad);
 }

@@ -91,7 +91,17 @@ public sealed class ControlServer : IDisposable
                 while (ReadLine(stream) is { } request)
                 {
                     VmStop? stopAfterAnswer = null;
-                    byte[] answer = Handle(request, line => stream.Write(line), stop => stopAfterAnswer = stop);
+                    byte[] answer;
+                    try
+                    {
+                        answer = Handle(request, line => stream.Write(line), stop => stopAfterAnswer = stop);
+                    }
+                    catch (Exception e) when (e is not IOException)
+                    {
+                        // A bug behind one request must not take the running VM down with this thread.
+                        _log.Error($"control request failed: {e}");
+                        answer = Error($"internal error: {e.Message}");
+                    }
                     stream.Write(answer);
                     // A migrated VM stops here only once the client has the answer.
                     if (stopAfterAnswer is not null) _machine.RequestStop(stopAfterAnswer);

@@ -330,7 +330,11 @@ public sealed class Machine : IVmControl, IDisposable
         _i8042.RestoreState(state.I8042);
         _cmos.RestoreState(state.Cmos);
         state.Platform.Restore(_vm);
-        for (int i = 0; i < _vcpus.Count; i++) state.Vcpus[i].Restore(_vcpus[i], _stateSupport);
+        for (int i = 0; i < _vcpus.Count; i++)
+        {
+            state.Vcpus[i].Restore(_vcpus[i], _stateSupport);
+            _vcpus[i].NotifyGuestStopped();
+        }
         _virtio.KickAllQueues();
     }
 
@@ -353,6 +357,7 @@ public sealed class Machine : IVmControl, IDisposable
         lock (_stateLock)
         {
             if (!IsPaused) return;
+            foreach (var vcpu in _vcpus) vcpu.NotifyGuestStopped();
             _eventLoop.Resume();
             _pauseGate.Release();
             IsPaused = false;

@@ -92,6 +92,7 @@ public sealed class KvmAbiTests
         ("KVM_GET_XCRS", KvmIoctls.GetXcrs),
         ("KVM_SET_XCRS", KvmIoctls.SetXcrs),
         ("KVM_GET_XSAVE2", KvmIoctls.GetXsave2),
+        ("KVM_KVMCLOCK_CTRL", KvmIoctls.KvmclockCtrl),
     ];
 
     [Fact]

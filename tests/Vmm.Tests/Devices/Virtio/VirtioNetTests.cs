@@ -47,8 +47,9 @@ public sealed class VirtioNetTests : IDisposable
     {
         _net.Dispose();
         _memory.Dispose();
-        // Closing the only file descriptor removes a non-persistent TAP; make sure of it.
-        if (Directory.Exists($"/sys/class/net/{_tapName}")) RunIp($"link del dev {_tapName}");
+        // Closing the only file descriptor removes a non-persistent TAP, though not always at once: make sure
+        // of it, and let a TAP the kernel removed meanwhile be ("Cannot find device").
+        if (Directory.Exists($"/sys/class/net/{_tapName}")) HostCommand.Run("ip", "link", "del", "dev", _tapName);
     }
 
     private void Start(ulong extraFeatures = 0)
