@@ -123,34 +123,23 @@ public sealed unsafe class KvmVm : IDisposable
         return chip;
     }
 
-    public void SetIrqchip(in KvmIrqchip chip)
-    {
-        fixed (KvmIrqchip* p = &chip) Check("KVM_SET_IRQCHIP", Libc.Ioctl(_fd.Number, KvmIoctls.SetIrqchip, p));
-    }
-
-    public KvmPitState2 GetPit2()
-    {
-        KvmPitState2 state;
-        Check("KVM_GET_PIT2", Libc.Ioctl(_fd.Number, KvmIoctls.GetPit2, &state));
-        return state;
-    }
-
-    public void SetPit2(in KvmPitState2 state)
-    {
-        fixed (KvmPitState2* p = &state) Check("KVM_SET_PIT2", Libc.Ioctl(_fd.Number, KvmIoctls.SetPit2, p));
-    }
-
+    public void SetIrqchip(in KvmIrqchip chip) => Set("KVM_SET_IRQCHIP", KvmIoctls.SetIrqchip, chip);
+    public KvmPitState2 GetPit2() => Get<KvmPitState2>("KVM_GET_PIT2", KvmIoctls.GetPit2);
+    public void SetPit2(in KvmPitState2 state) => Set("KVM_SET_PIT2", KvmIoctls.SetPit2, state);
     /// <summary>KVM_GET_CLOCK: kvmclock's current value in nanoseconds.</summary>
-    public KvmClockData GetClock()
+    public KvmClockData GetClock() => Get<KvmClockData>("KVM_GET_CLOCK", KvmIoctls.GetClock);
+    public void SetClock(in KvmClockData clock) => Set("KVM_SET_CLOCK", KvmIoctls.SetClock, clock);
+
+    private T Get<T>(string name, nuint request) where T : unmanaged
     {
-        KvmClockData clock;
-        Check("KVM_GET_CLOCK", Libc.Ioctl(_fd.Number, KvmIoctls.GetClock, &clock));
-        return clock;
+        T value;
+        Check(name, Libc.Ioctl(_fd.Number, request, &value));
+        return value;
     }
 
-    public void SetClock(in KvmClockData clock)
+    private void Set<T>(string name, nuint request, in T value) where T : unmanaged
     {
-        fixed (KvmClockData* p = &clock) Check("KVM_SET_CLOCK", Libc.Ioctl(_fd.Number, KvmIoctls.SetClock, p));
+        fixed (T* p = &value) Check(name, Libc.Ioctl(_fd.Number, request, p));
     }
 
     public KvmVcpu CreateVcpu(int index)

@@ -64,6 +64,19 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
 
     private void Show(string name, RunningVmm process) => output.WriteLine($"--- {name} ---\n{process}");
 
+    /// <summary>Waits for the migration request, then the source, then (unless told not to) the target to
+    /// exit, writes what each printed to the test output, and returns their exit codes.</summary>
+    private (int? Ctl, int? Source, int? Target) WaitForAll(RunningVmm ctl, RunningVmm source, RunningVmm? target, bool targetToo = true)
+    {
+        int? ctlExit = ctl.WaitForExit(Patience);
+        int? sourceExit = source.WaitForExit(Patience);
+        int? targetExit = target is not null && targetToo ? target.WaitForExit(Patience) : null;
+        Show("ctl", ctl);
+        Show("source", source);
+        if (target is not null) Show("target", target);
+        return (ctlExit, sourceExit, targetExit);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -76,10 +89,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         using var target = StartTarget(listen);
         using var source = StartSource(g, socket, dirtyRing: dirtyRing);
         using var ctl = Migrate(socket, listen);
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        int? targetExit = target.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source); Show("target", target);
+        var (ctlExit, sourceExit, targetExit) = WaitForAll(ctl, source, target);
 
         Assert.Equal(0, ctlExit);
         Assert.Contains("\"event\":\"pass\"", ctl.Console);
@@ -102,10 +112,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         using var target = StartTarget(listen);
         using var source = StartSource(g, socket, dirtyRing: true);
         using var ctl = Migrate(socket, listen, "--downtime-ms", "50", "--auto-converge", "--force");
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        int? targetExit = target.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source); Show("target", target);
+        var (ctlExit, sourceExit, targetExit) = WaitForAll(ctl, source, target);
 
         Assert.Equal(0, ctlExit);
         Assert.Equal(0, sourceExit);
@@ -136,10 +143,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         using var target = StartTarget("10.231.0.2:7700", ["ip", "netns", "exec", b]);
         using var source = StartSource(g, socket, ["ip", "netns", "exec", a]);
         using var ctl = Migrate(socket, "10.231.0.2:7700");
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        int? targetExit = target.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source); Show("target", target);
+        var (ctlExit, sourceExit, targetExit) = WaitForAll(ctl, source, target);
 
         Assert.Equal(0, ctlExit);
         Assert.Equal(0, sourceExit);
@@ -163,9 +167,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         Assert.True(source.WaitForConsole("tick 00000003", Patience), source.ToString());
 
         using var ctl = Migrate(socket, listen);
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source); Show("target", target);
+        var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target, targetToo: false);
 
         Assert.Equal(1, ctlExit);
         Assert.Contains($"disk {disk} is outside the directories this target serves", ctl.Console);
@@ -187,9 +189,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         using var ctl = Migrate(socket, listen, "--downtime-ms", "0", "--max-passes", "100000");
         Assert.True(ctl.WaitForConsole("\"pass\":2", Patience), $"no second pass\n{ctl}");
         target.Kill();
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source);
+        var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
 
         Assert.Equal(1, ctlExit);
         Assert.Contains("keeps running here", ctl.Console);
@@ -258,9 +258,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         });
         using var source = StartSource(g, socket);
         using var ctl = Migrate(socket, $"127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}", "--timeout-s", "5");
-        int? ctlExit = ctl.WaitForExit(Patience);
-        int? sourceExit = source.WaitForExit(Patience);
-        Show("ctl", ctl); Show("source", source);
+        var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
 
         Assert.Equal(1, ctlExit);
         Assert.Contains("timed out after 5 s", ctl.Console);
