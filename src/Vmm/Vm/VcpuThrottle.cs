@@ -9,21 +9,19 @@ internal sealed class VcpuThrottle : IDisposable
     private static readonly TimeSpan Timeslice = TimeSpan.FromMilliseconds(10);
 
     private readonly IReadOnlyList<VcpuRunner> _runners;
-    private readonly Timer _timer;
+    private Timer? _timer;
     private volatile int _percent;
 
-    public VcpuThrottle(IReadOnlyList<VcpuRunner> runners)
-    {
-        _runners = runners;
-        _timer = new Timer(_ => Tick());
-    }
+    public VcpuThrottle(IReadOnlyList<VcpuRunner> runners) => _runners = runners;
 
     public int Percent => _percent;
 
     public void Set(int percent)
     {
         _percent = Math.Clamp(percent, 0, MaxPercent);
-        _timer.Change(_percent == 0 ? Timeout.InfiniteTimeSpan : Timeslice, _percent == 0 ? Timeout.InfiniteTimeSpan : Timeslice);
+        // Made on first use: most VMs are never throttled, and the timer machinery costs start-up time.
+        if (_percent > 0) _timer ??= new Timer(_ => Tick());
+        _timer?.Change(_percent == 0 ? Timeout.InfiniteTimeSpan : Timeslice, _percent == 0 ? Timeout.InfiniteTimeSpan : Timeslice);
     }
 
     /// <summary>How long a vCPU sleeps when its slice is up.</summary>
@@ -41,5 +39,5 @@ internal sealed class VcpuThrottle : IDisposable
         foreach (var runner in _runners) runner.RequestThrottleSleep();
     }
 
-    public void Dispose() => _timer.Dispose();
+    public void Dispose() => _timer?.Dispose();
 }
