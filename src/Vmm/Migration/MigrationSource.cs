@@ -134,7 +134,6 @@ public sealed class MigrationSource
         {
             try { channel.SendText(MigrationFrameType.Abort, e.Message); channel.Flush(); }
             catch (Exception abortFailure) when (abortFailure is IOException or SocketException or ObjectDisposedException) { }
-            _machine.ThrottlePercent = 0;
             if (pausedHere) _machine.Resume();
             string why = timedOut ? $"timed out after {_options.TimeoutS} s" : e.Message;
             throw new MigrationException($"migration to {_options.Target} failed: {why}; the VM keeps running here", e);
