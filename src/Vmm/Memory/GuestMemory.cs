@@ -10,9 +10,14 @@ namespace Vmm.Memory;
 public sealed unsafe class GuestMemory : IDisposable
 {
     private readonly GuestMemoryRegion[] _regions;
+    private readonly bool _imageBacked;
     private bool _disposed;
 
-    private GuestMemory(GuestMemoryRegion[] regions) => _regions = regions;
+    private GuestMemory(GuestMemoryRegion[] regions, bool imageBacked)
+    {
+        _regions = regions;
+        _imageBacked = imageBacked;
+    }
 
     public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
 
@@ -59,7 +64,7 @@ public sealed unsafe class GuestMemory : IDisposable
             foreach (var region in regions) Libc.Munmap(region.HostAddress, (nuint)region.SizeBytes);
             throw;
         }
-        return new GuestMemory(regions.ToArray());
+        return new GuestMemory(regions.ToArray(), image is not null);
     }
 
     public bool IsRam(ulong address, ulong lengthBytes) => FindRegion(address, lengthBytes) is not null;
@@ -138,6 +143,44 @@ public sealed unsafe class GuestMemory : IDisposable
         var taken = new ulong[bitmap.Length];
         for (int i = 0; i < bitmap.Length; i++) taken[i] = Interlocked.Exchange(ref bitmap[i], 0);
         return taken;
+    }
+
+    /// <summary>The pages of <paramref name="region"/> that may hold something other than zeros, one bit per
+    /// page; a migration's first pass sends only these, since the target's RAM starts zeroed. For anonymous
+    /// RAM, /proc/self/pagemap tells: a page that is neither mapped nor swapped was never written, and one
+    /// mapped but not exclusively is the shared zero page that a read maps (guest RAM is never shared:
+    /// MAP_PRIVATE, MADV_DONTFORK, no KSM), so both read as zeros and neither needs reading. RAM mapped from
+    /// a snapshot image, or where pagemap cannot be read, gets every page.</summary>
+    public ulong[] PagesThatMayHoldData(GuestMemoryRegion region)
+    {
+        const ulong Present = 1UL << 63, Swapped = 1UL << 62, ExclusivelyMapped = 1UL << 56;
+        ulong pages = region.SizeBytes / GuestMemoryRegion.PageSize;
+        var bitmap = new ulong[(pages + 63) / 64];
+        try
+        {
+            if (_imageBacked) throw new IOException("RAM mapped from an image holds the image's data where it is not mapped");
+            using var pagemap = File.OpenHandle("/proc/self/pagemap", FileMode.Open, FileAccess.Read);
+            var entries = new ulong[64 * 1024];
+            for (ulong first = 0; first < pages; first += (ulong)entries.Length)
+            {
+                int count = (int)Math.Min((ulong)entries.Length, pages - first);
+                long offset = (long)(((ulong)region.HostAddress / GuestMemoryRegion.PageSize + first) * sizeof(ulong));
+                var bytes = MemoryMarshal.AsBytes(entries.AsSpan(0, count));
+                if (RandomAccess.Read(pagemap, bytes, offset) != bytes.Length) throw new IOException("short read of /proc/self/pagemap");
+                for (int i = 0; i < count; i++)
+                {
+                    ulong entry = entries[i];
+                    if ((entry & Swapped) != 0 || (entry & (Present | ExclusivelyMapped)) == (Present | ExclusivelyMapped))
+                        bitmap[(first + (ulong)i) / 64] |= 1UL << (int)((first + (ulong)i) % 64);
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Array.Fill(bitmap, ulong.MaxValue);
+            if (pages % 64 != 0) bitmap[^1] = (1UL << (int)(pages % 64)) - 1;
+        }
+        return bitmap;
     }
 
     public void Fill(ulong address, ulong lengthBytes, byte value)

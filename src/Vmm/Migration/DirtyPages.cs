@@ -8,13 +8,8 @@ internal sealed class DirtyPages(GuestMemory memory, ulong[][] bitmaps)
 {
     public long Count => bitmaps.Sum(b => b.Sum(w => (long)BitOperations.PopCount(w)));
 
-    public static DirtyPages All(GuestMemory memory) => new(memory, memory.Regions.Select(r =>
-    {
-        ulong pages = r.SizeBytes / GuestMemoryRegion.PageSize;
-        var bitmap = new ulong[(pages + 63) / 64];
-        for (ulong p = 0; p < pages; p++) bitmap[p / 64] |= 1UL << (int)(p % 64);
-        return bitmap;
-    }).ToArray());
+    /// <summary>What a first pass must send: every page that may hold data (the target's RAM starts zeroed).</summary>
+    public static DirtyPages MayHoldData(GuestMemory memory) => new(memory, memory.Regions.Select(memory.PagesThatMayHoldData).ToArray());
 
     public void UnionWith(DirtyPages other)
     {

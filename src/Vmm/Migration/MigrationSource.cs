@@ -59,7 +59,7 @@ public sealed class MigrationSource
             tracker = _machine.StartDirtyTracking();
             _log.Debug($"migration: dirty pages tracked with the {(tracker.UsesDirtyRing ? "dirty ring" : tracker.ManualProtect ? "dirty log (manual protect)" : "dirty log")}");
 
-            var pending = DirtyPages.All(_memory);
+            var pending = DirtyPages.MayHoldData(_memory);
             double bandwidthBytesPerSecond = 0;
             long previousDirty = long.MaxValue;
             var sinceCollect = Stopwatch.StartNew();

@@ -56,7 +56,8 @@ public sealed class InProcessMigrationTests : IDisposable
             await run;
         }
         Assert.NotEmpty(passes);
-        Assert.True(passes[0].ZeroPages > 0, "an almost empty guest must send zero pages as markers");
+        // The guest touched a few pages of its 64 MiB: a page never touched is zero on the target too, and is not sent.
+        Assert.InRange(passes[0].PagesSent, 1, 1024);
         Assert.True(report.DowntimeMs > 0);
         Assert.True(report.Passes >= 2);
     }
