@@ -149,6 +149,10 @@ public sealed class ControlServer : IDisposable
             && root.TryGetProperty("command", out var value) && value.ValueKind == JsonValueKind.String
             ? value.GetString() : null;
         if (command is null) return Error("the request must be a JSON object with a string \"command\"");
+        // A resume (or a snapshot's resume) in the middle of a stop-and-copy would let the VM run here
+        // while its state goes to the target.
+        if (command is "pause" or "resume" or "snapshot" && Volatile.Read(ref _migrating) == 1)
+            return Error($"a migration is running; {command} waits until it has ended");
         try
         {
             switch (command)

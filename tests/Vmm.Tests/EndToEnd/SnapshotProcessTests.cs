@@ -19,7 +19,7 @@ public sealed class SnapshotProcessTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void SnapshotOfARunningGuest_RestoresAndRunsToASuccessfulEnd()
     {
-        var g = new DirtyingGuestOptions(RegionMiB: 32, DirtyMiBPerSecond: 50, GuestTsc.Khz, TickMs: 100, Ticks: 25, FillRandomFirst: true);
+        var g = new DirtyingGuestOptions(RegionMiB: 32, DirtyMiBPerSecond: 50, GuestTsc.Khz, TickMs: 100, Ticks: 60, FillRandomFirst: true);
         string kernel = Path.Combine(_directory, "dirty.elf"), socket = Path.Combine(_directory, "api.sock"), snapshot = Path.Combine(_directory, "snap");
         File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
         int success = ExitCodes.FromExitPort(FirmwareGuests.ExitValueSuccess);
