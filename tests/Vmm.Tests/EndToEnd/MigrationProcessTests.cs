@@ -179,7 +179,7 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
     }
 
     [Fact]
-    public void TargetKilledMidPass_SourceKeepsRunningAndTheGuestStaysCorrect_AndMeanwhileRefusesResume()
+    public void TargetKilledMidPass_SourceKeepsRunningAndTheGuestStaysCorrect()
     {
         // A 256 MiB region written faster than loopback carries it (and than a tracked guest can write here,
         // ~1.5 GB/s), with no downtime allowed: the dirty set never empties, so passes go on until the target dies.
@@ -190,22 +190,41 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         using var source = StartSource(g, socket);
         using var ctl = Migrate(socket, listen, "--downtime-ms", "0", "--max-passes", "100000");
         Assert.True(ctl.WaitForConsole("\"pass\":2", Patience), $"no second pass\n{ctl}");
-        // While it migrates the VM says so, and refuses what could let it run here while its state leaves.
-        using (var status = new RunningVmm(["ctl", "--socket", socket, "status"]))
-        {
-            Assert.Equal(0, status.WaitForExit(Patience));
-            Assert.Contains("\"state\":\"migrating\"", status.Console);
-        }
-        using (var resume = new RunningVmm(["ctl", "--socket", socket, "resume"]))
-        {
-            Assert.Equal(1, resume.WaitForExit(Patience));
-            Assert.Contains("a migration is running", resume.Console);
-        }
         target.Kill();
         var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
 
         Assert.Equal(1, ctlExit);
         Assert.Contains("keeps running here", ctl.Console);
+        Assert.Equal(GuestSuccess, sourceExit);
+        Assert.Equal(ExpectedConsole(g), source.Console);
+    }
+
+    [Fact]
+    public void WhileMigrating_StatusSaysSoAndResumeIsRefused_ThenAHungTargetIsGivenUp()
+    {
+        // The guest outlives the 8 s limit, so the source is still there to give up and go on.
+        var g = Guest(ticks: 160);
+        string socket = Path.Combine(_directory, "src.sock");
+        using var hung = new StallingMigrationTarget(stallAfterPass: 1);
+        using var source = StartSource(g, socket);
+        using var ctl = Migrate(socket, hung.Address, "--timeout-s", "8");
+        Assert.True(hung.WaitUntilStalled(Patience), $"the first pass never arrived\n{ctl}");
+
+        using (var status = new RunningVmm(["ctl", "--socket", socket, "status"]))
+        {
+            Assert.True(status.WaitForExit(Patience) == 0, status.ToString());
+            Assert.Contains("\"state\":\"migrating\"", status.Console);
+        }
+        // A resume during a stop-and-copy would let the VM run here while its state goes there.
+        using (var resume = new RunningVmm(["ctl", "--socket", socket, "resume"]))
+        {
+            Assert.True(resume.WaitForExit(Patience) == 1, resume.ToString());
+            Assert.Contains("a migration is running", resume.Console);
+        }
+        var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
+
+        Assert.Equal(1, ctlExit);
+        Assert.Contains("timed out after 8 s", ctl.Console);
         Assert.Equal(GuestSuccess, sourceExit);
         Assert.Equal(ExpectedConsole(g), source.Console);
     }
@@ -246,31 +265,9 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
     {
         var g = Guest();
         string socket = Path.Combine(_directory, "src.sock");
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var silentTarget = Task.Run(() =>
-        {
-            // Takes the whole VM, state included, and never says it runs.
-            using var connection = listener.AcceptSocket();
-            using var stream = new NetworkStream(connection);
-            var channel = new MigrationChannel(stream);
-            byte[] buffer = new byte[1 << 20];
-            channel.Receive(ref buffer);
-            channel.Send(MigrationFrameType.Ready, []);
-            try
-            {
-                while (true)
-                {
-                    var (type, payload) = channel.Receive(ref buffer);
-                    if (type == MigrationFrameType.State) break;
-                    if (type == MigrationFrameType.PassEnd) channel.Send(MigrationFrameType.PassDone, payload.Span);
-                }
-                Thread.Sleep(TimeSpan.FromSeconds(30));
-            }
-            catch (Exception e) when (e is MigrationException or IOException) { }
-        });
+        using var silentTarget = new StallingMigrationTarget(stallAfterPass: null);
         using var source = StartSource(g, socket);
-        using var ctl = Migrate(socket, $"127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}", "--timeout-s", "5");
+        using var ctl = Migrate(socket, silentTarget.Address, "--timeout-s", "5");
         var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
 
         Assert.Equal(1, ctlExit);
