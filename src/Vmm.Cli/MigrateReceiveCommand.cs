@@ -34,14 +34,16 @@ public static class MigrateReceiveCommand
             return ExitCodes.VmmError;
         }
         var running = new List<ReceivedVm>();
+        var finishing = new List<Task>();
         int? signal = null;
         void OnSignal(PosixSignalContext context, int number)
         {
             context.Cancel = true;
             signal = number;
-            listener.Stop();
+            // The VMs first: stopping the listener lets the main thread go on to stop them for another reason.
             lock (running)
                 foreach (var vm in running) vm.Machine.RequestStop(VmStop.BySignal(context.Signal.ToString(), number));
+            listener.Stop();
         }
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
@@ -68,15 +70,22 @@ public static class MigrateReceiveCommand
                     break;
                 }
                 int number = n;
-                vm.Run.ContinueWith(_ => Finish(vm, number, log));
+                finishing.Add(vm.Run.ContinueWith(_ =>
+                {
+                    lock (running) running.Remove(vm);
+                    Finish(vm, number, log);
+                }));
             }
         }
         finally
         {
             listener.Stop();
-            lock (running)
-                foreach (var vm in running) vm.Machine.RequestStop(VmStop.Error("the migration daemon is exiting"));
-            foreach (var vm in running.ToArray()) vm.Run.Wait();
+            ReceivedVm[] left;
+            lock (running) left = running.ToArray();
+            foreach (var vm in left) vm.Machine.RequestStop(VmStop.Error("the migration daemon is exiting"));
+            foreach (var vm in left) vm.Run.Wait();
+            // Each VM's end is logged and its resources released before the daemon exits.
+            Task.WaitAll(finishing);
         }
         return signal is { } s && !options.Once ? ExitCodes.Signal(s) : exitCode;
     }

@@ -229,6 +229,26 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : IDisposabl
         Assert.Equal(ExpectedConsole(g), source.Console);
     }
 
+    [Fact]
+    public void Daemon_StopsTheVmsItRunsOnSigterm()
+    {
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        string listen = $"127.0.0.1:{FreePort()}";
+        using var target = StartTarget(listen, once: false);
+        using var source = StartSource(g, socket);
+        using var ctl = Migrate(socket, listen);
+        Assert.Equal(0, ctl.WaitForExit(Patience));
+        Assert.True(target.WaitForConsole("tick", Patience), target.ToString());
+
+        target.Terminate();
+        int? targetExit = target.WaitForExit(Patience);
+        Show("target", target);
+
+        Assert.Equal(ExitCodes.Signal(15), targetExit);
+        Assert.Contains("migration 1: VM stopped: stopped by SIGTERM", target.Log);
+    }
+
     [Theory]
     [InlineData(TcpFaultProxy.Fault.FlipBit)]
     [InlineData(TcpFaultProxy.Fault.Truncate)]
