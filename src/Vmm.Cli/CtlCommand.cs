@@ -32,8 +32,18 @@ public static class CtlCommand
         while (reader.ReadLine() is { } answer)
         {
             Console.Out.WriteLine(answer);
-            using var document = JsonDocument.Parse(answer);
-            if (!document.RootElement.TryGetProperty("ok", out var ok)) continue; // a progress line
+            JsonElement ok;
+            try
+            {
+                using var document = JsonDocument.Parse(answer);
+                if (document.RootElement.ValueKind != JsonValueKind.Object || !document.RootElement.TryGetProperty("ok", out ok)) continue; // a progress line
+                ok = ok.Clone();
+            }
+            catch (JsonException)
+            {
+                Console.Error.WriteLine($"vmm: error: {options.Socket} answered with something that is not JSON: is it a vmm control socket?");
+                return 2;
+            }
             return ok.ValueKind == JsonValueKind.True ? 0 : 1;
         }
         Console.Error.WriteLine("vmm: error: the VM closed the control socket without answering");

@@ -144,6 +144,27 @@ public sealed class CliTests : IDisposable
     }
 
     [Fact]
+    public async Task Ctl_ToASocketThatIsNotVmms_SaysSoInsteadOfCrashing()
+    {
+        string path = Path.Combine(_directory, "other.sock");
+        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        listener.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+        listener.Listen(1);
+        var other = Task.Run(() =>
+        {
+            using var client = listener.Accept();
+            client.Send("220 not a vmm\n"u8);
+            client.Receive(new byte[4096]);
+        });
+
+        var result = VmmProcess.Run(["ctl", "--socket", path, "status"], Timeout);
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("answered with something that is not JSON", result.Log);
+        await other.WaitAsync(Timeout);
+    }
+
+    [Fact]
     public void HelpAndVersion_ExitZero()
     {
         var help = VmmProcess.Run(["run", "--help"], Timeout);
