@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Vmm.Kvm.Interop;
+using static Vmm.Kvm.KvmIoctl;
 
 namespace Vmm.Kvm;
 
@@ -31,23 +32,23 @@ public sealed unsafe class KvmVcpu : IDisposable
         throw new KvmException("KVM_RUN", errno);
     }
 
-    public KvmRegs GetRegs() => Get<KvmRegs>("KVM_GET_REGS", KvmIoctls.GetRegs);
-    public void SetRegs(in KvmRegs regs) => Set("KVM_SET_REGS", KvmIoctls.SetRegs, regs);
-    public KvmSregs GetSregs() => Get<KvmSregs>("KVM_GET_SREGS", KvmIoctls.GetSregs);
-    public void SetSregs(in KvmSregs sregs) => Set("KVM_SET_SREGS", KvmIoctls.SetSregs, sregs);
-    public KvmFpu GetFpu() => Get<KvmFpu>("KVM_GET_FPU", KvmIoctls.GetFpu);
-    public void SetFpu(in KvmFpu fpu) => Set("KVM_SET_FPU", KvmIoctls.SetFpu, fpu);
-    public KvmLapicState GetLapic() => Get<KvmLapicState>("KVM_GET_LAPIC", KvmIoctls.GetLapic);
-    public void SetLapic(in KvmLapicState lapic) => Set("KVM_SET_LAPIC", KvmIoctls.SetLapic, lapic);
-    public KvmVcpuEvents GetVcpuEvents() => Get<KvmVcpuEvents>("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents);
-    public void SetVcpuEvents(in KvmVcpuEvents events) => Set("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents, events);
+    public KvmRegs GetRegs() => Get<KvmRegs>(_fd, "KVM_GET_REGS", KvmIoctls.GetRegs);
+    public void SetRegs(in KvmRegs regs) => Set(_fd, "KVM_SET_REGS", KvmIoctls.SetRegs, regs);
+    public KvmSregs GetSregs() => Get<KvmSregs>(_fd, "KVM_GET_SREGS", KvmIoctls.GetSregs);
+    public void SetSregs(in KvmSregs sregs) => Set(_fd, "KVM_SET_SREGS", KvmIoctls.SetSregs, sregs);
+    public KvmFpu GetFpu() => Get<KvmFpu>(_fd, "KVM_GET_FPU", KvmIoctls.GetFpu);
+    public void SetFpu(in KvmFpu fpu) => Set(_fd, "KVM_SET_FPU", KvmIoctls.SetFpu, fpu);
+    public KvmLapicState GetLapic() => Get<KvmLapicState>(_fd, "KVM_GET_LAPIC", KvmIoctls.GetLapic);
+    public void SetLapic(in KvmLapicState lapic) => Set(_fd, "KVM_SET_LAPIC", KvmIoctls.SetLapic, lapic);
+    public KvmVcpuEvents GetVcpuEvents() => Get<KvmVcpuEvents>(_fd, "KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents);
+    public void SetVcpuEvents(in KvmVcpuEvents events) => Set(_fd, "KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents, events);
 
-    public KvmMpState GetMpState() => Get<KvmMpState>("KVM_GET_MP_STATE", KvmIoctls.GetMpState);
-    public void SetMpState(in KvmMpState state) => Set("KVM_SET_MP_STATE", KvmIoctls.SetMpState, state);
-    public KvmDebugRegs GetDebugRegs() => Get<KvmDebugRegs>("KVM_GET_DEBUGREGS", KvmIoctls.GetDebugRegs);
-    public void SetDebugRegs(in KvmDebugRegs regs) => Set("KVM_SET_DEBUGREGS", KvmIoctls.SetDebugRegs, regs);
-    public KvmXcrs GetXcrs() => Get<KvmXcrs>("KVM_GET_XCRS", KvmIoctls.GetXcrs);
-    public void SetXcrs(in KvmXcrs xcrs) => Set("KVM_SET_XCRS", KvmIoctls.SetXcrs, xcrs);
+    public KvmMpState GetMpState() => Get<KvmMpState>(_fd, "KVM_GET_MP_STATE", KvmIoctls.GetMpState);
+    public void SetMpState(in KvmMpState state) => Set(_fd, "KVM_SET_MP_STATE", KvmIoctls.SetMpState, state);
+    public KvmDebugRegs GetDebugRegs() => Get<KvmDebugRegs>(_fd, "KVM_GET_DEBUGREGS", KvmIoctls.GetDebugRegs);
+    public void SetDebugRegs(in KvmDebugRegs regs) => Set(_fd, "KVM_SET_DEBUGREGS", KvmIoctls.SetDebugRegs, regs);
+    public KvmXcrs GetXcrs() => Get<KvmXcrs>(_fd, "KVM_GET_XCRS", KvmIoctls.GetXcrs);
+    public void SetXcrs(in KvmXcrs xcrs) => Set(_fd, "KVM_SET_XCRS", KvmIoctls.SetXcrs, xcrs);
 
     /// <summary>The XSAVE area. <paramref name="sizeBytes"/> is what KVM_CAP_XSAVE2 reports (0 or at most
     /// 4096 on hosts without extended state such as AMX, then the legacy KVM_GET_XSAVE is used).</summary>
@@ -127,23 +128,6 @@ public sealed unsafe class KvmVcpu : IDisposable
             if (!output.IsEmpty) entries[..result].CopyTo(output);
             return result;
         }
-    }
-
-    private T Get<T>(string name, nuint request) where T : unmanaged
-    {
-        T value;
-        Check(name, Libc.Ioctl(_fd.Number, request, &value));
-        return value;
-    }
-
-    private void Set<T>(string name, nuint request, in T value) where T : unmanaged
-    {
-        fixed (T* p = &value) Check(name, Libc.Ioctl(_fd.Number, request, p));
-    }
-
-    private static void Check(string ioctl, int result)
-    {
-        if (result < 0) throw new KvmException(ioctl, Marshal.GetLastPInvokeError());
     }
 
     public void Dispose()

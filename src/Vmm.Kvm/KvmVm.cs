@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Vmm.Kvm.Interop;
+using static Vmm.Kvm.KvmIoctl;
 
 namespace Vmm.Kvm;
 
@@ -123,24 +124,12 @@ public sealed unsafe class KvmVm : IDisposable
         return chip;
     }
 
-    public void SetIrqchip(in KvmIrqchip chip) => Set("KVM_SET_IRQCHIP", KvmIoctls.SetIrqchip, chip);
-    public KvmPitState2 GetPit2() => Get<KvmPitState2>("KVM_GET_PIT2", KvmIoctls.GetPit2);
-    public void SetPit2(in KvmPitState2 state) => Set("KVM_SET_PIT2", KvmIoctls.SetPit2, state);
+    public void SetIrqchip(in KvmIrqchip chip) => Set(_fd, "KVM_SET_IRQCHIP", KvmIoctls.SetIrqchip, chip);
+    public KvmPitState2 GetPit2() => Get<KvmPitState2>(_fd, "KVM_GET_PIT2", KvmIoctls.GetPit2);
+    public void SetPit2(in KvmPitState2 state) => Set(_fd, "KVM_SET_PIT2", KvmIoctls.SetPit2, state);
     /// <summary>KVM_GET_CLOCK: kvmclock's current value in nanoseconds.</summary>
-    public KvmClockData GetClock() => Get<KvmClockData>("KVM_GET_CLOCK", KvmIoctls.GetClock);
-    public void SetClock(in KvmClockData clock) => Set("KVM_SET_CLOCK", KvmIoctls.SetClock, clock);
-
-    private T Get<T>(string name, nuint request) where T : unmanaged
-    {
-        T value;
-        Check(name, Libc.Ioctl(_fd.Number, request, &value));
-        return value;
-    }
-
-    private void Set<T>(string name, nuint request, in T value) where T : unmanaged
-    {
-        fixed (T* p = &value) Check(name, Libc.Ioctl(_fd.Number, request, p));
-    }
+    public KvmClockData GetClock() => Get<KvmClockData>(_fd, "KVM_GET_CLOCK", KvmIoctls.GetClock);
+    public void SetClock(in KvmClockData clock) => Set(_fd, "KVM_SET_CLOCK", KvmIoctls.SetClock, clock);
 
     public KvmVcpu CreateVcpu(int index)
     {
@@ -156,11 +145,6 @@ public sealed unsafe class KvmVm : IDisposable
             handle.Dispose();
             throw;
         }
-    }
-
-    private static void Check(string ioctl, int result)
-    {
-        if (result < 0) throw new KvmException(ioctl, Marshal.GetLastPInvokeError());
     }
 
     public void Dispose() => _fd.Dispose();

@@ -13,7 +13,7 @@ public sealed record MigrationPass(
 
 /// <summary>The end of a migration that succeeded.</summary>
 public sealed record MigrationReport(
-    string Target, int Passes, long TotalBytes, long PagesSent, double TotalMs, double DowntimeMs, double FinalCopyBytes, bool Forced)
+    string Target, int Passes, long TotalBytes, long PagesSent, double TotalMs, double DowntimeMs, bool Forced)
 {
     public override string ToString() =>
         $"migrated to {Target}: {Passes} passes, {TotalBytes / 1048576.0:F1} MiB, {PagesSent} pages, " +

@@ -110,7 +110,6 @@ public sealed class MigrationSource
             pausedHere = !wasPaused;
             double pausedMs = downtime.Elapsed.TotalMilliseconds;
             pending.UnionWith(tracker.Collect());
-            long finalBytesBefore = channel.BytesSent;
             var (finalPages, _) = SendPages(channel, pending);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
             _machine.FlushDisks();
@@ -118,7 +117,6 @@ public sealed class MigrationSource
             channel.Send(MigrationFrameType.State, state.ToBytes());
             channel.Flush();
             double stateMs = downtime.Elapsed.TotalMilliseconds;
-            long finalBytes = channel.BytesSent - finalBytesBefore;
             socket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
             ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
             downtime.Stop();
@@ -127,7 +125,7 @@ public sealed class MigrationSource
             _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages {pagesMs - pausedMs:F1} + " +
                       $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
             return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
-                downtime.Elapsed.TotalMilliseconds, finalBytes, forced);
+                downtime.Elapsed.TotalMilliseconds, forced);
         }
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or MigrationException
                                       or InvalidOperationException or Kvm.KvmException or GuestMemoryException)

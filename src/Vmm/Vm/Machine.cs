@@ -46,8 +46,6 @@ public sealed class Machine : IVmControl, IDisposable
     public BootSetup? Boot { get; }
     public GuestMemory Memory => _memory;
     public MachineDescription Description { get; }
-    internal KvmVm KvmVm => _vm;
-    internal Logger Log => _log;
 
     /// <param name="memoryImagePath">null: boot the kernel in <paramref name="config"/>. Otherwise build the
     /// same machine without loading anything, RAM mapped from this image ("" for fresh, zeroed RAM that a
