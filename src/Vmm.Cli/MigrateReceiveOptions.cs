@@ -5,11 +5,14 @@ namespace Vmm.Cli;
 [Verb("migrate-receive", HelpText = "Wait for VMs migrated here by 'vmm ctl migrate' and run them. Disk images must be at the same paths as on the source (shared storage), TAPs of the same names must exist here.")]
 public sealed class MigrateReceiveOptions
 {
-    [Option("listen", Required = true, HelpText = "ADDRESS:PORT to listen on, e.g. 0.0.0.0:7000 or [::]:7000.")]
+    [Option("listen", Required = true, HelpText = "ADDRESS:PORT to listen on, e.g. 0.0.0.0:7000 or [::]:7000; port 0 picks a free port (the log says which).")]
     public string Listen { get; set; } = "";
 
     [Option("once", HelpText = "Take one migration, run that VM, and exit with its exit code (2 if the migration failed).")]
     public bool Once { get; set; }
+
+    [Option("max-incoming", Default = 4, HelpText = "How many migrations may come in at the same time; a source beyond that is told the target is busy.")]
+    public int MaxIncoming { get; set; } = 4;
 
     [Option("serial-log", HelpText = "Write each received guest's serial console here instead of stdout; {n} is replaced by the migration's number (1, 2, ...).")]
     public string? SerialLog { get; set; }

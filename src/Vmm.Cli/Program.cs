@@ -14,6 +14,20 @@ public static class Program
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(MigrateReceiveOptions))]
     public static int Main(string[] args)
     {
+        // The last failure boundary: an exception that escapes a command is a bug in vmm, reported as such.
+        try
+        {
+            return Execute(args);
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"vmm: internal error (please report it): {e}");
+            return ExitCodes.Crash;
+        }
+    }
+
+    private static int Execute(string[] args)
+    {
         using var parser = new Parser(settings =>
         {
             settings.HelpWriter = null;

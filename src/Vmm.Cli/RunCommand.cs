@@ -1,7 +1,5 @@
 using System.Runtime.InteropServices;
-using Vmm.Boot;
 using Vmm.Diagnostics;
-using Vmm.Kvm;
 using Vmm.Memory;
 using Vmm.Snapshot;
 using Vmm.State;
@@ -22,6 +20,11 @@ public static class RunCommand
         if (options.Kernel is null)
         {
             log.Error("--kernel is required (or --restore DIR to continue a snapshot)");
+            return ExitCodes.VmmError;
+        }
+        if (options.DirtyRingEntries is not null && !options.DirtyRing)
+        {
+            log.Error("--dirty-ring-entries sizes the rings of --dirty-ring, which is not given");
             return ExitCodes.VmmError;
         }
         if (!MemorySize.TryParse(options.Memory ?? "256M", out ulong memoryBytes, out string error))
@@ -52,7 +55,7 @@ public static class RunCommand
             networks.Add(network!);
         }
 
-        return RunMachine(options, log, serial => Machine.Create(new MachineConfig
+        return RunMachine(options, log, serial => MachineBuilder.Boot(new MachineConfig
         {
             KernelPath = options.Kernel,
             InitrdPath = options.Initrd,
@@ -64,6 +67,7 @@ public static class RunCommand
             SerialOutput = serial,
             NestedKvmWorkarounds = !options.NoNestedWorkarounds,
             DirtyRing = options.DirtyRing,
+            DirtyRingEntries = options.DirtyRingEntries,
         }, log));
     }
 
@@ -91,17 +95,17 @@ public static class RunCommand
         {
             (state, memoryPath) = SnapshotDirectory.Read(options.Restore!);
         }
-        catch (Exception e) when (e is StateFormatException or IOException or UnauthorizedAccessException)
+        catch (VmmException e)
         {
             log.Error($"--restore {options.Restore}: {e.Message}");
             return ExitCodes.VmmError;
         }
         return RunMachine(options, log, serial =>
         {
-            var machine = Machine.CreateForRestore(ConfigFor(state.Description, serial, options.NoNestedWorkarounds, options.DirtyRing), log, memoryPath);
+            var machine = MachineBuilder.ForRestore(state.Description.ToConfig(HostSettings(serial, options.NoNestedWorkarounds, options.DirtyRing, options.DirtyRingEntries)), log, memoryPath);
             try
             {
-                machine.RestoreState(state);
+                MachinePersistence.Restore(machine, state);
             }
             catch
             {
@@ -113,15 +117,13 @@ public static class RunCommand
         });
     }
 
-    public static MachineConfig ConfigFor(MachineDescription description, Stream serial, bool noNestedWorkarounds, bool dirtyRing) => new()
+    /// <summary>What this host decides for a machine whose shape comes from elsewhere (a snapshot, a migration).</summary>
+    public static MachineConfig HostSettings(Stream serial, bool noNestedWorkarounds, bool dirtyRing, int? dirtyRingEntries) => new()
     {
-        DirtyRing = dirtyRing,
-        MemoryBytes = description.MemoryBytes,
-        VcpuCount = description.VcpuCount,
-        Disks = description.Disks,
-        Networks = description.Networks,
         SerialOutput = serial,
         NestedKvmWorkarounds = !noNestedWorkarounds,
+        DirtyRing = dirtyRing,
+        DirtyRingEntries = dirtyRingEntries,
     };
 
     private static int RunMachine(RunOptions options, Logger log, Func<Stream, Machine> build)
@@ -140,7 +142,7 @@ public static class RunCommand
             Report(log, stop);
             return stop.ExitCode;
         }
-        catch (Exception e) when (e is BootException or PosixException or GuestMemoryException or StateFormatException or KvmException)
+        catch (VmmException e)
         {
             log.Error(e.Message);
             return ExitCodes.VmmError;
@@ -159,7 +161,7 @@ public static class RunCommand
         }
         catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
         {
-            throw new BootException($"--api-socket {path}: {e.Message}");
+            throw new ConfigurationException($"--api-socket {path}: {e.Message}");
         }
     }
 
@@ -178,7 +180,7 @@ public static class RunCommand
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new BootException($"--serial-log {path} cannot be written: {e.Message}");
+            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
         }
     }
 
@@ -187,7 +189,7 @@ public static class RunCommand
         string message = $"{stop.Description} (exit code {stop.ExitCode})";
         switch (stop.Kind)
         {
-            case VmStopKind.GuestCrash or VmStopKind.EmulationFailure or VmStopKind.VmmError:
+            case VmStopKind.GuestCrash or VmStopKind.EmulationFailure or VmStopKind.VmmError or VmStopKind.InternalError:
                 log.Error(message);
                 break;
             default:

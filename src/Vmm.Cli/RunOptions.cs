@@ -35,6 +35,9 @@ public sealed class RunOptions
     [Option("dirty-ring", HelpText = "Track dirty pages for live migration with KVM's per-vCPU dirty rings instead of the dirty log (where KVM offers them).")]
     public bool DirtyRing { get; set; }
 
+    [Option("dirty-ring-entries", HelpText = "With --dirty-ring: entries in each vCPU's ring, a power of two (default 65536, or what KVM allows). A smaller ring makes vCPUs stop more often to have it harvested.")]
+    public int? DirtyRingEntries { get; set; }
+
     [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
     public string? SerialLog { get; set; }
 

@@ -11,7 +11,7 @@ public sealed unsafe class KvmDirtyRing : IDisposable
 {
     private const long DirtyLogPageOffset = 64; // KVM_DIRTY_LOG_PAGE_OFFSET, in pages
     private const uint FlagDirty = 1, FlagReset = 2;
-    private const int EntryBytes = 16;
+    public const int EntryBytes = 16;
 
     private byte* _ring;
     private readonly int _sizeBytes;

@@ -4,7 +4,7 @@ namespace Vmm.Kvm;
 
 /// <summary>A failed POSIX call (open, mmap, eventfd, ...), named with its errno.</summary>
 public class PosixException(string call, int errno, string? detail = null)
-    : Exception($"{call} failed: {Libc.Describe(errno)} (errno {errno}){(detail is null ? "" : ": " + detail)}")
+    : VmmException($"{call} failed: {Libc.Describe(errno)} (errno {errno}){(detail is null ? "" : ": " + detail)}")
 {
     public string Call { get; } = call;
     public int Errno { get; } = errno;

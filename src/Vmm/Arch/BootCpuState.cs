@@ -1,4 +1,3 @@
-using Vmm.Boot;
 using Vmm.Kvm;
 using Vmm.Kvm.Interop;
 using Vmm.Memory;

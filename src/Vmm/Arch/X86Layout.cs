@@ -38,6 +38,9 @@ public static class X86Layout
     /// <summary>The smallest guest vmm accepts: room for the boot structures and a kernel.</summary>
     public const ulong MinimumMemoryBytes = 16UL << 20;
 
+    /// <summary>The most vCPUs vmm gives a guest: their MP table entries must fit below 1 MiB (<see cref="MpTable.MaxBytes"/>).</summary>
+    public const int MaxVcpus = 32;
+
     /// <summary>Splits guest RAM around the MMIO hole: [0, min(size, hole)) and, for large guests, [4 GiB, ...).</summary>
     public static IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> RamRanges(ulong memoryBytes)
     {

@@ -1,5 +1,5 @@
 namespace Vmm.Boot;
 
-/// <summary>The guest cannot be booted as configured: a missing or unreadable file, a file that is not a
-/// kernel, an initramfs that does not fit, too little memory. The message says what to change.</summary>
-public sealed class BootException(string message, Exception? inner = null) : Exception(message, inner);
+/// <summary>The kernel or initramfs cannot be booted: a missing or unreadable file, a file that is not a
+/// kernel or is truncated, an initramfs that does not fit. The message says what to change.</summary>
+public sealed class BootException(string message, Exception? inner = null) : ConfigurationException(message, inner);

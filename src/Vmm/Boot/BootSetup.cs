@@ -1,3 +1,5 @@
+using Vmm.Arch;
+
 namespace Vmm.Boot;
 
 /// <summary>What the loader put into guest memory, and where the vCPU must start.</summary>

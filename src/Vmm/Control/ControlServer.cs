@@ -12,7 +12,9 @@ namespace Vmm.Control;
 /// <c>{"command":"migrate","to":"HOST:PORT",...}</c> (which first streams one <c>{"event":"pass",...}</c>
 /// line per copy pass), and answering one JSON line,
 /// <c>{"ok":true,...}</c> or <c>{"ok":false,"error":"..."}</c>. Requests are hostile input: anything
-/// malformed gets an error answer, never an exception in the VMM.</summary>
+/// malformed gets an error answer, never an exception in the VMM. Each request is a failure boundary: a
+/// failure, a bug included, answers that request with an error and leaves the VM as it was. Pause, resume,
+/// snapshot and migrate take turns: while one runs, the others are refused.</summary>
 public sealed class ControlServer : IDisposable
 {
     private const int MaxRequestBytes = 64 * 1024;
@@ -21,8 +23,11 @@ public sealed class ControlServer : IDisposable
     private readonly Logger _log;
     private readonly Socket _listener;
     private readonly string _path;
+    private readonly List<Socket> _clients = [];
+    private readonly CountdownEvent _serving = new(1);
     private volatile bool _closed;
-    private int _migrating;
+    /// <summary>The pause, resume, snapshot or migration in progress, or null.</summary>
+    private string? _operation;
 
     private ControlServer(Machine machine, Logger log, Socket listener, string path)
     {
@@ -75,42 +80,63 @@ public sealed class ControlServer : IDisposable
         while (!_closed)
         {
             Socket client;
-            try { client = _listener.Accept(); }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
+            try
+            {
+                client = _listener.Accept();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return;
+            }
+            lock (_clients)
+            {
+                if (_closed)
+                {
+                    client.Dispose();
+                    return;
+                }
+                _clients.Add(client);
+                _serving.AddCount();
+            }
             new Thread(() => Serve(client)) { Name = "control-client", IsBackground = true }.Start();
         }
     }
 
+    /// <summary>One client connection: requests in turn until it closes. Whatever ends the connection (the
+    /// client going away, a request too long) ends only it.</summary>
     private void Serve(Socket client)
     {
-        using (client)
-        using (var stream = new NetworkStream(client, ownsSocket: false))
+        try
         {
-            try
+            using var stream = new NetworkStream(client, ownsSocket: false);
+            while (ReadLine(stream) is { } request)
             {
-                while (ReadLine(stream) is { } request)
+                VmStop? stopAfterAnswer = null;
+                byte[] answer;
+                try
                 {
-                    VmStop? stopAfterAnswer = null;
-                    byte[] answer;
-                    try
-                    {
-                        answer = Handle(request, line => stream.Write(line), stop => stopAfterAnswer = stop);
-                    }
-                    catch (Exception e) when (e is not IOException)
-                    {
-                        // A bug behind one request must not take the running VM down with this thread.
-                        _log.Error($"control request failed: {e}");
-                        answer = Error($"internal error: {e.Message}");
-                    }
-                    stream.Write(answer);
-                    // A migrated VM stops here only once the client has the answer.
-                    if (stopAfterAnswer is not null) _machine.RequestStop(stopAfterAnswer);
+                    answer = Handle(request, line => stream.Write(line), stop => stopAfterAnswer = stop);
                 }
+                catch (Exception e)
+                {
+                    // A bug behind one request must not take the running VM down with this thread.
+                    _log.Error($"control request failed: internal error in vmm: {e}");
+                    answer = Error($"internal error in vmm: {e.Message}");
+                }
+                stream.Write(answer);
+                // A migrated VM stops here only once the client has the answer.
+                if (stopAfterAnswer is not null) _machine.RequestStop(stopAfterAnswer);
             }
-            catch (IOException)
-            {
-                // The client went away; nothing to answer.
-            }
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
+        {
+            // The client went away (or the server is closing); nothing to answer.
+        }
+        finally
+        {
+            lock (_clients) _clients.Remove(client);
+            client.Dispose();
+            _serving.Signal();
         }
     }
 
@@ -149,10 +175,14 @@ public sealed class ControlServer : IDisposable
             && root.TryGetProperty("command", out var value) && value.ValueKind == JsonValueKind.String
             ? value.GetString() : null;
         if (command is null) return Error("the request must be a JSON object with a string \"command\"");
-        // A resume (or a snapshot's resume) in the middle of a stop-and-copy would let the VM run here
-        // while its state goes to the target.
-        if (command is "pause" or "resume" or "snapshot" && Volatile.Read(ref _migrating) == 1)
-            return Error($"a migration is running; {command} waits until it has ended");
+        if (command == "status") return Status();
+        if (command is not ("pause" or "resume" or "snapshot" or "migrate"))
+            return Error($"unknown command '{command}' (expected status, pause, resume, snapshot or migrate)");
+        // One at a time: a resume in the middle of a snapshot or a stop-and-copy would let the VM run here
+        // while its memory is written out or its state goes to the target.
+        string operation = command == "migrate" ? "migration" : command;
+        if (Interlocked.CompareExchange(ref _operation, operation, null) is { } running)
+            return Error(running == "migration" && command == "migrate" ? "a migration is already running" : $"a {running} is running; {command} waits until it has ended");
         try
         {
             switch (command)
@@ -160,8 +190,6 @@ public sealed class ControlServer : IDisposable
                 case "snapshot":
                     if (StringArgument(root, "path") is not { Length: > 0 } path) return Error("snapshot needs a \"path\": the directory to write");
                     Snapshot(path);
-                    break;
-                case "status":
                     break;
                 case "migrate":
                     return Migrate(root, progress, stopAfterAnswer);
@@ -173,13 +201,15 @@ public sealed class ControlServer : IDisposable
                     _machine.Resume();
                     _log.Info("resumed by the control socket");
                     break;
-                default:
-                    return Error($"unknown command '{command}' (expected status, pause, resume, snapshot or migrate)");
             }
         }
-        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or Kvm.KvmException)
+        catch (VmmException e)
         {
             return Error(e.Message);
+        }
+        finally
+        {
+            Volatile.Write(ref _operation, null);
         }
         return Status();
     }
@@ -198,7 +228,6 @@ public sealed class ControlServer : IDisposable
         };
         if (options.DowntimeMs < 0 || options.TimeoutS < 0 || options.MaxPasses < 1)
             return Error("downtimeMs and timeoutS must not be negative, maxPasses at least 1");
-        if (Interlocked.Exchange(ref _migrating, 1) == 1) return Error("a migration is already running");
         try
         {
             _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")})");
@@ -240,10 +269,6 @@ public sealed class ControlServer : IDisposable
             _log.Error(e.Message);
             return Error(e.Message);
         }
-        finally
-        {
-            Volatile.Write(ref _migrating, 0);
-        }
     }
 
     /// <summary>A client that stopped reading progress must not fail the migration itself.</summary>
@@ -282,7 +307,7 @@ public sealed class ControlServer : IDisposable
     private byte[] Status() => Json(writer =>
     {
         writer.WriteBoolean("ok", true);
-        writer.WriteString("state", Volatile.Read(ref _migrating) == 1 ? "migrating" : _machine.IsPaused ? "paused" : "running");
+        writer.WriteString("state", Volatile.Read(ref _operation) == "migration" ? "migrating" : _machine.IsPaused ? "paused" : "running");
         writer.WriteNumber("vcpus", _machine.VcpuCount);
         writer.WriteNumber("memoryBytes", _machine.Memory.TotalBytes);
         writer.WriteNumber("uptimeMs", (long)_machine.Uptime.TotalMilliseconds);
@@ -308,10 +333,26 @@ public sealed class ControlServer : IDisposable
         return buffer.ToArray();
     }
 
+    /// <summary>Stops taking requests, ends every connection, and returns once no request is being served any
+    /// more: a snapshot or migration in progress (which ends promptly when the VM has stopped) finishes before
+    /// the caller releases the machine.</summary>
     public void Dispose()
     {
-        _closed = true;
+        lock (_clients)
+        {
+            if (_closed) return;
+            _closed = true;
+            // Shutdown wakes a thread blocked reading a request; a request being served finishes first.
+            foreach (var client in _clients)
+            {
+                try { client.Shutdown(SocketShutdown.Receive); }
+                catch (SocketException) { }
+            }
+        }
         _listener.Dispose();
+        _serving.Signal();
+        _serving.Wait();
+        _serving.Dispose();
         try { File.Delete(_path); }
         catch (IOException) { }
     }

@@ -1,9 +1,11 @@
+using Vmm.Serialization;
+
 namespace Vmm.Devices;
 
 /// <summary>The MC146818 real-time clock behind ports 0x70/0x71, read-only, answering the host's current
 /// UTC time in BCD, 24-hour mode. Linux reads it once at boot for the wall clock; without it an empty
 /// bus's 0xff bytes make it warn that the RTC is invalid.</summary>
-public sealed class CmosRtc(Func<DateTime> utcNow) : IBusDevice
+public sealed class CmosRtc(Func<DateTime> utcNow) : IBusDevice, IStatefulDevice
 {
     public const ushort Port = 0x70;
     public const int PortCount = 2;
@@ -38,6 +40,12 @@ public sealed class CmosRtc(Func<DateTime> utcNow) : IBusDevice
             else if (_index >= 0x0e) _cmos[_index] = data[0];
         }
     }
+
+    public string StateName => "cmos";
+
+    public void SaveState(StateWriter writer) => SaveState().Write(writer);
+
+    public void RestoreState(StateReader reader) => RestoreState(CmosRtcState.Read(reader));
 
     public CmosRtcState SaveState()
     {

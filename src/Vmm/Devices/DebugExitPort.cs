@@ -1,11 +1,9 @@
 using System.Buffers.Binary;
-using Vmm.Vm;
-
 namespace Vmm.Devices;
 
 /// <summary>QEMU's isa-debug-exit convention: a guest write of V to port 0x501 ends the VM, and vmm exits
 /// with (V &lt;&lt; 1) | 1. Lets a test guest report its own result.</summary>
-public sealed class DebugExitPort(IVmControl vm) : IBusDevice
+public sealed class DebugExitPort(IMachineStop machine) : IBusDevice
 {
     public const ushort Port = 0x501;
     public const int PortCount = 2;
@@ -17,6 +15,6 @@ public sealed class DebugExitPort(IVmControl vm) : IBusDevice
         Span<byte> value = stackalloc byte[4];
         value.Clear();
         data[..Math.Min(data.Length, 4)].CopyTo(value);
-        vm.RequestStop(VmStop.ExitPort(BinaryPrimitives.ReadUInt32LittleEndian(value)));
+        machine.RequestGuestExit(BinaryPrimitives.ReadUInt32LittleEndian(value));
     }
 }

@@ -4,13 +4,21 @@ namespace Vmm.Devices;
 
 /// <summary>Routes guest port I/O or MMIO accesses to the device registered for the address. An access
 /// nobody claims reads as all ones (what an empty ISA bus or unmapped MMIO returns) and drops writes,
-/// and is logged once per address so a probing guest does not flood the log.</summary>
+/// and is logged once per address (for a bounded number of addresses) so a probing guest does not flood
+/// the log or grow vmm's memory.</summary>
 public sealed class DeviceBus(string name, Logger log)
 {
     private readonly record struct Range(ulong Start, ulong Length, IBusDevice Device);
 
+    /// <summary>A guest chooses the addresses it probes: remembering each would let it grow the set without bound.</summary>
+    public const int MaxReportedAddresses = 256;
+
     private Range[] _ranges = [];
     private readonly HashSet<(ulong, bool)> _reportedUnhandled = [];
+    private long _unclaimedAccesses;
+
+    /// <summary>Accesses nobody claimed, counted (each address is logged once, up to <see cref="MaxReportedAddresses"/>).</summary>
+    public long UnclaimedAccesses => Interlocked.Read(ref _unclaimedAccesses);
 
     public void Register(ulong start, ulong length, IBusDevice device)
     {
@@ -60,8 +68,16 @@ public sealed class DeviceBus(string name, Logger log)
 
     private void ReportUnhandled(ulong address, int length, bool isWrite)
     {
+        Interlocked.Increment(ref _unclaimedAccesses);
         lock (_reportedUnhandled)
-            if (!_reportedUnhandled.Add((address, isWrite))) return;
+        {
+            if (_reportedUnhandled.Count > MaxReportedAddresses || !_reportedUnhandled.Add((address, isWrite))) return;
+            if (_reportedUnhandled.Count > MaxReportedAddresses)
+            {
+                log.Debug($"unhandled {name} accesses at {MaxReportedAddresses} addresses reported; further addresses are only counted");
+                return;
+            }
+        }
         log.Debug(isWrite
             ? $"unhandled {name} write at 0x{address:x} ({length} bytes): ignored (reported once)"
             : $"unhandled {name} read at 0x{address:x} ({length} bytes): returning all ones (reported once)");

@@ -81,14 +81,22 @@ public sealed class EventLoop(Action<Exception> onHandlerFailure) : IDisposable
         }
     }
 
-    /// <summary>Returns once the loop runs no handler and will run none until <see cref="Resume"/>.</summary>
-    public void Pause()
+    /// <summary>Returns true once the loop runs no handler and will run none until <see cref="Resume"/>; false
+    /// when a handler did not finish within <paramref name="timeout"/> (the pause stays requested: the caller
+    /// resumes to give it up).</summary>
+    public bool Pause(TimeSpan timeout)
     {
-        if (_thread is null || Thread.CurrentThread == _thread) return;
+        if (_thread is null || Thread.CurrentThread == _thread) return true;
         lock (_pauseLock) _pauseRequested = true;
         _wake.Signal();
+        var waited = System.Diagnostics.Stopwatch.StartNew();
         lock (_pauseLock)
-            while (!_parked && !_stopping && _thread.IsAlive) Monitor.Wait(_pauseLock, 50);
+            while (!_parked && !_stopping && _thread.IsAlive)
+            {
+                if (timeout != Timeout.InfiniteTimeSpan && waited.Elapsed >= timeout) return false;
+                Monitor.Wait(_pauseLock, 50);
+            }
+        return true;
     }
 
     public void Resume()

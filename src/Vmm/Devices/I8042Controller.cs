@@ -1,4 +1,4 @@
-using Vmm.Vm;
+using Vmm.Serialization;
 
 namespace Vmm.Devices;
 
@@ -7,7 +7,7 @@ namespace Vmm.Devices;
 /// Linux's i8042 and atkbd probes to finish at once instead of timing out, and its reset command
 /// (0xFE, what <c>reboot=k</c> uses) ends the VM. There is no AUX (mouse) port: commands for it get no
 /// answer, as on a controller without one (vmm's default command line says i8042.noaux).</summary>
-public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterrupt) : IBusDevice
+public sealed class I8042Controller(IMachineStop machine, IInterruptLine keyboardInterrupt) : IBusDevice, IStatefulDevice
 {
     public const ushort DataPort = 0x60;
     public const ushort CommandPort = 0x64;
@@ -70,6 +70,12 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
         if (trigger) keyboardInterrupt.Trigger();
     }
 
+    public string StateName => "i8042";
+
+    public void SaveState(StateWriter writer) => SaveState().Write(writer);
+
+    public void RestoreState(StateReader reader) => RestoreState(I8042State.Read(reader));
+
     public I8042State SaveState()
     {
         lock (_lock) return new I8042State(_config, _status, _pendingControllerCommand, _pendingKeyboardCommand, _outputPort, _output.ToArray());
@@ -110,7 +116,7 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
             case CmdDisableKeyboard: _config |= ConfigDisableKeyboard; break;
             case CmdEnableKeyboard: _config &= unchecked((byte)~ConfigDisableKeyboard); break;
             case CmdReadOutputPort: Emit(_outputPort); break;
-            case CmdPulseReset: vm.RequestStop(VmStop.Reset("i8042 reset command 0xfe")); break;
+            case CmdPulseReset: machine.RequestGuestReset("i8042 reset command 0xfe"); break;
         }
     }
 
@@ -126,7 +132,7 @@ public sealed class I8042Controller(IVmControl vm, IInterruptLine keyboardInterr
                 return;
             case CmdWriteOutputPort:
                 _outputPort = value;
-                if ((value & 0x01) == 0) vm.RequestStop(VmStop.Reset("i8042 output port reset line"));
+                if ((value & 0x01) == 0) machine.RequestGuestReset("i8042 output port reset line");
                 return;
             case CmdWriteKeyboardOutput:
                 Emit(value);

@@ -1,10 +1,12 @@
+using Vmm.Serialization;
+
 namespace Vmm.Devices;
 
 /// <summary>A 16550A-compatible UART (the PC's COM1 at 0x3f8, IRQ 4), enough for Linux's 8250 driver in
 /// interrupt mode: divisor latch, IER/IIR with the THRE and RX interrupts, FIFO control, loopback (which
 /// the driver's probe uses), LSR/MSR. Transmission is instant; received bytes wait in a bounded FIFO and
 /// a writer blocks while it is full, so no input is dropped.</summary>
-public sealed class Serial8250 : IBusDevice
+public sealed class Serial8250 : IBusDevice, IStatefulDevice
 {
     public const ushort Com1Port = 0x3f8;
     public const uint Com1Irq = 4;
@@ -90,6 +92,12 @@ public sealed class Serial8250 : IBusDevice
         }
         return true;
     }
+
+    public string StateName => "serial";
+
+    public void SaveState(StateWriter writer) => SaveState().Write(writer);
+
+    public void RestoreState(StateReader reader) => RestoreState(Serial8250State.Read(reader));
 
     public Serial8250State SaveState()
     {

@@ -17,7 +17,7 @@ public sealed class Logger(TextWriter output, LogLevel minimumLevel)
     public void Warning(string message) => Write(LogLevel.Warning, message);
     public void Error(string message) => Write(LogLevel.Error, message);
 
-    private void Write(LogLevel level, string message)
+    public void Write(LogLevel level, string message)
     {
         if (level < minimumLevel) return;
         string prefix = level switch

@@ -6,12 +6,18 @@ namespace Vmm.Memory;
 
 /// <summary>Guest RAM: anonymous mappings, one per region, and the only code that turns a guest
 /// physical address into a host pointer. Every access is bounds-checked; an address outside RAM is a
-/// <see cref="GuestMemoryException"/>, never a wild read or write.</summary>
+/// <see cref="GuestMemoryException"/>, never a wild read or write.
+/// <para>RAM is unmapped when its owner disposes it and every <see cref="Lease"/> taken on it is released:
+/// a thread that reads RAM while the VM may end (a migration, a snapshot) holds a lease, so RAM never
+/// disappears under it. Access after the unmapping is a <see cref="GuestMemoryException"/>.</para></summary>
 public sealed unsafe class GuestMemory : IDisposable
 {
     private readonly GuestMemoryRegion[] _regions;
     private readonly bool _imageBacked;
-    private bool _disposed;
+    // The owner's reference plus one per lease; RAM is unmapped when it drops to zero.
+    private int _references = 1;
+    private int _ownerReleased;
+    private volatile bool _unmapped;
 
     private GuestMemory(GuestMemoryRegion[] regions, bool imageBacked)
     {
@@ -27,15 +33,24 @@ public sealed unsafe class GuestMemory : IDisposable
     public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges) => Map(ranges, null);
 
     /// <summary>Maps each range from <paramref name="imagePath"/>, where the ranges are stored one after the
-    /// other (what <see cref="Snapshot.MemoryImage"/> writes). The mapping is private and lazy: a page is read
+    /// other (what a snapshot's memory image holds). The mapping is private and lazy: a page is read
     /// from the file when the guest first touches it, and the guest's writes never reach the file.</summary>
     public static GuestMemory MapImage(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, string imagePath)
     {
-        using var image = File.OpenHandle(imagePath, FileMode.Open, FileAccess.Read);
+        Microsoft.Win32.SafeHandles.SafeFileHandle image;
+        try
+        {
+            image = File.OpenHandle(imagePath, FileMode.Open, FileAccess.Read);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new GuestMemoryException($"cannot map guest RAM from {imagePath}: {e.Message}");
+        }
+        using var _ = image;
         ulong expected = ranges.Aggregate(0UL, (sum, r) => sum + r.SizeBytes);
         long actual = RandomAccess.GetLength(image);
         if ((ulong)actual != expected)
-            throw new State.StateFormatException($"{imagePath} holds {actual} bytes, the VM's RAM is {expected}");
+            throw new Serialization.StateFormatException($"{imagePath} holds {actual} bytes, the VM's RAM is {expected}");
         return Map(ranges, image);
     }
 
@@ -69,10 +84,46 @@ public sealed unsafe class GuestMemory : IDisposable
 
     public bool IsRam(ulong address, ulong lengthBytes) => FindRegion(address, lengthBytes) is not null;
 
+    /// <summary>Keeps RAM mapped until the returned lease is disposed, even if the owner disposes it first.
+    /// Refused once the owner has disposed it (the VM has ended).</summary>
+    public IDisposable Lease()
+    {
+        while (true)
+        {
+            int references = Volatile.Read(ref _references);
+            if (references == 0 || Volatile.Read(ref _ownerReleased) != 0)
+                throw new GuestMemoryException("guest RAM is gone: the VM has ended");
+            if (Interlocked.CompareExchange(ref _references, references + 1, references) == references)
+                return new MemoryLease(this);
+        }
+    }
+
+    private sealed class MemoryLease(GuestMemory memory) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0) memory.Release();
+        }
+    }
+
+    private void Release()
+    {
+        if (Interlocked.Decrement(ref _references) != 0) return;
+        _unmapped = true;
+        foreach (var region in _regions) Libc.Munmap(region.HostAddress, (nuint)region.SizeBytes);
+    }
+
+    private void ThrowIfUnmapped()
+    {
+        if (_unmapped) throw new GuestMemoryException("guest RAM is gone: the VM has ended");
+    }
+
     /// <summary>A view of guest RAM; the range must lie within one region.</summary>
     public Span<byte> GetSpan(ulong address, int lengthBytes)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ThrowIfUnmapped();
         if (lengthBytes < 0) throw new GuestMemoryException(address, (ulong)(long)lengthBytes);
         var region = FindRegion(address, (ulong)lengthBytes) ?? throw new GuestMemoryException(address, (ulong)lengthBytes);
         return new Span<byte>((byte*)region.HostAddress + (address - region.GuestAddress), lengthBytes);
@@ -119,7 +170,7 @@ public sealed unsafe class GuestMemory : IDisposable
     /// straight between a file descriptor and guest buffers. The range must be RAM, within one region.</summary>
     public IoVec ToIoVec(ulong address, ulong lengthBytes)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ThrowIfUnmapped();
         var region = FindRegion(address, lengthBytes) ?? throw new GuestMemoryException(address, lengthBytes);
         return new IoVec { Base = region.HostAddress + (nint)(address - region.GuestAddress), Length = (nuint)lengthBytes };
     }
@@ -204,10 +255,9 @@ public sealed unsafe class GuestMemory : IDisposable
         return null;
     }
 
+    /// <summary>The owner is done with RAM; it is unmapped now, or when the last lease is released.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        foreach (var region in _regions) Libc.Munmap(region.HostAddress, (nuint)region.SizeBytes);
+        if (Interlocked.Exchange(ref _ownerReleased, 1) == 0) Release();
     }
 }

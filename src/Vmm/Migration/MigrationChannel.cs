@@ -38,10 +38,21 @@ public sealed class MigrationChannel(Stream stream)
         _header[0] = (byte)type;
         BinaryPrimitives.WriteUInt32LittleEndian(_header.AsSpan(1), (uint)payload.Length);
         BinaryPrimitives.WriteUInt32LittleEndian(_header.AsSpan(5), Crc32C.Compute(payload));
-        stream.Write(_header);
-        stream.Write(payload);
+        try
+        {
+            stream.Write(_header);
+            stream.Write(payload);
+        }
+        catch (Exception e) when (IsConnectionFailure(e))
+        {
+            throw new MigrationException($"the connection failed while sending a {type} frame: {e.Message}", e);
+        }
         BytesSent += HeaderBytes + payload.Length;
     }
+
+    /// <summary>How a connection fails under a stream: a reset or timeout (IOException), a socket closed under
+    /// a blocked call (ObjectDisposedException). Each becomes a <see cref="MigrationException"/> here, once.</summary>
+    private static bool IsConnectionFailure(Exception e) => e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException;
 
     public void SendText(MigrationFrameType type, string text)
     {
@@ -49,7 +60,17 @@ public sealed class MigrationChannel(Stream stream)
         Send(type, bytes.AsSpan(0, Math.Min(bytes.Length, MaxPayloadBytes(type))));
     }
 
-    public void Flush() => stream.Flush();
+    public void Flush()
+    {
+        try
+        {
+            stream.Flush();
+        }
+        catch (Exception e) when (IsConnectionFailure(e))
+        {
+            throw new MigrationException($"the connection failed: {e.Message}", e);
+        }
+    }
 
     /// <summary>Reads the next frame into <paramref name="buffer"/> (grown as needed, up to the type's limit)
     /// and returns its type and payload. The end of the stream is an error: every exchange says when it ends.</summary>
@@ -79,6 +100,10 @@ public sealed class MigrationChannel(Stream stream)
         catch (EndOfStreamException)
         {
             throw new MigrationException($"migration stream: the connection closed in the middle of a {what}");
+        }
+        catch (Exception e) when (IsConnectionFailure(e))
+        {
+            throw new MigrationException($"the connection failed while reading a {what}: {e.Message}", e);
         }
     }
 }

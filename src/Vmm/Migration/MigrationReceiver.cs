@@ -2,15 +2,15 @@ using System.Buffers.Binary;
 using System.Text;
 using Vmm.Diagnostics;
 using Vmm.Memory;
+using Vmm.Serialization;
 using Vmm.State;
-using Vmm.Vm;
 
 namespace Vmm.Migration;
 
 /// <summary>The target side of one migration: reads the stream, builds the machine it describes, fills its
 /// RAM and restores its state. Everything read is checked (magic, version, frame lengths and checksums,
-/// page addresses inside RAM, frame order); on any failure the half-built machine is discarded and the
-/// source is told why.</summary>
+/// page addresses inside RAM, frame order); on any failure (a bug included) the half-built machine is
+/// discarded, the source is told why, and a <see cref="MigrationException"/> says it to the caller.</summary>
 public sealed class MigrationReceiver
 {
     private readonly MigrationChannel _channel;
@@ -26,12 +26,12 @@ public sealed class MigrationReceiver
 
     public long BytesReceived => _channel.BytesReceived;
 
-    /// <summary>Receives a VM: <paramref name="build"/> makes the machine from the source's description
+    /// <summary>Receives a VM: <paramref name="build"/> makes the destination from the source's description
     /// (with zeroed RAM). Returns it restored and ready to run; the caller starts it and then calls
     /// <see cref="ConfirmResumed"/>.</summary>
-    public Machine Receive(Func<MachineDescription, Machine> build)
+    public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination
     {
-        Machine? machine = null;
+        T? machine = default;
         try
         {
             var description = ReadHello();
@@ -54,7 +54,7 @@ public sealed class MigrationReceiver
                         break;
                     case MigrationFrameType.State:
                         var restoring = System.Diagnostics.Stopwatch.StartNew();
-                        machine.RestoreState(MachineState.FromBytes(payload.ToArray()));
+                        machine.Restore(MachineState.FromBytes(payload.ToArray()));
                         _log.Debug($"migration: state restored in {restoring.Elapsed.TotalMilliseconds:F1} ms");
                         return machine;
                     case MigrationFrameType.Abort:
@@ -64,12 +64,12 @@ public sealed class MigrationReceiver
                 }
             }
         }
-        catch (Exception e) when (e is MigrationException or StateFormatException or GuestMemoryException or IOException
-                                      or Boot.BootException or Kvm.KvmException or Kvm.PosixException)
+        catch (Exception e)
         {
             machine?.Dispose();
-            TryTellSource(e.Message);
-            throw e as MigrationException ?? new MigrationException(e.Message, e);
+            string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
+            TryTellSource(e is VmmException ? e.Message : "internal error in vmm (see the target's log)");
+            throw e as MigrationException ?? new MigrationException(why, e);
         }
     }
 
@@ -151,6 +151,9 @@ public sealed class MigrationReceiver
             _channel.SendText(MigrationFrameType.Error, message);
             _channel.Flush();
         }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException) { }
+        catch (MigrationException)
+        {
+            // The source is gone; it learns nothing more.
+        }
     }
 }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using Vmm.Diagnostics;
 using Vmm.Memory;
+using Vmm.Serialization;
 using Vmm.State;
 using Vmm.Vm;
 
@@ -11,7 +12,9 @@ namespace Vmm.Migration;
 /// <summary>Precopy live migration of a running machine to a <c>vmm migrate-receive</c> target: one full
 /// pass over RAM while the guest runs, passes of the pages it dirtied until the rest fits in the downtime
 /// limit, then pause, the last pages, disk flush and the device and vCPU state. The source stops only
-/// after the target says the VM runs there; any failure before that resumes the VM here.</summary>
+/// after the target says the VM runs there; any failure before that resumes the VM here. A migration is a
+/// failure boundary: whatever goes wrong, a bug included, ends the migration, never the VM. When the VM
+/// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so.</summary>
 public sealed class MigrationSource
 {
     private const int InitialThrottlePercent = 20, ThrottleStepPercent = 10;
@@ -43,7 +46,11 @@ public sealed class MigrationSource
         var total = Stopwatch.StartNew();
         bool wasPaused = _machine.IsPaused;
         bool pausedHere = false;
+        // RAM stays mapped while pages are read from it, even if the VM ends meanwhile.
+        using var ram = _memory.Lease();
         using var socket = Connect(_options.Target, _options.IoTimeout);
+        // A VM that stops ends its migration: closing the socket ends a send or receive that blocks.
+        using var onVmStop = _machine.Stopping.Register(socket.Dispose);
         // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
         // would only add a copy of every page.
         var channel = new MigrationChannel(new NetworkStream(socket, ownsSocket: false));
@@ -112,8 +119,10 @@ public sealed class MigrationSource
             pending.UnionWith(tracker.Collect());
             var (finalPages, _) = SendPages(channel, pending);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
-            _machine.FlushDisks();
-            MachineState state = _machine.SaveState();
+            MachinePersistence.FlushDevices(_machine);
+            MachineState state = MachinePersistence.Save(_machine);
+            // Stopped (a signal, say) while paused: the user wants it stopped, not running on elsewhere.
+            if (_machine.StopReason is { } stopped) throw new VmOperationException($"the VM stopped ({stopped.Description})");
             channel.Send(MigrationFrameType.State, state.ToBytes());
             channel.Flush();
             double stateMs = downtime.Elapsed.TotalMilliseconds;
@@ -127,14 +136,23 @@ public sealed class MigrationSource
             return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
                 downtime.Elapsed.TotalMilliseconds, forced);
         }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or MigrationException
-                                      or InvalidOperationException or Kvm.KvmException or GuestMemoryException)
+        catch (Exception e)
         {
-            try { channel.SendText(MigrationFrameType.Abort, e.Message); channel.Flush(); }
-            catch (Exception abortFailure) when (abortFailure is IOException or SocketException or ObjectDisposedException) { }
+            string why = _machine.StopReason is { } stop ? $"the VM stopped during the migration ({stop.Description})"
+                : timedOut ? $"timed out after {_options.TimeoutS} s"
+                : e is VmmException ? e.Message
+                : $"internal error in vmm: {e}";
+            try
+            {
+                channel.SendText(MigrationFrameType.Abort, why);
+                channel.Flush();
+            }
+            catch (MigrationException)
+            {
+                // The target is gone or the connection is closed: it discards what it has on its own.
+            }
             if (pausedHere) _machine.Resume();
-            string why = timedOut ? $"timed out after {_options.TimeoutS} s" : e.Message;
-            throw new MigrationException($"migration to {_options.Target} failed: {why}; the VM keeps running here", e);
+            throw new MigrationException($"migration to {_options.Target} failed: {why}{(_machine.StopReason is null ? "; the VM keeps running here" : "")}", e);
         }
         finally
         {
@@ -148,7 +166,7 @@ public sealed class MigrationSource
         var w = new StateWriter();
         foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
-        _machine.Description.Write(w);
+        MachineDescription.Of(_machine.Config).Write(w);
         channel.Send(MigrationFrameType.Hello, w.ToArray());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
@@ -225,12 +243,13 @@ public sealed class MigrationSource
     }
 
     /// <summary>HOST:PORT, with [IPv6]:PORT.</summary>
-    public static bool TryParseEndpoint(string text, out string host, out int port)
+    public static bool TryParseEndpoint(string text, out string host, out int port, bool allowPortZero = false)
     {
         host = "";
         port = 0;
         int colon = text.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), out port) || port is < 1 or > 65535) return false;
+        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out port)
+            || port < (allowPortZero ? 0 : 1) || port > 65535) return false;
         host = text[..colon].Trim('[', ']');
         return host.Length > 0;
     }

@@ -1,3 +1,4 @@
+using Vmm.Serialization;
 using Vmm.State;
 using Vmm.Vm;
 
@@ -12,16 +13,18 @@ public static class SnapshotDirectory
     public const string MemoryFileName = "memory.bin";
     private const int MaxStateBytes = 64 << 20;
 
-    /// <summary>Writes the paused machine's state and RAM to <paramref name="directory"/> (created if needed).</summary>
+    /// <summary>Writes the paused machine's state and RAM to <paramref name="directory"/> (created if needed).
+    /// RAM stays mapped for the whole write even if the VM ends meanwhile.</summary>
     public static void Write(Machine machine, string directory)
     {
-        Directory.CreateDirectory(directory);
-        MachineState state = machine.SaveState();
-        machine.FlushDisks();
+        using var ram = machine.Memory.Lease();
+        MachineState state = MachinePersistence.Save(machine);
+        MachinePersistence.FlushDevices(machine);
         string statePath = Path.Combine(directory, StateFileName), memoryPath = Path.Combine(directory, MemoryFileName);
         string stateTemp = statePath + ".partial", memoryTemp = memoryPath + ".partial";
         try
         {
+            Directory.CreateDirectory(directory);
             MemoryImage.Write(machine.Memory, memoryTemp);
             using (var file = new FileStream(stateTemp, FileMode.Create, FileAccess.Write))
             {
@@ -31,10 +34,26 @@ public static class SnapshotDirectory
             File.Move(memoryTemp, memoryPath, overwrite: true);
             File.Move(stateTemp, statePath, overwrite: true);
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SnapshotException($"cannot write the snapshot to {directory}: {e.Message}", e);
+        }
         finally
         {
-            File.Delete(stateTemp);
-            File.Delete(memoryTemp);
+            TryDelete(stateTemp);
+            TryDelete(memoryTemp);
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A leftover ".partial" never looks like a snapshot; the write's own error is what matters.
         }
     }
 
@@ -43,9 +62,16 @@ public static class SnapshotDirectory
     {
         string statePath = Path.Combine(directory, StateFileName), memoryPath = Path.Combine(directory, MemoryFileName);
         if (!File.Exists(statePath) || !File.Exists(memoryPath))
-            throw new StateFormatException($"{directory} is not a vmm snapshot (it needs {StateFileName} and {MemoryFileName})");
-        long length = new FileInfo(statePath).Length;
-        if (length > MaxStateBytes) throw new StateFormatException($"{statePath}: {length} bytes is too large for a VM state");
-        return (MachineState.FromBytes(File.ReadAllBytes(statePath)), memoryPath);
+            throw new SnapshotException($"{directory} is not a vmm snapshot (it needs {StateFileName} and {MemoryFileName})");
+        try
+        {
+            long length = new FileInfo(statePath).Length;
+            if (length > MaxStateBytes) throw new StateFormatException($"{statePath}: {length} bytes is too large for a VM state");
+            return (MachineState.FromBytes(File.ReadAllBytes(statePath)), memoryPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SnapshotException($"cannot read the snapshot in {directory}: {e.Message}", e);
+        }
     }
 }

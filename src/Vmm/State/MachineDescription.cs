@@ -1,13 +1,30 @@
+using Vmm.Arch;
 using Vmm.Devices.Virtio;
+using Vmm.Memory;
+using Vmm.Serialization;
+using Vmm.Vm;
 
 namespace Vmm.State;
 
 /// <summary>What a VM is made of, as far as another vmm needs to know to build the same one before
 /// loading its state: RAM size, vCPUs, and the disks and TAPs in the order the guest found them. Disk
-/// images are opened by path on the restoring host (shared storage for a migration).</summary>
+/// images are opened by path on the restoring host (shared storage for a migration). It may come from a
+/// hostile peer: every count, size, path and name is checked on reading.</summary>
 public sealed record MachineDescription(ulong MemoryBytes, int VcpuCount, IReadOnlyList<BlockDiskConfig> Disks, IReadOnlyList<NetworkConfig> Networks)
 {
     private const int MaxDevices = 64;
+    private const int MaxPathBytes = 4096;
+    /// <summary>IFNAMSIZ - 1.</summary>
+    private const int MaxTapNameBytes = 15;
+
+    /// <summary>1 TiB: far above what vmm's memory layout places, and a bound on what a stream may ask for.</summary>
+    public const ulong MaxMemoryBytes = 1UL << 40;
+
+    public static MachineDescription Of(MachineConfig config) => new(config.MemoryBytes, config.VcpuCount, config.Disks, config.Networks);
+
+    /// <summary>This host's settings (console, dirty tracking, workarounds) for the machine described here.</summary>
+    public MachineConfig ToConfig(MachineConfig hostSettings) =>
+        hostSettings with { MemoryBytes = MemoryBytes, VcpuCount = VcpuCount, Disks = Disks, Networks = Networks };
 
     public void Write(StateWriter w)
     {
@@ -31,26 +48,40 @@ public sealed record MachineDescription(ulong MemoryBytes, int VcpuCount, IReadO
     public static MachineDescription Read(StateReader r)
     {
         ulong memoryBytes = r.ReadUInt64("memory size");
-        int vcpus = r.ReadCount("vCPU count", Vm.Machine.MaxVcpus);
+        int vcpus = r.ReadCount("vCPU count", X86Layout.MaxVcpus);
         if (vcpus == 0) throw new StateFormatException("vCPU count: 0");
-        if (memoryBytes % Memory.GuestMemoryRegion.PageSize != 0 || memoryBytes < Arch.X86Layout.MinimumMemoryBytes || memoryBytes > MaxMemoryBytes)
-            throw new StateFormatException($"memory size {memoryBytes} is not a page multiple between {Arch.X86Layout.MinimumMemoryBytes} and {MaxMemoryBytes}");
+        if (memoryBytes % GuestMemoryRegion.PageSize != 0 || memoryBytes < X86Layout.MinimumMemoryBytes || memoryBytes > MaxMemoryBytes)
+            throw new StateFormatException($"memory size {memoryBytes} is not a page multiple between {X86Layout.MinimumMemoryBytes} and {MaxMemoryBytes}");
         var disks = new BlockDiskConfig[r.ReadCount("disk count", MaxDevices)];
         for (int i = 0; i < disks.Length; i++)
-            disks[i] = new BlockDiskConfig(r.ReadString("disk path"), r.ReadBool("disk read-only"), r.ReadOptionalString("disk id", BlockDiskConfig.MaxIdBytes));
+        {
+            string path = CheckedText(r.ReadString("disk path", MaxPathBytes), "disk path");
+            bool readOnly = r.ReadBool("disk read-only");
+            string? id = r.ReadOptionalString("disk id", BlockDiskConfig.MaxIdBytes);
+            disks[i] = new BlockDiskConfig(path, readOnly, id is null ? null : CheckedText(id, "disk id"));
+        }
         var networks = new NetworkConfig[r.ReadCount("network count", MaxDevices)];
         for (int i = 0; i < networks.Length; i++)
         {
-            string tap = r.ReadString("TAP name", 15);
+            string tap = CheckedText(r.ReadString("TAP name", MaxTapNameBytes), "TAP name");
             byte[] mac = r.ReadBytes("MAC address", 6);
             if (mac.Length != 6) throw new StateFormatException("MAC address: not 6 bytes");
             networks[i] = new NetworkConfig(tap, mac);
         }
+        if (disks.Length + networks.Length > VirtioMmioDevices.FreeIrqs.Length)
+            throw new StateFormatException($"{disks.Length} disks and {networks.Length} networks: vmm places at most {VirtioMmioDevices.FreeIrqs.Length} virtio devices");
         return new MachineDescription(memoryBytes, vcpus, disks, networks);
     }
 
-    /// <summary>1 TiB: far above what vmm's memory layout places, and a bound on what a stream may ask for.</summary>
-    public const ulong MaxMemoryBytes = 1UL << 40;
+    /// <summary>A name or path that reaches the operating system: not empty, and free of the NUL and control
+    /// characters no file or interface name has (a NUL would end it early, or make the call throw).</summary>
+    private static string CheckedText(string text, string what)
+    {
+        if (text.Length == 0) throw new StateFormatException($"{what}: empty");
+        foreach (char c in text)
+            if (char.IsControl(c)) throw new StateFormatException($"{what}: contains the control character U+{(int)c:x4}");
+        return text;
+    }
 
     public bool SameAs(MachineDescription other) =>
         MemoryBytes == other.MemoryBytes && VcpuCount == other.VcpuCount

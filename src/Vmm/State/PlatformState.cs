@@ -1,5 +1,6 @@
 using Vmm.Kvm;
 using Vmm.Kvm.Interop;
+using Vmm.Serialization;
 
 namespace Vmm.State;
 

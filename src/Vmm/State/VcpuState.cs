@@ -1,5 +1,7 @@
 using Vmm.Kvm;
 using Vmm.Kvm.Interop;
+using Vmm.Serialization;
+using Vmm.Vm;
 
 namespace Vmm.State;
 

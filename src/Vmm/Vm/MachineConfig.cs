@@ -25,6 +25,8 @@ public sealed record MachineConfig
     /// <summary>Track dirty pages for migration with per-vCPU dirty rings (KVM_CAP_DIRTY_LOG_RING) instead of
     /// the dirty log. Chosen when the VM is built: KVM enables the ring before the vCPUs exist.</summary>
     public bool DirtyRing { get; init; }
+    /// <summary>Entries in each vCPU's dirty ring (a power of two); null: 64 Ki, or what KVM allows.</summary>
+    public int? DirtyRingEntries { get; init; }
     /// <summary>Overrides the detection of the nested backend (tests); null means look at the host.</summary>
     public bool? NestedKvmHostOverride { get; init; }
 }

@@ -2,7 +2,7 @@ namespace Vmm.Vm;
 
 /// <summary>The nested KVM backend of some build machines (<c>kvm_pvm</c>), which runs guest kernel code
 /// in KVM's instruction emulator and shows the guest the host's real CPUID (see
-/// shared/kvm-on-these-machines.md). Only there does vmm adjust the guest; on hardware KVM it adds nothing.</summary>
+/// docs/nested-kvm.md). Only there does vmm adjust the guest; on hardware KVM it adds nothing.</summary>
 public static class NestedKvm
 {
     public const string ModulePath = "/sys/module/kvm_pvm";

@@ -1,42 +1,65 @@
 namespace Vmm.Vm;
 
 /// <summary>Where vCPU threads park while the VM is paused. A pause asks every vCPU to leave KVM_RUN and
-/// waits until all of them are parked, so the caller knows no guest instruction runs until resume.</summary>
-internal sealed class VcpuPauseGate : IDisposable
+/// waits until all of them are parked, so the caller knows no guest instruction runs until it releases them.
+/// A pause that does not complete in time is released again: a vCPU that parks late, or never got there,
+/// runs on, and a later pause counts only the vCPUs that park for it.</summary>
+internal sealed class VcpuPauseGate
 {
-    private readonly ManualResetEventSlim _released = new(initialState: true);
-    private CountdownEvent? _parked;
-    private volatile bool _pauseRequested;
+    private readonly object _lock = new();
+    private bool _pauseRequested;
+    private int _generation;
+    private int _parked;
 
-    public bool PauseRequested => _pauseRequested;
+    public bool PauseRequested => Volatile.Read(ref _pauseRequested);
 
-    /// <summary>Starts a pause of <paramref name="vcpuCount"/> vCPUs; the caller then kicks them.</summary>
-    public void RequestPause(int vcpuCount)
+    /// <summary>Starts a pause; the caller then kicks the vCPUs.</summary>
+    public void RequestPause()
     {
-        _parked = new CountdownEvent(vcpuCount);
-        _released.Reset();
-        _pauseRequested = true;
+        lock (_lock)
+        {
+            _generation++;
+            _parked = 0;
+            Volatile.Write(ref _pauseRequested, true);
+        }
     }
 
-    public bool WaitUntilParked(TimeSpan timeout) => _parked?.Wait(timeout) ?? true;
+    /// <summary>Waits until <paramref name="vcpuCount"/> vCPUs are parked for the current pause.</summary>
+    public bool WaitUntilParked(int vcpuCount, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        lock (_lock)
+        {
+            while (_parked < vcpuCount)
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero || !Monitor.Wait(_lock, left)) return _parked >= vcpuCount;
+            }
+            return true;
+        }
+    }
 
-    /// <summary>Called by a vCPU thread that saw the pause request: counts itself parked and waits.</summary>
+    /// <summary>Called by a vCPU thread that saw the pause request: counts itself parked and waits for the
+    /// release (or for this pause to be replaced by another, which it then parks for afresh).</summary>
     public void Park()
     {
-        _parked?.Signal();
-        _released.Wait();
+        lock (_lock)
+        {
+            if (!_pauseRequested) return;
+            int generation = _generation;
+            _parked++;
+            Monitor.PulseAll(_lock);
+            while (_pauseRequested && _generation == generation) Monitor.Wait(_lock);
+        }
     }
 
-    /// <summary>Resumes (or, when the VM stops, releases) every parked vCPU.</summary>
+    /// <summary>Ends the pause (a resume, a pause given up, or the VM stopping): every parked vCPU runs on.</summary>
     public void Release()
     {
-        _pauseRequested = false;
-        _released.Set();
-    }
-
-    public void Dispose()
-    {
-        _released.Dispose();
-        _parked?.Dispose();
+        lock (_lock)
+        {
+            Volatile.Write(ref _pauseRequested, false);
+            Monitor.PulseAll(_lock);
+        }
     }
 }

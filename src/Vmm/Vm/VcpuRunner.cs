@@ -1,14 +1,14 @@
 using Vmm.Devices;
-using Vmm.Diagnostics;
 using Vmm.Kvm;
 using Vmm.Memory;
 
 namespace Vmm.Vm;
 
 /// <summary>One vCPU's thread: KVM_RUN in a loop, each exit dispatched to the port or MMIO bus, and the
-/// exits that end the VM turned into a <see cref="VmStop"/> with a report.</summary>
+/// exits that end the VM turned into a <see cref="VmStop"/> with a report. The thread is a failure boundary:
+/// whatever escapes the loop stops this VM (<see cref="VmStop.FromFailure"/>), never the process.</summary>
 internal sealed class VcpuRunner(
-    KvmVcpu vcpu, DeviceBus ioPorts, DeviceBus mmio, GuestMemory memory, IVmControl vm,
+    KvmVcpu vcpu, DeviceBus ioPorts, DeviceBus mmio, GuestMemory memory, Action<VmStop> requestStop,
     Func<bool> stopRequested, VcpuPauseGate pauseGate, Func<TimeSpan> throttleSleep, Action onDirtyRingFull, bool handleNestedEmulationFailures)
 {
     private const uint SystemEventShutdown = 1, SystemEventReset = 2, SystemEventCrash = 3;
@@ -65,12 +65,12 @@ internal sealed class VcpuRunner(
                     continue;
                 }
                 if (!vcpu.Run()) continue;
-                if (HandleExit() is { } stop) vm.RequestStop(stop);
+                if (HandleExit() is { } stop) requestStop(stop);
             }
         }
-        catch (Exception e) when (e is KvmException or GuestMemoryException or InvalidOperationException or IOException)
+        catch (Exception e)
         {
-            vm.RequestStop(VmStop.Error($"vCPU {vcpu.Index}: {e.Message}"));
+            requestStop(VmStop.FromFailure($"vCPU {vcpu.Index}", e));
         }
         finally
         {

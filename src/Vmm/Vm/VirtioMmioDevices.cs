@@ -29,13 +29,13 @@ public sealed class VirtioMmioDevices : IDisposable
         // Owned first: a device refused below (one too many) still has its image or TAP closed.
         if (device is IDisposable disposable) _owned.Add(disposable);
         if (_devices.Count == FreeIrqs.Length)
-            throw new Boot.BootException($"at most {FreeIrqs.Length} virtio devices are supported");
-        ulong address = FirstWindowAddress + (ulong)_devices.Count * VirtioMmioTransport.WindowBytes;
+            throw new ConfigurationException($"at most {FreeIrqs.Length} virtio devices are supported");
+        ulong address = WindowAddress(_devices.Count);
         uint irq = FreeIrqs[_devices.Count];
 
         var interrupt = Own(new EventFd());
         vm.RegisterIrqfd(interrupt.Number, irq);
-        var transport = new VirtioMmioTransport(name, device, memory, new EventFdInterruptLine(interrupt), log);
+        var transport = new VirtioMmioTransport(name, device, memory, new EventFdInterruptLine(interrupt), log, StateNameAt(_devices.Count));
         mmio.Register(address, VirtioMmioTransport.WindowBytes, transport);
         for (int queue = 0; queue < transport.QueueCount; queue++)
         {
@@ -55,6 +55,12 @@ public sealed class VirtioMmioDevices : IDisposable
         _devices.Add((transport, address, irq));
         log.Debug($"{name}: virtio-mmio at 0x{address:x}, IRQ {irq}");
     }
+
+    private static ulong WindowAddress(int index) => FirstWindowAddress + (ulong)index * VirtioMmioTransport.WindowBytes;
+
+    /// <summary>The saved state of the <paramref name="index"/>-th device is named by where it sits, which is the
+    /// same on every machine built from the same configuration.</summary>
+    public static string StateNameAt(int index) => $"virtio-mmio 0x{WindowAddress(index):x}";
 
     /// <summary>Signals every queue's kick eventfd, as if the driver had kicked: after a restore, requests
     /// made available just before the state was saved are then served.</summary>

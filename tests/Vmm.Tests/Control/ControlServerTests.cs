@@ -21,7 +21,7 @@ public sealed class ControlServerTests : IDisposable
         string kernel = Path.Combine(_directory, "count.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
         var log = new Logger(TextWriter.Null, LogLevel.Debug);
-        _machine = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, log);
+        _machine = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, log);
         _run = Task.Run(_machine.Run);
         _control = ControlServer.Start(_machine, Path.Combine(_directory, "api.sock"), log);
     }

@@ -10,11 +10,13 @@ internal sealed class CountingInterruptLine : IInterruptLine
     public void Trigger() => Interlocked.Increment(ref _triggers);
 }
 
-internal sealed class RecordingVmControl : IVmControl
+/// <summary>Records what devices ask of the machine, as the VmStop the machine would stop with.</summary>
+internal sealed class RecordingVmControl : IMachineStop
 {
     private readonly List<VmStop> _stops = [];
     public IReadOnlyList<VmStop> Stops { get { lock (_stops) return _stops.ToList(); } }
-    public void RequestStop(VmStop stop) { lock (_stops) _stops.Add(stop); }
+    public void RequestGuestReset(string how) { lock (_stops) _stops.Add(VmStop.Reset(how)); }
+    public void RequestGuestExit(uint exitPortValue) { lock (_stops) _stops.Add(VmStop.ExitPort(exitPortValue)); }
 }
 
 /// <summary>Records every access with its offset, answering reads with a fixed byte.</summary>

@@ -9,6 +9,8 @@ public sealed class EventLoopTests : IDisposable
     private readonly EventLoop _loop = new(_ => { });
     private readonly EventFd _source = new();
     private int _handled;
+    private volatile bool _paused;
+    private int _handledWhilePaused;
 
     public void Dispose()
     {
@@ -21,6 +23,7 @@ public sealed class EventLoopTests : IDisposable
         _loop.Add(_source.Number, () =>
         {
             _source.Drain();
+            if (_paused) Interlocked.Increment(ref _handledWhilePaused);
             Interlocked.Increment(ref _handled);
         }, edgeTriggered);
         _loop.Start();
@@ -42,20 +45,43 @@ public sealed class EventLoopTests : IDisposable
         _source.Signal();
         Assert.True(HandledReaches(1));
 
-        _loop.Pause();
+        Assert.True(_loop.Pause(TimeSpan.FromSeconds(10)));
+        _paused = true;
         _source.Signal();
-        Thread.Sleep(200);
-
-        Assert.Equal(1, Volatile.Read(ref _handled));
+        // The handler itself notes any run between the pause and the resume: no waiting for something not to happen.
+        _paused = false;
         _loop.Resume();
+
         Assert.True(HandledReaches(2));
+        Assert.Equal(0, Volatile.Read(ref _handledWhilePaused));
+    }
+
+    [Fact]
+    public void EventLoop_PauseGivesUpWhenAHandlerDoesNotFinishInTime()
+    {
+        using var release = new ManualResetEventSlim();
+        using var entered = new ManualResetEventSlim();
+        _loop.Add(_source.Number, () =>
+        {
+            _source.Drain();
+            entered.Set();
+            release.Wait();
+        });
+        _loop.Start();
+        _source.Signal();
+        Assert.True(entered.Wait(TimeSpan.FromSeconds(10)));
+
+        Assert.False(_loop.Pause(TimeSpan.FromMilliseconds(50)));
+
+        release.Set();
+        _loop.Resume();
     }
 
     [Fact]
     public async Task EventLoop_StopWhilePaused_EndsTheLoop()
     {
         StartCounting(edgeTriggered: false);
-        _loop.Pause();
+        Assert.True(_loop.Pause(TimeSpan.FromSeconds(10)));
 
         await Task.Run(_loop.Stop).WaitAsync(TimeSpan.FromSeconds(5));
     }

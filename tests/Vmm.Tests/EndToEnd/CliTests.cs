@@ -55,7 +55,7 @@ public sealed class CliTests : IDisposable
     {
         var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.TripleFault())], Timeout);
 
-        Assert.Equal(ExitCodes.GuestCrash, result.ExitCode);
+        Assert.Equal(ExitCodes.Crash, result.ExitCode);
         Assert.Contains("vmm: error: guest crash: triple fault", result.Log);
         Assert.Contains("ud2", result.Log);
     }

@@ -64,7 +64,7 @@ public sealed class DirtyingGuestTests : IDisposable
         var options = new DirtyingGuestOptions(RegionMiB: 16, DirtyMiBPerSecond: 4, GuestTsc.Khz, TickMs: 50, Ticks: 0);
         var console = new ConsoleCapture();
         string kernel = _runner.WriteImage(FirmwareGuests.DirtyMemoryWithChecksum(options));
-        using var machine = Machine.Create(
+        using var machine = MachineBuilder.Boot(
             new MachineConfig { KernelPath = kernel, MemoryBytes = MemoryBytesFor(options), SerialOutput = console },
             new Logger(TextWriter.Null, LogLevel.Info));
         var run = Task.Run(machine.Run);

@@ -29,7 +29,7 @@ internal sealed class FirmwareGuestRunner : IDisposable
             SerialOutput = console,
         };
         if (adjust is not null) config = adjust(config);
-        using var machine = Machine.Create(config, new Logger(TextWriter.Synchronized(logText), LogLevel.Debug));
+        using var machine = MachineBuilder.Boot(config, new Logger(TextWriter.Synchronized(logText), LogLevel.Debug));
         var run = Task.Run(machine.Run);
         if (!run.Wait(timeout ?? TimeSpan.FromSeconds(60)))
         {

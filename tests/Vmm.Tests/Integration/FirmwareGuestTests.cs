@@ -48,7 +48,7 @@ public sealed class FirmwareGuestTests : IDisposable
         var result = _runner.Run(FirmwareGuests.TripleFault());
 
         Assert.Equal(VmStopKind.GuestCrash, result.Stop.Kind);
-        Assert.Equal(ExitCodes.GuestCrash, result.Stop.ExitCode);
+        Assert.Equal(ExitCodes.Crash, result.Stop.ExitCode);
         Assert.Contains("triple fault", result.Stop.Description);
         Assert.Contains("rip 0000000000100000", result.Stop.Description);
         Assert.Contains("ud2", result.Stop.Description);

@@ -189,11 +189,35 @@ public sealed class GuestMemoryTests
     }
 
     [Fact]
-    public void GuestMemory_AccessAfterDisposeThrowsObjectDisposed()
+    public void GuestMemory_AccessAfterDisposeIsAGuestMemoryException()
     {
         var memory = OneMiB();
         memory.Dispose();
         memory.Dispose(); // idempotent
-        Assert.Throws<ObjectDisposedException>(() => memory.Read<byte>(0));
+        Assert.Contains("the VM has ended", Assert.Throws<GuestMemoryException>(() => memory.Read<byte>(0)).Message);
+    }
+
+    [Fact]
+    public void GuestMemory_ALeaseKeepsRamMappedAfterTheOwnerDisposesIt()
+    {
+        var memory = OneMiB();
+        memory.Write<ulong>(0x1000, 0x1234_5678);
+        var lease = memory.Lease();
+        memory.Dispose();
+
+        // A migration or snapshot still reading when the VM ends reads RAM, not unmapped memory.
+        Assert.Equal(0x1234_5678UL, memory.Read<ulong>(0x1000));
+        lease.Dispose();
+        lease.Dispose(); // idempotent: the owner's reference is not released twice
+        Assert.Throws<GuestMemoryException>(() => memory.Read<ulong>(0x1000));
+    }
+
+    [Fact]
+    public void GuestMemory_NoLeaseOnceTheOwnerDisposedIt()
+    {
+        var memory = OneMiB();
+        using (memory.Lease()) { }
+        memory.Dispose();
+        Assert.Contains("the VM has ended", Assert.Throws<GuestMemoryException>(() => memory.Lease()).Message);
     }
 }

@@ -22,7 +22,7 @@ public sealed class InProcessMigrationTests : IDisposable
     {
         string kernel = Path.Combine(_directory, "count.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
-        return Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = vcpus }, _log);
+        return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = vcpus }, _log);
     }
 
     private static ulong Counter(Machine machine) => machine.Memory.Read<ulong>(FirmwareGuests.CounterAddress);

@@ -30,10 +30,7 @@ internal sealed class LoopbackMigration : IDisposable
         using var socket = _listener.AcceptSocket();
         using var stream = new NetworkStream(socket);
         var receiver = new MigrationReceiver(stream, _log);
-        var machine = receiver.Receive(d => Machine.CreateForRestore(new MachineConfig
-        {
-            MemoryBytes = d.MemoryBytes, VcpuCount = d.VcpuCount, Disks = d.Disks, Networks = d.Networks, SerialOutput = Stream.Null,
-        }, _log));
+        var machine = receiver.Receive(d => new MachineDestination(MachineBuilder.ForRestore(d.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log))).Machine;
         var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
         receiver.ConfirmResumed();
         return (machine, run);

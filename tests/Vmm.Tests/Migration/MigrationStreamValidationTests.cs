@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using CsCheck;
+using Vmm.Serialization;
 using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Migration;
@@ -56,10 +57,7 @@ public sealed class MigrationStreamValidationTests
         Machine? built = null;
         try
         {
-            using var machine = receiver.Receive(d => built = Machine.CreateForRestore(new MachineConfig
-            {
-                MemoryBytes = d.MemoryBytes, VcpuCount = d.VcpuCount, Disks = d.Disks, Networks = d.Networks, SerialOutput = Stream.Null,
-            }, _log));
+            using var machine = receiver.Receive(d => new MachineDestination(built = MachineBuilder.ForRestore(d.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log)));
             return (null, answers.ToArray());
         }
         catch (Exception e)

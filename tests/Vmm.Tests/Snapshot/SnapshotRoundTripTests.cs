@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Vmm.Serialization;
 using Vmm.Control;
 using Vmm.Diagnostics;
 using Vmm.Firmware;
@@ -35,7 +36,7 @@ public sealed class SnapshotRoundTripTests : IDisposable
         string snapshot = Path.Combine(_directory, "snap");
         ulong atSnapshot;
         byte[] lowMemoryAtSnapshot = new byte[1 << 20];
-        using (var source = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, _log))
+        using (var source = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, _log))
         {
             var run = Task.Run(source.Run);
             using var control = ControlServer.Start(source, Path.Combine(_directory, "api.sock"), _log);
@@ -53,8 +54,8 @@ public sealed class SnapshotRoundTripTests : IDisposable
         var (state, memoryPath) = SnapshotDirectory.Read(snapshot);
         Assert.Equal(2, state.Vcpus.Count);
         var config = new MachineConfig { MemoryBytes = state.Description.MemoryBytes, VcpuCount = state.Description.VcpuCount, SerialOutput = Stream.Null };
-        using var restored = Machine.CreateForRestore(config, _log, memoryPath);
-        restored.RestoreState(state);
+        using var restored = MachineBuilder.ForRestore(config, _log, memoryPath);
+        MachinePersistence.Restore(restored, state);
         Assert.Equal(atSnapshot, restored.Memory.Read<ulong>(FirmwareGuests.CounterAddress));
         byte[] lowMemoryRestored = new byte[1 << 20];
         restored.Memory.Read(0, lowMemoryRestored);
@@ -73,11 +74,11 @@ public sealed class SnapshotRoundTripTests : IDisposable
     {
         string kernel = Path.Combine(_directory, "spin.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
-        using var source = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+        using var source = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
         source.Pause();
-        var state = source.SaveState();
-        using var other = Machine.CreateForRestore(new MachineConfig { MemoryBytes = 128UL << 20, SerialOutput = Stream.Null }, _log);
-        Assert.Throws<StateFormatException>(() => other.RestoreState(state));
+        var state = MachinePersistence.Save(source);
+        using var other = MachineBuilder.ForRestore(new MachineConfig { MemoryBytes = 128UL << 20, SerialOutput = Stream.Null }, _log);
+        Assert.Throws<StateFormatException>(() => MachinePersistence.Restore(other, state));
     }
 
     [Fact]
@@ -85,8 +86,8 @@ public sealed class SnapshotRoundTripTests : IDisposable
     {
         string kernel = Path.Combine(_directory, "spin.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
-        using var machine = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
-        Assert.Throws<InvalidOperationException>(() => machine.SaveState());
+        using var machine = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+        Assert.Throws<VmOperationException>(() => MachinePersistence.Save(machine));
     }
 
     private static JsonElement Send(ControlServer control, string request) =>

@@ -1,4 +1,5 @@
 using CsCheck;
+using Vmm.Serialization;
 using Vmm.Diagnostics;
 using Vmm.Firmware;
 using Vmm.State;
@@ -18,10 +19,10 @@ public sealed class MachineStateFormatTests : IDisposable
     {
         string kernel = Path.Combine(_directory, "spin.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
-        using var machine = Machine.Create(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 },
+        using var machine = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 },
             new Logger(TextWriter.Null, LogLevel.Info));
         machine.Pause();
-        _saved = machine.SaveState().ToBytes();
+        _saved = MachinePersistence.Save(machine).ToBytes();
     }
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
@@ -48,8 +49,8 @@ public sealed class MachineStateFormatTests : IDisposable
     public void OtherFormatVersion_IsRefused()
     {
         byte[] bytes = (byte[])_saved.Clone();
-        bytes[8] = 2;
-        Assert.Contains("format version 2", Assert.Throws<StateFormatException>(() => MachineState.FromBytes(bytes)).Message);
+        bytes[8] = 3;
+        Assert.Contains("format version 3", Assert.Throws<StateFormatException>(() => MachineState.FromBytes(bytes)).Message);
     }
 
     [Fact]

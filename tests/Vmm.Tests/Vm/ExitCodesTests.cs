@@ -10,7 +10,7 @@ public sealed class ExitCodesTests
     {
         Assert.Equal(0, ExitCodes.GuestFinished);
         Assert.Equal(2, ExitCodes.VmmError);
-        Assert.Equal(4, ExitCodes.GuestCrash);
+        Assert.Equal(4, ExitCodes.Crash);
         Assert.Equal(6, ExitCodes.EmulationFailure);
     }
 
@@ -41,7 +41,7 @@ public sealed class ExitCodesTests
     [Fact]
     public void ExitCodes_ExitPortNeverCollidesWithVmmCodes()
     {
-        int[] own = [ExitCodes.GuestFinished, ExitCodes.VmmError, ExitCodes.GuestCrash, ExitCodes.EmulationFailure];
+        int[] own = [ExitCodes.GuestFinished, ExitCodes.VmmError, ExitCodes.Crash, ExitCodes.EmulationFailure];
         for (uint v = 0; v < 256; v++) Assert.DoesNotContain(ExitCodes.FromExitPort(v), own);
     }
 }

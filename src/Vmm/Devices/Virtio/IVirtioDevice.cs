@@ -17,4 +17,6 @@ public interface IVirtioDevice
     void ProcessQueue(int index);
     /// <summary>The driver reset the device: stop using the queues, drop in-flight state.</summary>
     void Reset();
+    /// <summary>Makes what the device wrote outside guest memory durable (see <see cref="IStatefulDevice.FlushToStorage"/>).</summary>
+    void FlushToStorage() { }
 }

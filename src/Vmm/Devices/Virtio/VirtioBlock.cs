@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
 using Microsoft.Win32.SafeHandles;
-using Vmm.Boot;
 using Vmm.Kvm;
 using Vmm.Kvm.Interop;
 using Vmm.Memory;
@@ -39,18 +38,18 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         Config = config;
         try
         {
-            if (Directory.Exists(config.Path)) throw new BootException($"--disk {config.Path} is a directory, not a disk image");
+            if (Directory.Exists(config.Path)) throw new ConfigurationException($"--disk {config.Path} is a directory, not a disk image");
             _file = File.OpenHandle(config.Path, FileMode.Open, config.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
         }
-        catch (FileNotFoundException) { throw new BootException($"--disk {config.Path} does not exist"); }
-        catch (DirectoryNotFoundException) { throw new BootException($"--disk {config.Path} does not exist"); }
-        catch (UnauthorizedAccessException) { throw new BootException($"--disk {config.Path} cannot be opened {(config.ReadOnly ? "for reading" : "for writing (add ,ro for a read-only disk)")}: permission denied"); }
-        catch (IOException e) { throw new BootException($"--disk {config.Path} cannot be opened: {e.Message}", e); }
+        catch (FileNotFoundException) { throw new ConfigurationException($"--disk {config.Path} does not exist"); }
+        catch (DirectoryNotFoundException) { throw new ConfigurationException($"--disk {config.Path} does not exist"); }
+        catch (UnauthorizedAccessException) { throw new ConfigurationException($"--disk {config.Path} cannot be opened {(config.ReadOnly ? "for reading" : "for writing (add ,ro for a read-only disk)")}: permission denied"); }
+        catch (IOException e) { throw new ConfigurationException($"--disk {config.Path} cannot be opened: {e.Message}", e); }
         long length = RandomAccess.GetLength(_file);
         if (length % SectorBytes != 0)
         {
             _file.Dispose();
-            throw new BootException($"--disk {config.Path} is {length} bytes, not a multiple of {SectorBytes}: a raw disk image holds whole sectors");
+            throw new ConfigurationException($"--disk {config.Path} is {length} bytes, not a multiple of {SectorBytes}: a raw disk image holds whole sectors");
         }
         CapacityBytes = length;
         _id = Encoding.UTF8.GetBytes(config.Id ?? Path.GetFileName(config.Path));

@@ -39,7 +39,7 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         }
         catch (PosixException e)
         {
-            throw new Boot.BootException($"--net tap={config.TapName}: {e.Message}", e);
+            throw new ConfigurationException($"--net tap={config.TapName}: {e.Message}", e);
         }
         BackendEvents = [(_tap.Number, OnTapReadable)];
     }

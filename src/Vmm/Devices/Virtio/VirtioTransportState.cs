@@ -1,4 +1,4 @@
-using Vmm.State;
+using Vmm.Serialization;
 
 namespace Vmm.Devices.Virtio;
 

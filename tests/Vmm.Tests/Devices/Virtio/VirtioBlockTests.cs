@@ -1,5 +1,4 @@
 using System.Text;
-using Vmm.Boot;
 using Vmm.Devices.Virtio;
 using Vmm.Memory;
 using Xunit;
@@ -38,14 +37,14 @@ public sealed class VirtioBlockTests
     }
 
     [Fact]
-    public void Constructor_FileSizeNotAMultipleOf512_ThrowsBootExceptionNamingTheSize()
+    public void Constructor_FileSizeNotAMultipleOf512_ThrowsConfigurationExceptionNamingTheSize()
     {
         var directory = Directory.CreateTempSubdirectory("vmm-blk-");
         try
         {
             string path = Path.Combine(directory.FullName, "odd.img");
             File.WriteAllBytes(path, new byte[1000]);
-            var error = Assert.Throws<BootException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
             Assert.Contains("1000 bytes", error.Message);
             Assert.Contains("multiple of 512", error.Message);
             Assert.Contains(path, error.Message);
@@ -59,13 +58,13 @@ public sealed class VirtioBlockTests
     [Theory]
     [InlineData("missing.img")]
     [InlineData("no-such-directory/missing.img")]
-    public void Constructor_MissingFile_ThrowsBootExceptionSayingItDoesNotExist(string relativePath)
+    public void Constructor_MissingFile_ThrowsConfigurationExceptionSayingItDoesNotExist(string relativePath)
     {
         var directory = Directory.CreateTempSubdirectory("vmm-blk-");
         try
         {
             string path = Path.Combine(directory.FullName, relativePath);
-            var error = Assert.Throws<BootException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
             Assert.Contains($"{path} does not exist", error.Message);
         }
         finally

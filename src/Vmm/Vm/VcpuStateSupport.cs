@@ -1,7 +1,7 @@
 using Vmm.Kvm;
 using Vmm.Kvm.Interop;
 
-namespace Vmm.State;
+namespace Vmm.Vm;
 
 /// <summary>Which parts of a vCPU's state this host's KVM can save and restore, asked once per VM, and the
 /// MSRs worth saving: KVM_GET_MSR_INDEX_LIST names every MSR KVM knows, but a vCPU refuses those its CPUID

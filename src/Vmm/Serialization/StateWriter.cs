@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
 
-namespace Vmm.State;
+namespace Vmm.Serialization;
 
 /// <summary>Appends little-endian fields to a growing buffer. Its counterpart is <see cref="StateReader"/>.</summary>
 public sealed class StateWriter

@@ -1,7 +1,6 @@
 using System.Numerics;
-using Vmm.Memory;
 
-namespace Vmm.Migration;
+namespace Vmm.Memory;
 
 /// <summary>A set of guest pages, one bitmap per RAM region.</summary>
 internal sealed class DirtyPages(GuestMemory memory, ulong[][] bitmaps)

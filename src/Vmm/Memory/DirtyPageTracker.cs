@@ -1,7 +1,6 @@
 using Vmm.Kvm;
-using Vmm.Memory;
 
-namespace Vmm.Migration;
+namespace Vmm.Memory;
 
 /// <summary>Which guest pages changed since the last look: what KVM saw vCPUs write, merged with vmm's own
 /// bitmap of pages devices wrote (virtqueue rings, block reads, received frames), which KVM never sees.

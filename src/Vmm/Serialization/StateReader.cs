@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
 
-namespace Vmm.State;
+namespace Vmm.Serialization;
 
 /// <summary>Reads what <see cref="StateWriter"/> wrote. The bytes may come from a corrupted file or a
 /// hostile peer: every length is checked against what is left and against a limit the caller gives, and

@@ -1,4 +1,4 @@
-namespace Vmm.Boot;
+namespace Vmm.Arch;
 
 /// <summary>How the vCPU starts the kernel (Documentation/arch/x86/boot.rst, "32-bit/64-bit boot protocol").</summary>
 public enum KernelEntryMode

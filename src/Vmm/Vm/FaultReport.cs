@@ -4,7 +4,7 @@ using Vmm.Kvm;
 using Vmm.Kvm.Interop;
 using Vmm.Memory;
 
-namespace Vmm.Diagnostics;
+namespace Vmm.Vm;
 
 /// <summary>What a person needs to understand a guest that stopped badly: why, the registers, and the
 /// instruction at RIP disassembled.</summary>

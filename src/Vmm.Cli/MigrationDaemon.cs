@@ -1,0 +1,225 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Vmm.Control;
+using Vmm.Diagnostics;
+using Vmm.Migration;
+using Vmm.State;
+using Vmm.Vm;
+
+namespace Vmm.Cli;
+
+/// <summary>The migration target daemon behind <c>vmm migrate-receive</c>. Each connection is received on its
+/// own thread, up to <c>--max-incoming</c> at a time; a peer that has not sent a valid Hello within
+/// <see cref="HelloDeadline"/> is dropped, so a silent or slow connection holds no one up. Each VM that
+/// arrives runs in this process on its own threads. Every incoming migration is a failure boundary: whatever
+/// goes wrong in one (a hostile stream, a bug) discards that one and is logged; the daemon, its other
+/// migrations and the VMs it runs go on.</summary>
+internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, Logger log)
+{
+    public static readonly TimeSpan HelloDeadline = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan SourceSilenceLimit = TimeSpan.FromSeconds(60);
+
+    private readonly List<ReceivedVm> _running = [];
+    private readonly List<Task> _finishing = [];
+    private readonly List<Socket> _incoming = [];
+    private readonly CountdownEvent _receiving = new(1);
+    private int _freeSlots = options.MaxIncoming;
+    private int? _signal;
+    private int _onceClaimed;
+    /// <summary>With --once: the exit code of the VM that came in, or null while none has ended.</summary>
+    private int? _onceExitCode;
+
+    public int Run()
+    {
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
+        log.Info($"waiting for migrations on {listener.LocalEndpoint}");
+        try
+        {
+            for (int n = 1; ; n++)
+            {
+                Socket connection;
+                try
+                {
+                    connection = listener.AcceptSocket();
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
+                {
+                    break;
+                }
+                Admit(connection, n);
+            }
+        }
+        finally
+        {
+            listener.Stop();
+            _receiving.Signal();
+            _receiving.Wait();
+        }
+        // Every VM here runs to its end (a signal stops them all); each is logged and released before the exit.
+        Task[] finishing;
+        lock (_running) finishing = [.. _finishing];
+        Task.WaitAll(finishing);
+        if (options.Once && Volatile.Read(ref _onceClaimed) == 1) return _onceExitCode ?? ExitCodes.VmmError;
+        return _signal is { } s ? ExitCodes.Signal(s) : options.Once ? ExitCodes.VmmError : ExitCodes.GuestFinished;
+    }
+
+    private void OnSignal(PosixSignalContext context, int number)
+    {
+        context.Cancel = true;
+        _signal = number;
+        // The VMs first, then the migrations still coming in, then the listener, which ends the accept loop.
+        lock (_running)
+            foreach (var vm in _running) vm.Machine.RequestStop(VmStop.BySignal(context.Signal.ToString(), number));
+        lock (_incoming)
+            foreach (var connection in _incoming) connection.Dispose();
+        listener.Stop();
+    }
+
+    /// <summary>Starts receiving on its own thread, or tells the source the target is busy.</summary>
+    private void Admit(Socket connection, int n)
+    {
+        string source = connection.RemoteEndPoint?.ToString() ?? "?";
+        if (Interlocked.Decrement(ref _freeSlots) < 0)
+        {
+            Interlocked.Increment(ref _freeSlots);
+            log.Warning($"migration {n} from {source} refused: {options.MaxIncoming} migrations are already coming in (--max-incoming)");
+            RefuseBusy(connection);
+            return;
+        }
+        lock (_incoming) _incoming.Add(connection);
+        _receiving.AddCount();
+        new Thread(() =>
+        {
+            try
+            {
+                ReceiveOne(connection, n, source);
+            }
+            finally
+            {
+                lock (_incoming) _incoming.Remove(connection);
+                connection.Dispose();
+                Interlocked.Increment(ref _freeSlots);
+                _receiving.Signal();
+            }
+        }) { Name = $"migration-{n}", IsBackground = true }.Start();
+    }
+
+    private void RefuseBusy(Socket connection)
+    {
+        using (connection)
+        {
+            connection.SendTimeout = 1000;
+            try
+            {
+                using var stream = new NetworkStream(connection, ownsSocket: false);
+                var channel = new MigrationChannel(stream);
+                channel.SendText(MigrationFrameType.Error, $"the target is busy: {options.MaxIncoming} migrations are already coming in; try again");
+                channel.Flush();
+            }
+            catch (MigrationException)
+            {
+                // It went away already.
+            }
+        }
+    }
+
+    /// <summary>One incoming migration, from the Hello to a running VM (or its discarding).</summary>
+    private void ReceiveOne(Socket connection, int n, string source)
+    {
+        log.Info($"migration {n}: connection from {source}");
+        connection.NoDelay = true;
+        connection.ReceiveBufferSize = 4 << 20;
+        connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
+        bool helloLate = false;
+        // A whole Hello within the deadline, however slowly its bytes come: closing the socket ends the read.
+        using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
+        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log);
+        bool claimedOnce = false;
+        Stream? serialLog = null;
+        MachineDestination? destination = null;
+        ControlServer? control = null;
+        var started = Stopwatch.StartNew();
+        try
+        {
+            destination = receiver.Receive(description =>
+            {
+                helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
+                if (helloLate) throw new MigrationException($"no valid Hello within {HelloDeadline.TotalSeconds:0} s");
+                if (options.Once)
+                {
+                    if (Interlocked.Exchange(ref _onceClaimed, 1) == 1)
+                        throw new MigrationException("this target takes one migration (--once) and is already taking one");
+                    claimedOnce = true;
+                    listener.Stop();
+                }
+                DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
+                serialLog = options.SerialLog is null ? null : OpenSerialLog(Numbered(options.SerialLog, n));
+                var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null);
+                return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings), log));
+            });
+            var machine = destination.Machine;
+            control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
+            var resuming = Stopwatch.StartNew();
+            var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
+            try
+            {
+                receiver.ConfirmResumed();
+                log.Debug($"migration {n}: VM started and the source told in {resuming.Elapsed.TotalMilliseconds:F1} ms");
+            }
+            catch (MigrationException e)
+            {
+                // The source did not hear that the VM runs here, so it resumes it there: this copy must go.
+                machine.RequestStop(VmStop.Error($"migration {n}: could not confirm to the source ({e.Message}); this copy is discarded"));
+                run.Wait();
+                throw;
+            }
+            log.Info($"migration {n}: the VM runs here ({receiver.BytesReceived >> 20} MiB received in {started.Elapsed.TotalMilliseconds:F0} ms)");
+            var vm = new ReceivedVm(machine, run, control, serialLog);
+            lock (_running)
+            {
+                _running.Add(vm);
+                _finishing.Add(run.ContinueWith(_ => Finish(vm, n, claimedOnce)));
+            }
+            // A signal that came while this VM was arriving stops it too.
+            if (_signal is { } signal) machine.RequestStop(VmStop.BySignal(signal == 2 ? "SIGINT" : "SIGTERM", signal));
+        }
+        catch (Exception e)
+        {
+            string why = helloLate ? $"no valid Hello within {HelloDeadline.TotalSeconds:0} s"
+                : e is VmmException ? e.Message : $"internal error in vmm: {e}";
+            log.Error($"migration {n} from {source} failed and was discarded: {why}");
+            control?.Dispose();
+            destination?.Dispose();
+            serialLog?.Dispose();
+        }
+    }
+
+    private void Finish(ReceivedVm vm, int n, bool claimedOnce)
+    {
+        VmStop stop = vm.Run.Result;
+        log.Info($"migration {n}: VM stopped: {stop.Description} (exit code {stop.ExitCode})");
+        vm.Control?.Dispose();
+        vm.Machine.Dispose();
+        vm.SerialLog?.Dispose();
+        lock (_running) _running.Remove(vm);
+        if (claimedOnce) _onceExitCode = stop.ExitCode;
+    }
+
+    private static Stream OpenSerialLog(string path)
+    {
+        try
+        {
+            return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 0);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
+        }
+    }
+
+    private sealed record ReceivedVm(Machine Machine, Task<VmStop> Run, IDisposable? Control, Stream? SerialLog);
+
+    private static string Numbered(string template, int n) => template.Replace("{n}", n.ToString());
+}
