@@ -37,6 +37,34 @@ public static partial class FirmwareGuests
         return Assemble(a);
     }
 
+    /// <summary>Writes <paramref name="data"/> to <paramref name="port"/> (a device the test placed there), then ends
+    /// the VM through the exit port with <paramref name="exitValue"/>.</summary>
+    public static byte[] WritePortThenExit(ushort port, byte data, byte exitValue)
+    {
+        var a = new Assembler(64);
+        a.mov(al, data);
+        a.mov(dx, port);
+        a.@out(dx, al);
+        EmitExit(a, exitValue);
+        return Assemble(a);
+    }
+
+    /// <summary>Writes <paramref name="data"/> to <paramref name="port"/>, then increments the counter at
+    /// <see cref="CounterAddress"/> forever, as <see cref="CountForever"/>.</summary>
+    public static byte[] WritePortThenCountForever(ushort port, byte data)
+    {
+        var a = new Assembler(64);
+        var loop = a.CreateLabel();
+        a.mov(al, data);
+        a.mov(dx, port);
+        a.@out(dx, al);
+        a.mov(edi, (uint)CounterAddress);
+        a.Label(ref loop);
+        a.inc(__qword_ptr[rdi]);
+        a.jmp(loop);
+        return Assemble(a);
+    }
+
     /// <summary>Executes ud2 with an IDT that has no usable entry: #UD, then #GP, then #DF, then a triple fault.</summary>
     public static byte[] TripleFault()
     {

@@ -50,6 +50,11 @@ public sealed class BzImageHeader
         int headerEnd = 0x202 + start[0x201];
         if (headerEnd > start.Length || headerEnd < 0x268)
             throw new BootException($"{path}: setup header length byte (0x{start[0x201]:x2}) is invalid");
+        // syssize: the protected-mode kernel's size in 16-byte units. A file shorter than that was cut off (a
+        // partial download or copy); loaded anyway, the guest would crash somewhere in its decompressor.
+        long kernelBytes = BinaryPrimitives.ReadUInt32LittleEndian(start[0x1f4..]) * 16L;
+        if (kernelBytes > fileLength - protectedModeOffset)
+            throw new BootException($"{path} is truncated: its setup header says the kernel after the {protectedModeOffset}-byte setup is {kernelBytes} bytes, but the file holds {fileLength - protectedModeOffset}");
         return new BzImageHeader
         {
             ProtocolVersion = version,

@@ -114,6 +114,28 @@ public sealed class BzImageHeaderTests
         Assert.Contains("4 sectors", e.Message);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4096)]
+    [InlineData(8191)]
+    public void BzImageHeader_RejectsAKernelCutShorterThanItsSysSize(int keptPayloadBytes)
+    {
+        var builder = new BzImageBuilder();
+        byte[] file = builder.Build()[..(builder.ProtectedModeOffset + keptPayloadBytes)];
+        var e = Rejects(file);
+        Assert.Contains("is truncated", e.Message);
+        Assert.Contains($"the file holds {keptPayloadBytes}", e.Message);
+    }
+
+    [Fact]
+    public void BzImageHeader_AcceptsAKernelFollowedByMoreThanItsSysSize()
+    {
+        // Signed images and some build tools append data after the kernel.
+        var builder = new BzImageBuilder { SysSize = 100 };
+        byte[] file = builder.Build();
+        Assert.Equal(4, BzImageHeader.Parse(file, file.Length, Path).SetupSectors);
+    }
+
     [Fact]
     public void BzImageHeader_UsesGivenFileLengthNotSpanLength()
     {

@@ -17,6 +17,8 @@ internal sealed class BzImageBuilder
     public byte Relocatable = 1;
     public byte HeaderLength = 0x6a;       // byte 0x201: the jump at 0x200 over the header; 0x202 + 0x6a = 0x26c
     public byte[] Payload = PatternBytes(8192, seed: 0x31);
+    /// <summary>syssize, in 16-byte units; null: what the payload takes, as the kernel's build writes it.</summary>
+    public uint? SysSize;
 
     public int EffectiveSetupSectors => SetupSectors == 0 ? 4 : SetupSectors;
     public int ProtectedModeOffset => (EffectiveSetupSectors + 1) * 512;
@@ -26,6 +28,7 @@ internal sealed class BzImageBuilder
         byte[] file = new byte[ProtectedModeOffset + Payload.Length];
         Span<byte> h = file;
         h[0x1f1] = SetupSectors;
+        BinaryPrimitives.WriteUInt32LittleEndian(h[0x1f4..], SysSize ?? (uint)((Payload.Length + 15) / 16));
         BinaryPrimitives.WriteUInt16LittleEndian(h[0x1fe..], 0xaa55);
         h[0x200] = 0xeb;
         h[0x201] = HeaderLength;

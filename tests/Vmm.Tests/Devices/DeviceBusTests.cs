@@ -27,6 +27,21 @@ public sealed class DeviceBusTests
     }
 
     [Fact]
+    public void DeviceBus_AGuestProbingEndlesslyManyAddresses_IsRememberedAndLoggedForABoundedNumber()
+    {
+        const int probes = 100_000;
+        for (ulong address = 0; address < probes; address++) _bus.Read(0x1_0000_0000 + address * 8, new byte[4]);
+
+        // Each address is reported once, up to the bound, then one line says the rest are only counted.
+        Assert.Equal(DeviceBus.MaxReportedAddresses + 1, LogLines.Length);
+        Assert.Contains("further addresses are only counted", LogLines[^1]);
+        Assert.Equal(probes, _bus.UnclaimedAccesses);
+        // Addresses reported before the bound was reached are still reported once only.
+        _bus.Read(0x1_0000_0000, new byte[4]);
+        Assert.Equal(DeviceBus.MaxReportedAddresses + 1, LogLines.Length);
+    }
+
+    [Fact]
     public void DeviceBus_DispatchesWriteWithOffsetAndData()
     {
         var device = new RecordingDevice();

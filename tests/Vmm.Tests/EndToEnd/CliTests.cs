@@ -85,12 +85,27 @@ public sealed class CliTests : IDisposable
     [InlineData("--cpus", "33", "at most 32 vCPUs")]
     [InlineData("--cpus", "0", "at least 1")]
     [InlineData("--initrd", "/nonexistent/initrd", "initramfs file /nonexistent/initrd does not exist")]
+    [InlineData("--memory", "1000T", "is more than this host has")]
+    [InlineData("--dirty-ring-entries", "4096", "--dirty-ring, which is not given")]
     public void BadOptions_ExitWithCode2AndSayWhy(string option, string value, string message)
     {
         var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("x")), option, value], Timeout);
 
         Assert.Equal(ExitCodes.VmmError, result.ExitCode);
         Assert.Contains(message, result.Log);
+    }
+
+    [Fact]
+    public void TruncatedBzImage_IsRefusedWithExitCode2()
+    {
+        var builder = new Boot.BzImageBuilder();
+        string kernel = Path.Combine(_directory, "truncated-bzImage");
+        File.WriteAllBytes(kernel, builder.Build()[..(builder.ProtectedModeOffset + 100)]);
+
+        var result = VmmProcess.Run(["run", "--kernel", kernel], Timeout);
+
+        Assert.Equal(ExitCodes.VmmError, result.ExitCode);
+        Assert.Contains($"{kernel} is truncated", result.Log);
     }
 
     [Fact]

@@ -18,7 +18,8 @@ internal sealed class FirmwareGuestRunner : IDisposable
         return path;
     }
 
-    public Result Run(byte[] elf, Func<MachineConfig, MachineConfig>? adjust = null, TimeSpan? timeout = null)
+    /// <param name="prepare">Runs on the built machine before it starts (a test places its own devices).</param>
+    public Result Run(byte[] elf, Func<MachineConfig, MachineConfig>? adjust = null, TimeSpan? timeout = null, Action<Machine>? prepare = null)
     {
         var console = new MemoryStream();
         var logText = new StringWriter();
@@ -30,6 +31,7 @@ internal sealed class FirmwareGuestRunner : IDisposable
         };
         if (adjust is not null) config = adjust(config);
         using var machine = MachineBuilder.Boot(config, new Logger(TextWriter.Synchronized(logText), LogLevel.Debug));
+        prepare?.Invoke(machine);
         var run = Task.Run(machine.Run);
         if (!run.Wait(timeout ?? TimeSpan.FromSeconds(60)))
         {
