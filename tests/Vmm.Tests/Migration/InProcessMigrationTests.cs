@@ -90,6 +90,25 @@ public sealed class InProcessMigrationTests : IDisposable
     }
 
     [Fact]
+    public async Task Migrate_WhenTheVmStopsMidWay_EndsAtOnceSayingSo()
+    {
+        using var source = StartCountingGuest();
+        var sourceRun = Task.Factory.StartNew(source.Run, TaskCreationOptions.LongRunning);
+        WaitForCounterAbove(source, 0);
+        using var hung = new EndToEnd.StallingMigrationTarget(stallAfterPass: 1);
+        var migration = Task.Run(() => MigrationSource.Migrate(source, new MigrationOptions { Target = hung.Address }, _ => { }, _log));
+        Assert.True(hung.WaitUntilStalled(TimeSpan.FromSeconds(60)), "the first pass never arrived");
+
+        // The guest powers off while the source waits on a target that will never answer.
+        source.RequestStop(VmStop.PowerOff("test"));
+        var failure = await Assert.ThrowsAsync<MigrationException>(() => migration.WaitAsync(TimeSpan.FromSeconds(60)));
+        await sourceRun;
+
+        Assert.Contains("the VM stopped during the migration (guest powered off (test))", failure.Message);
+        Assert.DoesNotContain("keeps running here", failure.Message);
+    }
+
+    [Fact]
     public void Migrate_ToNobody_FailsWithAClearError()
     {
         using var source = StartCountingGuest();

@@ -81,6 +81,35 @@ public sealed class SnapshotRoundTripTests : IDisposable
         Assert.Throws<StateFormatException>(() => MachinePersistence.Restore(other, state));
     }
 
+    [Theory]
+    [InlineData("missing")]
+    [InlineData("extra")]
+    [InlineData("damaged")]
+    public void Restore_RefusesDeviceStatesThatDoNotFitTheMachine(string change)
+    {
+        string kernel = Path.Combine(_directory, "spin.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
+        using var source = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+        source.Pause();
+        var saved = MachinePersistence.Save(source);
+        var devices = change switch
+        {
+            "missing" => saved.Devices.Where(d => d.Name != "cmos").ToArray(),
+            "extra" => [.. saved.Devices, new DeviceStateSection("virtio-mmio 0xd0000000", [])],
+            _ => saved.Devices.Select(d => d.Name == "i8042" ? d with { State = [.. d.State, 0] } : d).ToArray(),
+        };
+        var state = new MachineState { Description = saved.Description, Vcpus = saved.Vcpus, Platform = saved.Platform, Devices = devices };
+        using var target = MachineBuilder.ForRestore(new MachineConfig { MemoryBytes = 64UL << 20, SerialOutput = Stream.Null }, _log);
+
+        var failure = Assert.Throws<StateFormatException>(() => MachinePersistence.Restore(target, state));
+        Assert.Contains(change switch
+        {
+            "missing" => "nothing for device \"cmos\"",
+            "extra" => "devices this machine lacks: \"virtio-mmio 0xd0000000\"",
+            _ => "state of device \"i8042\": 1 unexpected bytes",
+        }, failure.Message);
+    }
+
     [Fact]
     public void SaveState_OfARunningVm_IsRefused()
     {
