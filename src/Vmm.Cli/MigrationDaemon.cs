@@ -85,7 +85,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             Interlocked.Increment(ref _freeSlots);
             log.Warning($"migration {n} from {source} refused: {options.MaxIncoming} migrations are already coming in (--max-incoming)");
-            RefuseBusy(connection);
+            Task.Run(() => RefuseBusy(connection));
             return;
         }
         lock (_incoming) _incoming.Add(connection);
@@ -99,7 +99,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             finally
             {
                 lock (_incoming) _incoming.Remove(connection);
-                connection.Dispose();
+                CloseLeavingTheLastWord(connection);
                 Interlocked.Increment(ref _freeSlots);
                 _receiving.Signal();
             }
@@ -108,20 +108,41 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
 
     private void RefuseBusy(Socket connection)
     {
-        using (connection)
+        connection.SendTimeout = 1000;
+        try
         {
-            connection.SendTimeout = 1000;
-            try
-            {
-                using var stream = new NetworkStream(connection, ownsSocket: false);
-                var channel = new MigrationChannel(stream);
-                channel.SendText(MigrationFrameType.Error, $"the target is busy: {options.MaxIncoming} migrations are already coming in; try again");
-                channel.Flush();
-            }
-            catch (MigrationException)
-            {
-                // It went away already.
-            }
+            using var stream = new NetworkStream(connection, ownsSocket: false);
+            var channel = new MigrationChannel(stream);
+            channel.SendText(MigrationFrameType.Error, $"the target is busy: {options.MaxIncoming} migrations are already coming in; try again");
+            channel.Flush();
+        }
+        catch (MigrationException)
+        {
+            // It went away already.
+        }
+        CloseLeavingTheLastWord(connection);
+    }
+
+    /// <summary>Closes a connection the source may still be writing to, so that the error just sent reaches it:
+    /// a socket closed with unread data resets the connection, and the reset can discard that error before the
+    /// source reads it. So: end our side, read (and drop) what is in flight for a moment, then close.</summary>
+    private static void CloseLeavingTheLastWord(Socket connection)
+    {
+        try
+        {
+            connection.Shutdown(SocketShutdown.Send);
+            connection.ReceiveTimeout = 200;
+            byte[] sink = new byte[64 << 10];
+            var draining = Stopwatch.StartNew();
+            while (draining.Elapsed < TimeSpan.FromSeconds(1) && connection.Receive(sink) > 0) { }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Closed or reset already: nothing more to leave.
+        }
+        finally
+        {
+            connection.Dispose();
         }
     }
 

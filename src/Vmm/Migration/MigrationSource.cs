@@ -140,6 +140,7 @@ public sealed class MigrationSource
         {
             string why = _machine.StopReason is { } stop ? $"the VM stopped during the migration ({stop.Description})"
                 : timedOut ? $"timed out after {_options.TimeoutS} s"
+                : e is MigrationException { InnerException: IOException or SocketException } && TargetsLastWord(socket, channel) is { } refusal ? $"the target refused: {refusal}"
                 : e is VmmException ? e.Message
                 : $"internal error in vmm: {e}";
             try
@@ -170,6 +171,27 @@ public sealed class MigrationSource
         channel.Send(MigrationFrameType.Hello, w.ToArray());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
+    }
+
+    /// <summary>The connection broke: a target that refused the VM (busy, a page it would not take) said why
+    /// before it closed, and the reason may still be waiting to be read.</summary>
+    private static string? TargetsLastWord(Socket socket, MigrationChannel channel)
+    {
+        try
+        {
+            socket.ReceiveTimeout = 1000;
+            byte[] buffer = new byte[4096];
+            for (int frames = 0; frames < 64; frames++)
+            {
+                var (type, payload) = channel.Receive(ref buffer);
+                if (type == MigrationFrameType.Error) return System.Text.Encoding.UTF8.GetString(payload.Span);
+            }
+        }
+        catch (Exception e) when (e is MigrationException or SocketException or ObjectDisposedException)
+        {
+            // Nothing more to read.
+        }
+        return null;
     }
 
     private static void ExpectFrame(MigrationChannel channel, MigrationFrameType expected, string context)

@@ -5,7 +5,7 @@ namespace Vmm.Tests.EndToEnd;
 
 /// <summary>A `vmm` child process the test talks to while it runs (a migration source or target): its
 /// console and log are collected as they come, and it is killed if the test leaves it running.</summary>
-internal sealed class RunningVmm : IDisposable
+public sealed class RunningVmm : IDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _console = new(), _log = new();

@@ -1,0 +1,72 @@
+using System.Net;
+using System.Net.Sockets;
+using Vmm.Migration;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>A TCP forwarder between a migration source and its target that holds each answer of the target
+/// (Ready, PassDone, ...) until the test lets it through: <paramref name="beforeAnswer"/> runs, and may wait,
+/// before each one is forwarded. The source waits for every pass's PassDone before it looks at the dirty
+/// pages again, so a test decides how much the guest writes between two looks, instead of hoping the link is
+/// slow enough. The source's own bytes flow as they come.</summary>
+internal sealed class GatedMigrationProxy : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly Task _task;
+
+    /// <param name="beforeAnswer">Gets the answer's type and, for PassDone, the pass number.</param>
+    public GatedMigrationProxy(int targetPort, Action<MigrationFrameType, int> beforeAnswer)
+    {
+        _listener.Start();
+        _task = Task.Run(() => Forward(targetPort, beforeAnswer));
+    }
+
+    public string Address => $"127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+
+    private async Task Forward(int targetPort, Action<MigrationFrameType, int> beforeAnswer)
+    {
+        using var source = await _listener.AcceptSocketAsync();
+        using var target = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await target.ConnectAsync(IPAddress.Loopback, targetPort);
+        var answers = Task.Run(() => ForwardAnswers(target, source, beforeAnswer));
+        var buffer = new byte[64 << 10];
+        try
+        {
+            int read;
+            while ((read = await source.ReceiveAsync(buffer)) > 0) await target.SendAsync(buffer.AsMemory(0, read));
+        }
+        catch (SocketException) { }
+        target.Shutdown(SocketShutdown.Send);
+        await answers;
+    }
+
+    private static void ForwardAnswers(Socket target, Socket source, Action<MigrationFrameType, int> beforeAnswer)
+    {
+        using var fromTarget = new NetworkStream(target, ownsSocket: false);
+        using var toSource = new NetworkStream(source, ownsSocket: false);
+        var reader = new MigrationChannel(fromTarget);
+        var writer = new MigrationChannel(toSource);
+        byte[] buffer = new byte[4096];
+        try
+        {
+            while (true)
+            {
+                var (type, payload) = reader.Receive(ref buffer);
+                beforeAnswer(type, type == MigrationFrameType.PassDone ? BitConverter.ToInt32(payload.Span) : 0);
+                writer.Send(type, payload.Span);
+            }
+        }
+        catch (MigrationException)
+        {
+            // One side hung up: the migration is over.
+            try { source.Shutdown(SocketShutdown.Both); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        }
+    }
+
+    public void Dispose()
+    {
+        _listener.Stop();
+        _task.Wait(TimeSpan.FromSeconds(30));
+    }
+}
