@@ -35,6 +35,7 @@ public sealed class Serial8250 : IBusDevice, IStatefulDevice
     private byte _divisorLow = 0x0c, _divisorHigh; // 9600 baud, what firmware leaves
     private bool _thrEmptyPending, _overrun, _lineHigh;
     private bool _outputBroken;
+    private int _writersWaiting;
 
     public Serial8250(Stream output, IInterruptLine interrupt)
     {
@@ -73,6 +74,12 @@ public sealed class Serial8250 : IBusDevice, IStatefulDevice
 
     /// <summary>Bytes typed by the user: queued for the guest, blocking while the FIFO is full.
     /// Returns false if <paramref name="cancellation"/> fired first.</summary>
+    /// <summary>How many <see cref="Receive"/> calls are waiting for room in the FIFO right now.</summary>
+    internal int WritersWaiting
+    {
+        get { lock (_lock) return _writersWaiting; }
+    }
+
     public bool Receive(ReadOnlySpan<byte> bytes, CancellationToken cancellation = default)
     {
         foreach (byte b in bytes)
@@ -83,7 +90,9 @@ public sealed class Serial8250 : IBusDevice, IStatefulDevice
                 while (_receive.Count >= ReceiveFifoBytes)
                 {
                     if (cancellation.IsCancellationRequested) return false;
+                    _writersWaiting++;
                     Monitor.Wait(_lock, 50);
+                    _writersWaiting--;
                 }
                 _receive.Enqueue(b);
                 trigger = UpdateInterruptLine();

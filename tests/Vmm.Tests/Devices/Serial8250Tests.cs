@@ -313,7 +313,7 @@ public sealed class Serial8250Tests
         Assert.True(_uart.Receive(fill));
 
         var writer = Task.Run(() => _uart.Receive([0xee]));
-        await Task.Delay(200);
+        Assert.True(SpinWait.SpinUntil(() => _uart.WritersWaiting == 1, TimeSpan.FromSeconds(10)), "the writer must wait for room");
         Assert.False(writer.IsCompleted);
 
         Assert.Equal(0, In(Rbr));
@@ -328,7 +328,7 @@ public sealed class Serial8250Tests
     {
         _uart.Receive(new byte[Serial8250.ReceiveFifoBytes]);
         var writer = Task.Run(() => _uart.Receive([0x42]));
-        await Task.Delay(100);
+        Assert.True(SpinWait.SpinUntil(() => _uart.WritersWaiting == 1, TimeSpan.FromSeconds(10)), "the writer must wait for room");
         Assert.False(writer.IsCompleted);
         Out(Fcr, 0x03);
         Assert.True(await writer.WaitAsync(TimeSpan.FromSeconds(10)));
@@ -341,7 +341,7 @@ public sealed class Serial8250Tests
         _uart.Receive(new byte[Serial8250.ReceiveFifoBytes]);
         using var cts = new CancellationTokenSource();
         var writer = Task.Run(() => _uart.Receive([1, 2, 3], cts.Token));
-        await Task.Delay(100);
+        Assert.True(SpinWait.SpinUntil(() => _uart.WritersWaiting == 1, TimeSpan.FromSeconds(10)), "the writer must wait for room");
         Assert.False(writer.IsCompleted);
         cts.Cancel();
         Assert.False(await writer.WaitAsync(TimeSpan.FromSeconds(10)));

@@ -6,6 +6,7 @@ namespace Vmm.Tests.EndToEnd;
 
 /// <summary>The `vmm` command as a user runs it: arguments, exit codes, console routing, stdin, signals.
 /// Firmware guests keep these fast.</summary>
+[Trait("Category", "Process")]
 public sealed class CliTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);

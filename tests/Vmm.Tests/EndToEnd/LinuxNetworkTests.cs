@@ -68,7 +68,9 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
                 return !userSpaceRuns && ping.Length > 0;
             },
             wrapper: ["ip", "netns", "exec", _namespace]);
-        Thread.Sleep(1000);
+        // The netconsole line left the guest before the ping was answered; give the listener time to print it.
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (DateTime.UtcNow < deadline && !ReceivedContains(received, $"Run {init} as init process")) Thread.Sleep(50);
         foreach (var p in new[] { listener, tcpReceiver, tcpSender })
             if (p is not null && !p.HasExited) p.Kill();
         tcpSender?.Dispose();
@@ -96,6 +98,11 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
                              "(nested kvm_pvm: guest user space cannot make system calls, so the TCP file round trip cannot run here)");
             Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
         }
+    }
+
+    private static bool ReceivedContains(StringBuilder received, string text)
+    {
+        lock (received) return received.ToString().Contains(text);
     }
 
     /// <summary>Starts a command inside the namespace, collecting its standard output.</summary>

@@ -9,6 +9,7 @@ namespace Vmm.Tests.EndToEnd;
 
 /// <summary><c>vmm ctl snapshot</c> and <c>vmm run --restore</c> as a user runs them, with the memory-dirtying
 /// guest: the restored guest goes on ticking from the snapshot and its final check of every byte passes.</summary>
+[Trait("Category", "Process")]
 public sealed class SnapshotProcessTests(ITestOutputHelper output) : IDisposable
 {
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
