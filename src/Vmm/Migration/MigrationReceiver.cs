@@ -48,6 +48,8 @@ public sealed class MigrationReceiver
                         WritePages(machine.Memory, payload.Span);
                         break;
                     case MigrationFrameType.PassEnd:
+                        // Found by fuzzing: a shorter one made the read below throw, which no filter then caught.
+                        if (payload.Length != sizeof(int)) throw new MigrationException($"migration stream: a PassEnd frame of {payload.Length} bytes (its pass number takes 4)");
                         _log.Debug($"migration: pass {BinaryPrimitives.ReadInt32LittleEndian(payload.Span)} received ({_channel.BytesReceived >> 20} MiB so far)");
                         _channel.Send(MigrationFrameType.PassDone, payload.Span);
                         _channel.Flush();

@@ -97,6 +97,12 @@ public sealed class MigrationStreamValidationTests
         AssertRefusedWith("at most", Receive([.. Hello(SmallVm), .. header]));
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(3)]
+    public void PassEndWithoutAWholePassNumber_IsRefused(int length) =>
+        AssertRefusedWith($"a PassEnd frame of {length} bytes", Receive([.. Hello(SmallVm), .. Frame(MigrationFrameType.PassEnd, new byte[length])]));
+
     [Fact]
     public void UnknownFrameType_IsRefused() => AssertRefusedWith("unknown frame type", Receive([.. Hello(SmallVm), .. Frame((MigrationFrameType)99, [])]));
 

@@ -38,7 +38,7 @@ public sealed class VirtqueueFuzzHarnessTests
     public void SmokeRun_ReportsNoUnexpectedException()
     {
         var output = new StringWriter();
-        Assert.Equal(0, SmokeRun.Run(500, seed: 3, output));
+        Assert.Equal(0, SmokeRun.Run(new VirtqueueTarget(), 500, seed: 3, output));
         Assert.Contains("500 inputs", output.ToString());
         Assert.Contains("no unexpected exception", output.ToString());
     }

@@ -1,0 +1,121 @@
+using System.Buffers.Binary;
+using Vmm.Arch;
+using Vmm.Diagnostics;
+using Vmm.Memory;
+using Vmm.Migration;
+using Vmm.Serialization;
+using Vmm.State;
+
+namespace Vmm.Fuzz;
+
+/// <summary>The target side of a migration: <see cref="MigrationReceiver"/> over a stream a hostile peer wrote
+/// (every frame type, the machine description, pages, the state). It may only refuse with a
+/// <see cref="MigrationException"/> for an expected reason; one that wraps anything but vmm's own failures is
+/// a bug surfacing. RAM is the described size up to 64 MiB (a real target would build the whole machine).
+/// <para>The input's first byte chooses whether frame checksums are repaired before the stream is read, so a
+/// fuzzer gets past the CRC to the parsers behind it: bit 0 set, repaired.</para></summary>
+public sealed class MigrationStreamTarget : IFuzzTarget
+{
+    private const ulong MaxRamBytes = 64UL << 20;
+    private static readonly Logger Quiet = new(TextWriter.Null, LogLevel.Error);
+
+    public string Name => "migration";
+
+    public string? Run(ReadOnlySpan<byte> input)
+    {
+        if (input.IsEmpty) return "empty";
+        byte[] stream = input[1..].ToArray();
+        if ((input[0] & 1) != 0) RepairChecksums(stream);
+        var receiver = new MigrationReceiver(new InputStream(stream), Quiet);
+        try
+        {
+            using var destination = receiver.Receive(description => new RamOnlyDestination(description));
+            receiver.ConfirmResumed();
+            return null;
+        }
+        catch (MigrationException refused) when (refused.InnerException is null or VmmException)
+        {
+            return refused.Message;
+        }
+        catch (MigrationException bug)
+        {
+            throw new InvalidOperationException("the receiver met an unexpected exception", bug.InnerException);
+        }
+    }
+
+    /// <summary>Walks the frames and writes each one's correct CRC-32C into its header.</summary>
+    private static void RepairChecksums(byte[] stream)
+    {
+        for (int position = 0; position + 9 <= stream.Length;)
+        {
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(stream.AsSpan(position + 1));
+            if (length > stream.Length - position - 9) return;
+            BinaryPrimitives.WriteUInt32LittleEndian(stream.AsSpan(position + 5), Crc32C.Compute(stream.AsSpan(position + 9, (int)length)));
+            position += 9 + (int)length;
+        }
+    }
+
+    /// <summary>A whole migration as a source sends it: Hello, passes of pages (some zero), the state.</summary>
+    public IEnumerable<byte[]> Generate(int count, int seed) => Mutations.Mix(count, seed, random =>
+    {
+        var description = StateSamples.Description(random, MaxRamBytes);
+        var output = new MemoryStream();
+        output.WriteByte((byte)random.Next(2));
+        var channel = new MigrationChannel(output);
+        var hello = new StateWriter();
+        foreach (byte b in MigrationChannel.Magic) hello.WriteUInt8(b);
+        hello.WriteUInt32(MigrationChannel.ProtocolVersion);
+        description.Write(hello);
+        channel.Send(MigrationFrameType.Hello, hello.ToArray());
+        int passes = random.Next(1, 4);
+        for (int pass = 1; pass <= passes; pass++)
+        {
+            for (int frame = random.Next(3); frame > 0; frame--) channel.Send(MigrationFrameType.Pages, Pages(random, description.MemoryBytes));
+            channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
+        }
+        if (random.Next(8) == 0) channel.SendText(MigrationFrameType.Abort, "the source gave up");
+        else channel.Send(MigrationFrameType.State, StateSamples.State(random, description).ToBytes());
+        return output.ToArray();
+    });
+
+    private static byte[] Pages(Random random, ulong memoryBytes)
+    {
+        int count = random.Next(1, 5);
+        var w = new MemoryStream();
+        w.Write(BitConverter.GetBytes((uint)count));
+        for (int i = 0; i < count; i++)
+        {
+            ulong address = (ulong)random.NextInt64(0, (long)(memoryBytes >> 12)) << 12;
+            bool zero = random.Next(3) == 0;
+            w.Write(BitConverter.GetBytes(address | (zero ? MigrationChannel.ZeroPageFlag : 0)));
+            if (!zero) w.Write(Mutations.RandomBytes(random, MigrationChannel.PageSize));
+        }
+        return w.ToArray();
+    }
+
+    /// <summary>Fresh RAM of the described size (capped), and a restore that only has the state parsed.</summary>
+    private sealed class RamOnlyDestination(MachineDescription description) : IMigrationDestination
+    {
+        public GuestMemory Memory { get; } = GuestMemory.Allocate(X86Layout.RamRanges(Math.Min(description.MemoryBytes, MaxRamBytes)));
+        public void Restore(MachineState state) { }
+        public void Dispose() => Memory.Dispose();
+    }
+
+    /// <summary>The input to read; what the receiver answers goes nowhere.</summary>
+    private sealed class InputStream(byte[] input) : Stream
+    {
+        private readonly MemoryStream _input = new(input, writable: false);
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override int Read(byte[] buffer, int offset, int count) => _input.Read(buffer, offset, count);
+        public override int Read(Span<byte> buffer) => _input.Read(buffer);
+        public override void Write(byte[] buffer, int offset, int count) { }
+        public override void Write(ReadOnlySpan<byte> buffer) { }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
