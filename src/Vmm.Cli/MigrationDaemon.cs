@@ -27,6 +27,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     private int _freeSlots = options.MaxIncoming;
     private int? _signal;
     private int _onceClaimed;
+    private bool _stopListening;
     /// <summary>With --once: the exit code of the VM that came in, or null while none has ended.</summary>
     private int? _onceExitCode;
 
@@ -46,9 +47,22 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 }
                 catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
                 {
-                    break;
+                    if (Volatile.Read(ref _stopListening)) break;
+                    // Out of file descriptors, a connection aborted before it was taken: the next one may do.
+                    log.Warning($"accepting a migration failed ({e.Message}); still listening");
+                    Thread.Sleep(100);
+                    continue;
                 }
-                Admit(connection, n);
+                try
+                {
+                    Admit(connection, n);
+                }
+                catch (Exception e)
+                {
+                    // The accept loop is a failure boundary too: one connection it could not take in ends only that one.
+                    log.Error($"migration {n} could not be taken in: {(e is VmmException ? e.Message : $"internal error in vmm: {e}")}");
+                    connection.Dispose();
+                }
             }
         }
         finally
@@ -74,6 +88,12 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             foreach (var vm in _running) vm.Machine.RequestStop(VmStop.BySignal(context.Signal.ToString(), number));
         lock (_incoming)
             foreach (var connection in _incoming) connection.Dispose();
+        StopListening();
+    }
+
+    private void StopListening()
+    {
+        Volatile.Write(ref _stopListening, true);
         listener.Stop();
     }
 
@@ -173,7 +193,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                     if (Interlocked.Exchange(ref _onceClaimed, 1) == 1)
                         throw new MigrationException("this target takes one migration (--once) and is already taking one");
                     claimedOnce = true;
-                    listener.Stop();
+                    StopListening();
                 }
                 DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
                 serialLog = options.SerialLog is null ? null : OpenSerialLog(Numbered(options.SerialLog, n));

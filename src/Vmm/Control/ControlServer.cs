@@ -86,7 +86,11 @@ public sealed class ControlServer : IDisposable
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
-                return;
+                if (_closed) return;
+                // Out of file descriptors, a client gone before it was taken: the next one may do.
+                _log.Warning($"control socket: accepting a connection failed ({e.Message})");
+                Thread.Sleep(100);
+                continue;
             }
             lock (_clients)
             {
