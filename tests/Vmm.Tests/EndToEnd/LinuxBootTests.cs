@@ -9,7 +9,7 @@ namespace Vmm.Tests.EndToEnd;
 /// <summary>Boots the guest-images kernel with the real `vmm run`, as bzImage and as ELF vmlinux, and asserts
 /// the strongest evidence this host allows. Where guest user space runs (hardware KVM): init's marker, its
 /// boot-timer mark and its exit code 33 through the exit port. On the nested kvm_pvm backend, where guest
-/// user space cannot make system calls (shared/kvm-on-these-machines.md): the kernel's own
+/// user space cannot make system calls (docs/nested-kvm.md): the kernel's own
 /// "Run /init as init process", after it found the 16550A UART and the i8042; init then dies, the kernel
 /// panics and (panic=-1, reboot=k) resets through the i8042, which vmm reports as exit code 0.
 /// Each test prints which evidence it asserted.</summary>
