@@ -51,7 +51,10 @@ public sealed class VirtioMmioDevices : IDisposable
         }
         if (device is IVirtioBackendEvents backend)
             foreach (var (fd, onReadable) in backend.BackendEvents)
-                eventLoop.Add(fd, () => transport.RunDeviceWork($"{name} backend", onReadable), edgeTriggered: true);
+            {
+                string what = $"{name} backend";
+                eventLoop.Add(fd, () => transport.RunDeviceWork(what, onReadable), edgeTriggered: true);
+            }
         _devices.Add((transport, address, irq));
         log.Debug($"{name}: virtio-mmio at 0x{address:x}, IRQ {irq}");
     }

@@ -116,13 +116,17 @@ public sealed class VirtioStatusMachine
     public void Notify(int index)
     {
         if (index < 0 || index >= _queues.Length) return;
-        RunDeviceWork($"queue {index}", () => _device.ProcessQueue(index));
+        RunDeviceWork(null, null, index);
     }
 
     /// <summary>Runs device work (a kick, a backend becoming readable) while the device is active, one piece at a
     /// time. A failure of the device (a guest that broke the queue rules, a backend that failed) puts the device
     /// in DEVICE_NEEDS_RESET; the VM runs on.</summary>
-    public void RunDeviceWork(string what, Action work)
+    public void RunDeviceWork(string what, Action work) => RunDeviceWork(what, work, queue: -1);
+
+    /// <summary>Either <paramref name="work"/>, or (when it is null) processing <paramref name="queue"/>: a kick
+    /// allocates nothing on its way to the device.</summary>
+    private void RunDeviceWork(string? what, Action? work, int queue)
     {
         bool raise = false;
         lock (_workLock)
@@ -130,11 +134,12 @@ public sealed class VirtioStatusMachine
             if (!_active || _broken) return;
             try
             {
-                work();
+                if (work is null) _device.ProcessQueue(queue);
+                else work();
             }
             catch (VmmException e)
             {
-                lock (_lock) raise = MarkBroken($"{what}: {e.Message}");
+                lock (_lock) raise = MarkBroken($"{what ?? $"queue {queue}"}: {e.Message}");
             }
         }
         if (raise) _interrupt.Trigger();
