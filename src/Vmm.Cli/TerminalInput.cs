@@ -53,7 +53,21 @@ public sealed unsafe partial class TerminalInput : IDisposable
         return new TerminalInput(machine, saved);
     }
 
+    /// <summary>The input thread is a failure boundary of its own: if it fails, the guest gets no more input
+    /// and says so, and the VM runs on.</summary>
     private void Pump()
+    {
+        try
+        {
+            Forward();
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"vmm: warning: console input stopped: {(e is VmmException ? e.Message : $"internal error in vmm: {e}")}");
+        }
+    }
+
+    private void Forward()
     {
         byte[] buffer = new byte[256];
         bool escape = false;
