@@ -80,7 +80,7 @@ public static class Program
         "  0    the guest reset or powered off",
         "  odd  the guest wrote V to port 0x501 (QEMU isa-debug-exit): (V << 1) | 1",
         "  2    vmm error: bad arguments, missing or invalid files, KVM unavailable",
-        "  4    guest crash: triple fault, failed VM entry, unexpected exit (report on stderr)",
+        "  4    crash: the guest's (triple fault, failed VM entry, unexpected exit) or vmm's own (report on stderr)",
         "  6    emulation failure KVM could not handle (report with the instruction on stderr)",
         "  128+N  stopped by signal N (130: SIGINT, 143: SIGTERM)",
     ];
