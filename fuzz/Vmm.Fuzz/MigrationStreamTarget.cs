@@ -62,11 +62,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         var output = new MemoryStream();
         output.WriteByte((byte)random.Next(2));
         var channel = new MigrationChannel(output);
-        var hello = new StateWriter();
-        foreach (byte b in MigrationChannel.Magic) hello.WriteUInt8(b);
-        hello.WriteUInt32(MigrationChannel.ProtocolVersion);
-        description.Write(hello);
-        channel.Send(MigrationFrameType.Hello, hello.ToArray());
+        channel.Send(MigrationFrameType.Hello, new MigrationHello(description, null).ToBytes());
         int passes = random.Next(1, 4);
         for (int pass = 1; pass <= passes; pass++)
         {

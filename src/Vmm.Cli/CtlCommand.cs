@@ -82,6 +82,7 @@ public static class CtlCommand
                     writer.WriteNumber("maxPasses", options.MaxPasses);
                     writer.WriteBoolean("force", options.Force);
                     writer.WriteBoolean("autoConverge", options.AutoConverge);
+                    writer.WriteBoolean("copyDisks", options.CopyDisks);
                     break;
             }
             writer.WriteEndObject();

@@ -31,4 +31,7 @@ public sealed class CtlOptions
 
     [Option("auto-converge", HelpText = "migrate: when a pass does not shrink the dirty pages, slow the vCPUs down (20%, then +10% per pass, up to 99%).")]
     public bool AutoConverge { get; set; }
+
+    [Option("copy-disks", HelpText = "migrate: copy the VM's disk images to the target while the guest runs (storage migration; the target needs --disk-dir). Without it both hosts must see the images at the same paths (shared storage).")]
+    public bool CopyDisks { get; set; }
 }

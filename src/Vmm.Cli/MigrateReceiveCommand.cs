@@ -22,6 +22,16 @@ public static class MigrateReceiveCommand
             log.Error($"--max-incoming {options.MaxIncoming}: at least one migration must be able to come in");
             return ExitCodes.VmmError;
         }
+        if (options.Paused && options.ApiSocket is null)
+        {
+            log.Error("--paused needs --api-socket: a received VM is resumed through its control socket");
+            return ExitCodes.VmmError;
+        }
+        if (options.DiskDirs.FirstOrDefault() is { } copyInto && !Directory.Exists(copyInto))
+        {
+            log.Error($"--disk-dir {copyInto} is not a directory");
+            return ExitCodes.VmmError;
+        }
         var listener = new TcpListener(address, port);
         try
         {

@@ -2,7 +2,7 @@ using CommandLine;
 
 namespace Vmm.Cli;
 
-[Verb("migrate-receive", HelpText = "Wait for VMs migrated here by 'vmm ctl migrate' and run them. Disk images must be at the same paths as on the source (shared storage), TAPs of the same names must exist here.")]
+[Verb("migrate-receive", HelpText = "Wait for VMs migrated here by 'vmm ctl migrate' and run them. Disk images must be at the same paths as on the source (shared storage), or travel with the VM (vmm ctl migrate --copy-disks) into the first --disk-dir; TAPs of the same names must exist here.")]
 public sealed class MigrateReceiveOptions
 {
     [Option("listen", Required = true, HelpText = "ADDRESS:PORT to listen on, e.g. 0.0.0.0:7000 or [::]:7000; port 0 picks a free port (the log says which).")]
@@ -20,8 +20,11 @@ public sealed class MigrateReceiveOptions
     [Option("api-socket", HelpText = "Serve each received VM's control socket here; {n} is replaced by the migration's number.")]
     public string? ApiSocket { get; set; }
 
-    [Option("disk-dir", HelpText = "A directory whose disk images incoming VMs may open (repeatable). The stream names the paths, so without this a VM with disks is refused: a sender must not be able to open any file on this host.")]
+    [Option("disk-dir", HelpText = "A directory whose disk images incoming VMs may open (repeatable). The stream names the paths, so without this a VM with disks is refused: a sender must not be able to open any file on this host. Disk images copied with the VM (--copy-disks) are written into the first one, under their file names on the source; an existing file is never replaced.")]
     public IEnumerable<string> DiskDirs { get; set; } = [];
+
+    [Option("paused", HelpText = "Keep each received VM paused until 'vmm ctl resume' (its control socket: --api-socket): to look at it, or its disks, before it runs.")]
+    public bool Paused { get; set; }
 
     [Option("dirty-ring", HelpText = "Build received VMs with dirty rings, for when they migrate on from here (see vmm run --dirty-ring).")]
     public bool DirtyRing { get; set; }

@@ -176,7 +176,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         bool helloLate = false;
         // A whole Hello within the deadline, however slowly its bytes come: closing the socket ends the read.
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
-        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log);
+        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null);
         bool claimedOnce = false;
         Stream? serialLog = null;
         MachineDestination? destination = null;
@@ -184,7 +184,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         var started = Stopwatch.StartNew();
         try
         {
-            destination = receiver.Receive(description =>
+            destination = receiver.Receive((description, diskImagesOpenedAt) =>
             {
                 helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
                 if (helloLate) throw new MigrationException($"no valid Hello within {HelloDeadline.TotalSeconds:0} s");
@@ -198,10 +198,11 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
                 serialLog = options.SerialLog is null ? null : OpenSerialLog(Numbered(options.SerialLog, n));
                 var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null);
-                return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings), log));
+                return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = diskImagesOpenedAt }, log));
             });
             var machine = destination.Machine;
             control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
+            if (options.Paused) machine.Pause();
             var resuming = Stopwatch.StartNew();
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
             try
@@ -216,7 +217,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 run.Wait();
                 throw;
             }
-            log.Info($"migration {n}: the VM runs here ({receiver.BytesReceived >> 20} MiB received in {started.Elapsed.TotalMilliseconds:F0} ms)");
+            log.Info($"migration {n}: the VM {(options.Paused ? "is here, paused until 'vmm ctl resume'" : "runs here")} ({receiver.BytesReceived >> 20} MiB received in {started.Elapsed.TotalMilliseconds:F0} ms)");
             var vm = new ReceivedVm(machine, run, control, serialLog);
             lock (_running)
             {

@@ -56,10 +56,6 @@ public static unsafe partial class Libc
     [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
     public static partial int Madvise(nint address, nuint length, int advice);
 
-
-
-
-
     [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
     public static partial nint Read(int fd, void* buffer, nuint count);
 
@@ -79,6 +75,27 @@ public static unsafe partial class Libc
 
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FdataSync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    public static partial int Fsync(int fd);
+
+    public const int SEEK_DATA = 3, SEEK_HOLE = 4;
+    public const int ENXIO = 6, EEXIST = 17, EOPNOTSUPP = 95, EISDIR = 21;
+
+    [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    public static partial long Lseek(int fd, long offset, int whence);
+
+    /// <summary>O_TMPFILE (with O_DIRECTORY, as the kernel wants it): an unnamed file in a directory, freed
+    /// when its last descriptor closes unless <see cref="Linkat"/> names it first.</summary>
+    public const int O_TMPFILE = 0x410000, O_DIRECTORY = 0x10000, O_RDONLY = 0, O_CREAT = 0x40, O_EXCL = 0x80;
+    public const int AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400;
+
+    /// <summary>open(2) with a mode, for the calls that create a file.</summary>
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Open(string path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "linkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Linkat(int oldDirectory, string oldPath, int newDirectory, string newPath, int flags);
 
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initialValue, int flags);

@@ -229,12 +229,13 @@ public sealed class ControlServer : IDisposable
             MaxPasses = IntArgument(root, "maxPasses") ?? 30,
             Force = BoolArgument(root, "force"),
             AutoConverge = BoolArgument(root, "autoConverge"),
+            CopyDisks = BoolArgument(root, "copyDisks"),
         };
         if (options.DowntimeMs < 0 || options.TimeoutS < 0 || options.MaxPasses < 1)
             return Error("downtimeMs and timeoutS must not be negative, maxPasses at least 1");
         try
         {
-            _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")})");
+            _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")}{(options.CopyDisks ? ", copying the disks" : "")})");
             var report = MigrationSource.Migrate(_machine, options, pass =>
             {
                 _log.Info($"migration {pass}");
@@ -251,6 +252,11 @@ public sealed class ControlServer : IDisposable
                     writer.WriteNumber("dirtyRateMiBps", Math.Round(pass.DirtyRateMiBps, 1));
                     writer.WriteNumber("estimatedDowntimeMs", Math.Round(pass.EstimatedDowntimeMs, 1));
                     writer.WriteNumber("throttlePercent", pass.ThrottlePercent);
+                    if (options.CopyDisks)
+                    {
+                        writer.WriteNumber("diskMiBSent", Math.Round(pass.DiskBytesSent / 1048576.0, 2));
+                        writer.WriteNumber("dirtyDiskBytes", pass.DirtyDiskBytesAfter);
+                    }
                 }));
             }, _log);
             _log.Info(report.ToString());
@@ -266,6 +272,7 @@ public sealed class ControlServer : IDisposable
                 writer.WriteNumber("mibSent", Math.Round(report.TotalBytes / 1048576.0, 2));
                 writer.WriteNumber("pagesSent", report.PagesSent);
                 writer.WriteBoolean("forced", report.Forced);
+                if (options.CopyDisks) writer.WriteNumber("diskMiBSent", Math.Round(report.DiskBytes / 1048576.0, 2));
             });
         }
         catch (MigrationException e)

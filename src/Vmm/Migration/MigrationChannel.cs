@@ -10,10 +10,14 @@ namespace Vmm.Migration;
 public sealed class MigrationChannel(Stream stream)
 {
     public static ReadOnlySpan<byte> Magic => "VMMMIGRT"u8;
-    public const uint ProtocolVersion = 1;
+    /// <summary>2: the Hello says whether disk images travel in the stream (DiskData, DiskZero).</summary>
+    public const uint ProtocolVersion = 2;
     public const int PageSize = Memory.GuestMemoryRegion.PageSize;
     public const int MaxPagesPerFrame = 256;
     public const ulong ZeroPageFlag = 1;
+    /// <summary>The most image bytes one DiskData frame carries.</summary>
+    public const int MaxDiskDataBytes = 1 << 20;
+    public const int DiskDataHeaderBytes = 12;
 
     private const int HeaderBytes = 9;
     private readonly byte[] _header = new byte[HeaderBytes];
@@ -27,6 +31,8 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.Hello => 1 << 20,
         MigrationFrameType.Pages => 4 + MaxPagesPerFrame * (8 + PageSize),
         MigrationFrameType.PassEnd or MigrationFrameType.PassDone => 4,
+        MigrationFrameType.DiskData => DiskDataHeaderBytes + MaxDiskDataBytes,
+        MigrationFrameType.DiskZero => 20,
         MigrationFrameType.State => 64 << 20,
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
         MigrationFrameType.Ready or MigrationFrameType.Resumed => 0,

@@ -4,17 +4,22 @@ namespace Vmm.Migration;
 public enum MigrationFrameType : byte
 {
     // Source to target.
-    /// <summary>Magic, version, and the <see cref="State.MachineDescription"/> to build.</summary>
+    /// <summary>The <see cref="MigrationHello"/>: magic, version, the machine to build, whether its disks travel.</summary>
     Hello = 1,
     /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
     Pages = 2,
     /// <summary>The end of one copy pass (its number); the target answers <see cref="PassDone"/> once it has
     /// written every page of the pass.</summary>
     PassEnd = 3,
-    /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target restores and resumes.</summary>
+    /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target makes copied disk images
+    /// durable, restores and resumes.</summary>
     State = 4,
     /// <summary>The source gave up (the reason as text); the target discards everything.</summary>
     Abort = 5,
+    /// <summary>Disk image content (storage migration): disk index (4), image offset (8), then the bytes.</summary>
+    DiskData = 6,
+    /// <summary>A disk image range that reads as zeros (a hole is punched): disk index (4), offset (8), length (8).</summary>
+    DiskZero = 7,
 
     // Target to source.
     /// <summary>The target built the machine and takes pages.</summary>

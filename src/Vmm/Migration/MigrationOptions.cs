@@ -12,6 +12,8 @@ public sealed record MigrationOptions
     /// <summary>At the pass or time limit, stop and copy anyway instead of failing.</summary>
     public bool Force { get; init; }
     public bool AutoConverge { get; init; }
+    /// <summary>Copy the disk images in the stream (storage migration) instead of relying on shared storage.</summary>
+    public bool CopyDisks { get; init; }
     /// <summary>How long the source waits for the target to say the VM runs there before resuming it here.</summary>
     public TimeSpan ConfirmTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>How long one write or read on the connection may block before the peer counts as dead.</summary>

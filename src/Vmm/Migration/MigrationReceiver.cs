@@ -8,34 +8,53 @@ using Vmm.State;
 namespace Vmm.Migration;
 
 /// <summary>The target side of one migration: reads the stream, builds the machine it describes, fills its
-/// RAM and restores its state. Everything read is checked (magic, version, frame lengths and checksums,
-/// page addresses inside RAM, frame order); on any failure (a bug included) the half-built machine is
-/// discarded, the source is told why, and a <see cref="MigrationException"/> says it to the caller.</summary>
+/// RAM (and, in a storage migration, its disk images: <see cref="IncomingDiskImages"/>) and restores its state.
+/// Everything read is checked (magic, version, frame lengths and checksums, page addresses inside RAM, disk
+/// ranges inside their images, frame order); on any failure (a bug included) the half-built machine and any
+/// partial image are discarded, the source is told why, and a <see cref="MigrationException"/> says it to the
+/// caller.</summary>
 public sealed class MigrationReceiver
 {
     private readonly MigrationChannel _channel;
     private readonly Logger _log;
+    private readonly string? _diskDirectory;
     private byte[] _buffer = new byte[1 << 20];
     private ulong[][]? _written;
+    private IncomingDiskImages? _disks;
 
-    public MigrationReceiver(Stream stream, Logger log)
+    /// <param name="diskDirectory">Where copied disk images are written; null: this target takes only VMs whose
+    /// disks sit on shared storage.</param>
+    public MigrationReceiver(Stream stream, Logger log, string? diskDirectory = null)
     {
         _channel = new MigrationChannel(stream);
         _log = log;
+        _diskDirectory = diskDirectory;
     }
 
     public long BytesReceived => _channel.BytesReceived;
 
+    /// <summary>Receives a VM whose disks (if any) are on shared storage.</summary>
+    public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((description, _) => build(description));
+
     /// <summary>Receives a VM: <paramref name="build"/> makes the destination from the source's description
-    /// (with zeroed RAM). Returns it restored and ready to run; the caller starts it and then calls
-    /// <see cref="ConfirmResumed"/>.</summary>
-    public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination
+    /// (with zeroed RAM) and, where the disks are copied, where each image is opened while it arrives (the
+    /// description names their final paths). Returns it restored and ready to run; the caller starts it and
+    /// then calls <see cref="ConfirmResumed"/>.</summary>
+    public T Receive<T>(Func<MachineDescription, IReadOnlyList<string>?, T> build) where T : IMigrationDestination
     {
         T? machine = default;
         try
         {
-            var description = ReadHello();
-            machine = build(description);
+            var hello = ReadHello();
+            var description = hello.Description;
+            if (hello.CopiedDiskBytes is { } diskBytes)
+            {
+                if (_diskDirectory is null)
+                    throw new MigrationException("the source copies the VM's disk images, and this target has no directory for them (start vmm migrate-receive with --disk-dir DIR)");
+                _disks = IncomingDiskImages.Create(_diskDirectory, description.Disks, diskBytes);
+                description = description with { Disks = description.Disks.Select((d, i) => d with { Path = _disks.FinalPaths[i] }).ToArray() };
+            }
+            machine = build(description, _disks?.OpenPaths);
             _channel.Send(MigrationFrameType.Ready, []);
             _channel.Flush();
             _written = machine.Memory.Regions.Select(r => new ulong[(r.SizeBytes / GuestMemoryRegion.PageSize + 63) / 64]).ToArray();
@@ -54,9 +73,24 @@ public sealed class MigrationReceiver
                         _channel.Send(MigrationFrameType.PassDone, payload.Span);
                         _channel.Flush();
                         break;
+                    case MigrationFrameType.DiskData or MigrationFrameType.DiskZero:
+                        if (_disks is null) throw new MigrationException($"migration stream: a {type} frame, and the Hello said the disks are not copied");
+                        if (type == MigrationFrameType.DiskData) _disks.WriteData(payload.Span);
+                        else _disks.WriteZero(payload.Span);
+                        break;
                     case MigrationFrameType.State:
                         var restoring = System.Diagnostics.Stopwatch.StartNew();
-                        machine.Restore(MachineState.FromBytes(payload.ToArray()));
+                        var state = MachineState.FromBytes(payload.ToArray());
+                        if (_disks is not null)
+                        {
+                            // The state names the source's image paths; the VM runs here on the copies.
+                            if (!state.Description.SameAs(hello.Description))
+                                throw new StateFormatException("the saved state describes a different machine than the Hello did");
+                            state = state.WithDescription(description);
+                            _disks.Commit();
+                            _log.Debug($"migration: disk images durable at {string.Join(", ", _disks.FinalPaths)} in {restoring.Elapsed.TotalMilliseconds:F1} ms");
+                        }
+                        machine.Restore(state);
                         _log.Debug($"migration: state restored in {restoring.Elapsed.TotalMilliseconds:F1} ms");
                         return machine;
                     case MigrationFrameType.Abort:
@@ -69,6 +103,7 @@ public sealed class MigrationReceiver
         catch (Exception e)
         {
             machine?.Dispose();
+            _disks?.Dispose();
             string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
             TryTellSource(e is VmmException ? e.Message : "internal error in vmm (see the target's log)");
             throw e as MigrationException ?? new MigrationException(why, e);
@@ -76,27 +111,26 @@ public sealed class MigrationReceiver
     }
 
     /// <summary>Tells the source the VM runs here; if that fails the source will resume it, so the caller
-    /// must stop this copy.</summary>
+    /// must stop this copy (and its copied disk images are removed: the VM goes on with its own, there).</summary>
     public void ConfirmResumed()
     {
-        _channel.Send(MigrationFrameType.Resumed, []);
-        _channel.Flush();
+        try
+        {
+            _channel.Send(MigrationFrameType.Resumed, []);
+            _channel.Flush();
+            _disks?.Keep();
+        }
+        finally
+        {
+            _disks?.Dispose();
+        }
     }
 
-    private MachineDescription ReadHello()
+    private MigrationHello ReadHello()
     {
         var (type, payload) = _channel.Receive(ref _buffer);
         if (type != MigrationFrameType.Hello) throw new MigrationException($"migration stream: expected a Hello frame, got {type}");
-        var r = new StateReader(payload.ToArray());
-        Span<byte> magic = stackalloc byte[MigrationChannel.Magic.Length];
-        for (int i = 0; i < magic.Length; i++) magic[i] = r.ReadUInt8("magic");
-        if (!magic.SequenceEqual(MigrationChannel.Magic)) throw new MigrationException("not a vmm migration stream (bad magic)");
-        uint version = r.ReadUInt32("protocol version");
-        if (version != MigrationChannel.ProtocolVersion)
-            throw new MigrationException($"migration protocol version {version}; this vmm speaks version {MigrationChannel.ProtocolVersion}");
-        var description = MachineDescription.Read(r);
-        r.ExpectEnd("Hello frame");
-        return description;
+        return MigrationHello.Read(payload.ToArray());
     }
 
     private void WritePages(GuestMemory memory, ReadOnlySpan<byte> payload)

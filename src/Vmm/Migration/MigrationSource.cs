@@ -11,7 +11,9 @@ namespace Vmm.Migration;
 
 /// <summary>Precopy live migration of a running machine to a <c>vmm migrate-receive</c> target: one full
 /// pass over RAM while the guest runs, passes of the pages it dirtied until the rest fits in the downtime
-/// limit, then pause, the last pages, disk flush and the device and vCPU state. The source stops only
+/// limit, then pause, the last pages, disk flush and the device and vCPU state. With
+/// <see cref="MigrationOptions.CopyDisks"/> the disk images travel too, pass by pass with RAM
+/// (<see cref="DiskCopySender"/>), and count towards the downtime estimate. The source stops only
 /// after the target says the VM runs there; any failure before that resumes the VM here. A migration is a
 /// failure boundary: whatever goes wrong, a bug included, ends the migration, never the VM. When the VM
 /// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so.</summary>
@@ -60,10 +62,12 @@ public sealed class MigrationSource
             ? new Timer(_ => { timedOut = true; socket.Dispose(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
             : null;
         DirtyPageTracker? tracker = null;
+        DiskCopySender? disks = null;
         try
         {
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
+            if (_options.CopyDisks) disks = new DiskCopySender(_machine.Disks);
             _log.Debug($"migration: dirty pages tracked with the {(tracker.UsesDirtyRing ? "dirty ring" : tracker.ManualProtect ? "dirty log (manual protect)" : "dirty log")}");
 
             var pending = DirtyPages.MayHoldData(_memory);
@@ -77,6 +81,7 @@ public sealed class MigrationSource
                 pass++;
                 var passTime = Stopwatch.StartNew();
                 long bytesBefore = channel.BytesSent;
+                long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(channel) : disks.SendPending(channel);
                 var (pages, zeroPages) = SendPages(channel, pending);
                 channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
                 channel.Flush();
@@ -88,11 +93,13 @@ public sealed class MigrationSource
 
                 double collectSeconds = sinceCollect.Elapsed.TotalSeconds;
                 pending = tracker.Collect();
+                long dirtyDiskBytes = disks?.CollectDirty() ?? 0;
                 sinceCollect.Restart();
                 long dirty = pending.Count;
-                double estimatedDowntimeMs = dirty * (double)MigrationChannel.PageSize / bandwidthBytesPerSecond * 1000;
+                double estimatedDowntimeMs = (dirty * (double)MigrationChannel.PageSize + dirtyDiskBytes) / bandwidthBytesPerSecond * 1000;
                 _onPass(new MigrationPass(pass, pages, zeroPages, passBytes, seconds, bandwidthBytesPerSecond / 1048576,
-                    dirty, dirty * (double)MigrationChannel.PageSize / 1048576 / Math.Max(collectSeconds, 1e-6), estimatedDowntimeMs, _machine.ThrottlePercent));
+                    dirty, dirty * (double)MigrationChannel.PageSize / 1048576 / Math.Max(collectSeconds, 1e-6), estimatedDowntimeMs, _machine.ThrottlePercent,
+                    diskBytes, dirtyDiskBytes));
 
                 if (estimatedDowntimeMs <= _options.DowntimeMs) break;
                 bool outOfPasses = pass >= _options.MaxPasses;
@@ -101,8 +108,8 @@ public sealed class MigrationSource
                 {
                     string limit = outOfPasses ? $"{_options.MaxPasses} passes" : $"{_options.TimeoutS} s";
                     if (!_options.Force)
-                        throw new MigrationException($"did not converge within {limit}: {dirty} pages still dirty, estimated downtime {estimatedDowntimeMs:F0} ms > {_options.DowntimeMs} ms (--force copies anyway, --auto-converge slows the guest)");
-                    _log.Warning($"migration: {limit} reached; copying the last {dirty} pages with the VM paused (--force)");
+                        throw new MigrationException($"did not converge within {limit}: {dirty} pages{(disks is null ? "" : $" and {dirtyDiskBytes >> 10} KiB of disk")} still dirty, estimated downtime {estimatedDowntimeMs:F0} ms > {_options.DowntimeMs} ms (--force copies anyway, --auto-converge slows the guest)");
+                    _log.Warning($"migration: {limit} reached; copying the last {dirty} pages{(disks is null ? "" : $" and {dirtyDiskBytes >> 10} KiB of disk")} with the VM paused (--force)");
                     forced = true;
                     break;
                 }
@@ -117,6 +124,13 @@ public sealed class MigrationSource
             pausedHere = !wasPaused;
             double pausedMs = downtime.Elapsed.TotalMilliseconds;
             pending.UnionWith(tracker.Collect());
+            // The device thread is parked: what the guest wrote to its disks is all marked now.
+            long finalDiskBytes = 0;
+            if (disks is not null)
+            {
+                disks.CollectDirty();
+                finalDiskBytes = disks.SendPending(channel);
+            }
             var (finalPages, _) = SendPages(channel, pending);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
             MachinePersistence.FlushDevices(_machine);
@@ -131,10 +145,10 @@ public sealed class MigrationSource
             downtime.Stop();
             _machine.StopDirtyTracking(tracker);
             if (tracker.UsesDirtyRing) _log.Debug($"migration: vCPUs found their dirty ring full {_machine.DirtyRingFullExits} times so far");
-            _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages {pagesMs - pausedMs:F1} + " +
+            _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages{(disks is null ? "" : $" and {finalDiskBytes >> 10} KiB of disk")} {pagesMs - pausedMs:F1} + " +
                       $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
             return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
-                downtime.Elapsed.TotalMilliseconds, forced);
+                downtime.Elapsed.TotalMilliseconds, forced, disks?.BytesSent ?? 0);
         }
         catch (Exception e)
         {
@@ -158,17 +172,15 @@ public sealed class MigrationSource
         finally
         {
             _machine.ThrottlePercent = 0;
+            disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
         }
     }
 
     private void SendHello(MigrationChannel channel)
     {
-        var w = new StateWriter();
-        foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
-        w.WriteUInt32(MigrationChannel.ProtocolVersion);
-        MachineDescription.Of(_machine.Config).Write(w);
-        channel.Send(MigrationFrameType.Hello, w.ToArray());
+        var hello = new MigrationHello(MachineDescription.Of(_machine.Config), _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
+        channel.Send(MigrationFrameType.Hello, hello.ToBytes());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
     }

@@ -25,6 +25,10 @@ public sealed class MachineState
     public required PlatformState Platform { get; init; }
     public required IReadOnlyList<DeviceStateSection> Devices { get; init; }
 
+    /// <summary>The same state for a machine described otherwise (a storage migration's disks at new paths).</summary>
+    public MachineState WithDescription(MachineDescription description) =>
+        new() { Description = description, Vcpus = Vcpus, Platform = Platform, Devices = Devices };
+
     public byte[] ToBytes()
     {
         var w = new StateWriter();

@@ -42,6 +42,8 @@ public sealed class Machine : IDisposable
     public BootSetup? Boot => _parts.Boot;
     /// <summary>Every device with state, in a fixed order: what snapshots, migration and replication save.</summary>
     public IReadOnlyList<IStatefulDevice> Devices => _parts.Devices;
+    /// <summary>The virtio-blk disks, in the order the guest sees them: what a storage migration copies.</summary>
+    public IReadOnlyList<Devices.Virtio.VirtioBlock> Disks => _parts.Disks;
     internal KvmVm KvmVm => _parts.Vm;
     internal IReadOnlyList<KvmVcpu> Vcpus => _parts.Vcpus;
     internal VcpuStateSupport StateSupport => _parts.StateSupport;

@@ -98,8 +98,13 @@ public static class MachineBuilder
             var (i8042, cmos) = AddLegacyDevices(ioPorts, vm, serial, stop, log);
 
             var virtio = Own(new VirtioMmioDevices());
-            foreach (var disk in config.Disks)
-                virtio.Add($"virtio-blk {disk.Path}", new VirtioBlock(disk), vm, mmio, eventLoop, memory, log);
+            var disks = new List<VirtioBlock>();
+            for (int i = 0; i < config.Disks.Count; i++)
+            {
+                var disk = new VirtioBlock(config.Disks[i], config.DiskImagesOpenedAt?[i]);
+                virtio.Add($"virtio-blk {config.Disks[i].Path}", disk, vm, mmio, eventLoop, memory, log);
+                disks.Add(disk);
+            }
             foreach (var network in config.Networks)
             {
                 virtio.Add($"virtio-net {network.TapName}", new VirtioNet(network), vm, mmio, eventLoop, memory, log);
@@ -135,7 +140,7 @@ public static class MachineBuilder
             return new Machine(new MachineParts
             {
                 Config = config, Kvm = kvm, Vm = vm, Memory = memory, IoPorts = ioPorts, Mmio = mmio, EventLoop = eventLoop,
-                Virtio = virtio, Serial = serial, Devices = [serial, i8042, cmos, .. virtio.Transports], Vcpus = vcpus,
+                Virtio = virtio, Disks = disks, Serial = serial, Devices = [serial, i8042, cmos, .. virtio.Transports], Vcpus = vcpus,
                 DirtyRings = dirtyRings, Stop = stop, StateSupport = stateSupport, Boot = boot, HandleNestedEmulationFailures = workarounds,
             });
         }

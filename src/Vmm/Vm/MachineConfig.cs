@@ -16,6 +16,9 @@ public sealed record MachineConfig
     public int VcpuCount { get; init; } = 1;
     /// <summary>virtio-blk disks, in the order the guest sees them (vda, vdb, ...).</summary>
     public IReadOnlyList<Devices.Virtio.BlockDiskConfig> Disks { get; init; } = [];
+    /// <summary>Where each disk's image is opened, when not at its path (null: every one at its path): an incoming
+    /// migration that copies the disks writes each into an unnamed file, named only once it is complete.</summary>
+    public IReadOnlyList<string>? DiskImagesOpenedAt { get; init; }
     /// <summary>virtio-net interfaces on TAP devices, in order (eth0, eth1, ...).</summary>
     public IReadOnlyList<Devices.Virtio.NetworkConfig> Networks { get; init; } = [];
     /// <summary>Where the guest's serial output goes.</summary>

@@ -18,6 +18,8 @@ internal sealed class MachineParts : IDisposable
     public required DeviceBus Mmio { get; init; }
     public required EventLoop EventLoop { get; init; }
     public required VirtioMmioDevices Virtio { get; init; }
+    /// <summary>The virtio-blk devices, in the order of <see cref="MachineConfig.Disks"/> (owned by <see cref="Virtio"/>).</summary>
+    public required IReadOnlyList<Devices.Virtio.VirtioBlock> Disks { get; init; }
     public required Serial8250 Serial { get; init; }
     public required IReadOnlyList<IStatefulDevice> Devices { get; init; }
     public required List<KvmVcpu> Vcpus { get; init; }

@@ -32,11 +32,7 @@ public sealed class MigrationDaemonTests(ITestOutputHelper output) : MigrationPr
 
         public void SendHello(MachineDescription description)
         {
-            var w = new StateWriter();
-            foreach (byte b in "VMMMIGRT"u8) w.WriteUInt8(b);
-            w.WriteUInt32(MigrationChannel.ProtocolVersion);
-            description.Write(w);
-            Channel.Send(MigrationFrameType.Hello, w.ToArray());
+            Channel.Send(MigrationFrameType.Hello, new MigrationHello(description, null).ToBytes());
         }
 
         public (MigrationFrameType Type, string Text) ReceiveAnswer()

@@ -25,13 +25,12 @@ public sealed class MigrationStreamValidationTests
         return stream.ToArray();
     }
 
-    private static byte[] Hello(MachineDescription description, uint version = MigrationChannel.ProtocolVersion, string magic = "VMMMIGRT")
+    private static byte[] Hello(MachineDescription description, uint version = MigrationChannel.ProtocolVersion, string magic = "VMMMIGRT", IReadOnlyList<long>? copiedDiskBytes = null)
     {
-        var w = new StateWriter();
-        foreach (char c in magic) w.WriteUInt8((byte)c);
-        w.WriteUInt32(version);
-        description.Write(w);
-        return Frame(MigrationFrameType.Hello, w.ToArray());
+        byte[] hello = new MigrationHello(description, copiedDiskBytes).ToBytes();
+        System.Text.Encoding.ASCII.GetBytes(magic).CopyTo(hello, 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(hello.AsSpan(8), version);
+        return Frame(MigrationFrameType.Hello, hello);
     }
 
     private static byte[] Pages(params (ulong Entry, byte[]? Data)[] pages)
@@ -141,6 +140,20 @@ public sealed class MigrationStreamValidationTests
     [Fact]
     public void DiskThatDoesNotExistHere_IsRefused() =>
         AssertRefusedWith("does not exist", Receive(Hello(SmallVm with { Disks = [new BlockDiskConfig("/nonexistent/disk.img", false, null)] })));
+
+    [Fact]
+    public void CopiedDisks_WithoutADiskDirectoryHere_AreRefused() =>
+        AssertRefusedWith("no directory for them", Receive(Hello(SmallVm with { Disks = [new BlockDiskConfig("/vms/disk.img", false, null)] }, copiedDiskBytes: [1 << 20])));
+
+    [Fact]
+    public void DiskData_WhenTheHelloSaidTheDisksAreShared_IsRefused() =>
+        AssertRefusedWith("the Hello said the disks are not copied", Receive([.. Hello(SmallVm), .. Frame(MigrationFrameType.DiskData, new byte[12 + 512])]));
+
+    [Theory]
+    [InlineData(1000L)]            // not whole sectors
+    [InlineData(1L << 50)]         // beyond what a stream may ask for
+    public void CopiedDiskSizes_ThatNoImageHas_AreRefused(long bytes) =>
+        AssertRefusedWith("disk image size", Receive(Hello(SmallVm with { Disks = [new BlockDiskConfig("/vms/disk.img", false, null)] }, copiedDiskBytes: [bytes])));
 
     [Fact]
     public void AnyMutationOfAValidPrefix_EndsInAMigrationException()

@@ -32,14 +32,18 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     private readonly SafeFileHandle _file;
     private readonly byte[] _id;
     private VirtioActivation? _activation;
+    /// <summary>Set while a copy of the image runs (storage migration): what the guest changes is marked.</summary>
+    private volatile DiskDirtyMap? _dirtyMap;
 
-    public VirtioBlock(BlockDiskConfig config)
+    /// <param name="openAt">Where the image is opened when not at its path: an incoming migration writes the
+    /// image into an unnamed file that gets the path only once it is complete.</param>
+    public VirtioBlock(BlockDiskConfig config, string? openAt = null)
     {
         Config = config;
         try
         {
             if (Directory.Exists(config.Path)) throw new ConfigurationException($"--disk {config.Path} is a directory, not a disk image");
-            _file = File.OpenHandle(config.Path, FileMode.Open, config.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
+            _file = File.OpenHandle(openAt ?? config.Path, FileMode.Open, config.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
         }
         catch (FileNotFoundException) { throw new ConfigurationException($"--disk {config.Path} does not exist"); }
         catch (DirectoryNotFoundException) { throw new ConfigurationException($"--disk {config.Path} does not exist"); }
@@ -128,8 +132,15 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
                 if (status == StatusOk) dataWritten = statusOffset;
                 break;
             case RequestOut:
-                status = Config.ReadOnly ? StatusIoError
-                    : Transfer(memory, chain.ReadableSpan, RequestHeaderBytes, chain.ReadableBytes - RequestHeaderBytes, sector, toGuest: false);
+                if (Config.ReadOnly)
+                {
+                    status = StatusIoError;
+                    break;
+                }
+                long length = chain.ReadableBytes - RequestHeaderBytes;
+                status = Transfer(memory, chain.ReadableSpan, RequestHeaderBytes, length, sector, toGuest: false);
+                // Marked after the write, failed or not: a failed one may still have changed part of the range.
+                if (sector <= long.MaxValue / SectorBytes) _dirtyMap?.Mark((long)sector * SectorBytes, length);
                 break;
             case RequestFlush:
                 status = Config.ReadOnly || Libc.FdataSync((int)_file.DangerousGetHandle()) == 0 ? StatusOk : StatusIoError;
@@ -174,7 +185,9 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
                 ? Libc.Fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0
                 : Libc.Fallocate(fd, Libc.FALLOC_FL_ZERO_RANGE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0;
             // A discard is advice: a file system that cannot punch holes just keeps the data. Zeroes must land.
-            if (!done && !discard && !WriteZeroes(start, length)) return StatusIoError;
+            bool zeroed = done || discard || WriteZeroes(start, length);
+            _dirtyMap?.Mark(start, length);
+            if (!zeroed) return StatusIoError;
         }
         return StatusOk;
     }
@@ -254,6 +267,47 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             }
             buffer = buffer[read..];
             fileOffset += read;
+        }
+    }
+
+    /// <summary>Starts marking what the guest changes in the image, for a copy of it.</summary>
+    public DiskDirtyMap StartDirtyTracking()
+    {
+        var map = new DiskDirtyMap(CapacityBytes);
+        _dirtyMap = map;
+        return map;
+    }
+
+    public void StopDirtyTracking(DiskDirtyMap map) => Interlocked.CompareExchange(ref _dirtyMap, null, map);
+
+    /// <summary>The next extent of the image at or after <paramref name="from"/> that holds data (SEEK_DATA,
+    /// SEEK_HOLE), or null when only a hole follows. Where the file system cannot say, all of it is data.</summary>
+    public (long Start, long End)? NextDataExtent(long from)
+    {
+        if (from >= CapacityBytes) return null;
+        int fd = (int)_file.DangerousGetHandle();
+        long start = Libc.Lseek(fd, from, Libc.SEEK_DATA);
+        if (start < 0)
+        {
+            int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            if (errno == Libc.ENXIO) return null;
+            return (from, CapacityBytes);
+        }
+        if (start >= CapacityBytes) return null;
+        long end = Libc.Lseek(fd, start, Libc.SEEK_HOLE);
+        return (start, end < 0 ? CapacityBytes : Math.Min(end, CapacityBytes));
+    }
+
+    /// <summary>Reads the image (for a copy of it); past its end reads as zeros.</summary>
+    public void ReadImage(long offset, Span<byte> buffer)
+    {
+        try
+        {
+            ReadFully(buffer, offset);
+        }
+        catch (IOException e)
+        {
+            throw new DiskImageException($"cannot read the disk image {Config.Path}: {e.Message}", e);
         }
     }
 

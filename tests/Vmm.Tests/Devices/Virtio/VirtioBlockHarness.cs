@@ -16,9 +16,9 @@ internal sealed class VirtioBlockHarness : IDisposable
     private const ulong FirstSlotAddress = 0x100000, SlotBytes = 0x10000, StatusOffset = 0xf00, DataOffset = 0x1000;
     public const byte StatusNotWritten = 0xff;
 
-    private readonly DirectoryInfo _directory;
+    private readonly DirectoryInfo? _directory;
 
-    private VirtioBlockHarness(DirectoryInfo directory, string path, VirtioBlock device)
+    private VirtioBlockHarness(DirectoryInfo? directory, string path, VirtioBlock device)
     {
         _directory = directory;
         ImagePath = path;
@@ -53,6 +53,36 @@ internal sealed class VirtioBlockHarness : IDisposable
             directory.Delete(recursive: true);
             throw;
         }
+    }
+
+    /// <summary>Over an existing image, which stays where it is when the harness goes.</summary>
+    public static VirtioBlockHarness Open(string path) => new(null, path, new VirtioBlock(new BlockDiskConfig(path, false, null)));
+
+    /// <summary>One request in slot 0, run to completion (the kick is served at once), its descriptors given back:
+    /// a write of <paramref name="data"/>, or a discard or write-zeroes of <paramref name="range"/> sectors.
+    /// Returns its status.</summary>
+    public byte Request(uint type, ulong sector, byte[]? data = null, uint range = 0)
+    {
+        ushort head;
+        if (data is not null)
+        {
+            Memory.Write(DataAddress(0, 0), data);
+            head = Post(0, type, sector, (uint)data.Length);
+        }
+        else
+        {
+            Span<byte> entry = stackalloc byte[16];
+            entry.Clear();
+            BinaryPrimitives.WriteUInt64LittleEndian(entry, sector);
+            BinaryPrimitives.WriteUInt32LittleEndian(entry[8..], range);
+            Memory.Write(DataAddress(0, 0), entry);
+            head = Post(0, type, 0, 16);
+        }
+        Driver.Kick(0);
+        // The ring hands out free descriptors first in, first out, and each request takes and returns three:
+        // they are always the head and the two after it.
+        Ring.Recycle([head, (ushort)((head + 1) % Ring.Size), (ushort)((head + 2) % Ring.Size)]);
+        return Status(0);
     }
 
     /// <summary>Deterministic pseudo-random image contents, different in every sector.</summary>
@@ -119,6 +149,6 @@ internal sealed class VirtioBlockHarness : IDisposable
     {
         Device.Dispose();
         Memory.Dispose();
-        _directory.Delete(recursive: true);
+        _directory?.Delete(recursive: true);
     }
 }

@@ -1,0 +1,56 @@
+using Vmm.Serialization;
+using Vmm.State;
+
+namespace Vmm.Migration;
+
+/// <summary>The first frame of a migration: magic, protocol version, the machine to build, and whether its disk
+/// images travel in the stream (and how large each is) or sit on storage both hosts share. Read from a hostile
+/// peer: every field is checked.</summary>
+public sealed record MigrationHello(MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes)
+{
+    private const byte FlagDisksCopied = 1;
+
+    /// <summary>16 TiB: a bound on what a stream may ask a target to create, far above a raw image vmm serves.</summary>
+    public const long MaxDiskBytes = 1L << 44;
+
+    public bool CopiesDisks => CopiedDiskBytes is not null;
+
+    public byte[] ToBytes()
+    {
+        var w = new StateWriter();
+        foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
+        w.WriteUInt32(MigrationChannel.ProtocolVersion);
+        Description.Write(w);
+        w.WriteUInt8(CopiesDisks ? FlagDisksCopied : (byte)0);
+        foreach (long bytes in CopiedDiskBytes ?? []) w.WriteUInt64((ulong)bytes);
+        return w.ToArray();
+    }
+
+    public static MigrationHello Read(ReadOnlyMemory<byte> payload)
+    {
+        var r = new StateReader(payload);
+        Span<byte> magic = stackalloc byte[MigrationChannel.Magic.Length];
+        for (int i = 0; i < magic.Length; i++) magic[i] = r.ReadUInt8("magic");
+        if (!magic.SequenceEqual(MigrationChannel.Magic)) throw new MigrationException("not a vmm migration stream (bad magic)");
+        uint version = r.ReadUInt32("protocol version");
+        if (version != MigrationChannel.ProtocolVersion)
+            throw new MigrationException($"migration protocol version {version}; this vmm speaks version {MigrationChannel.ProtocolVersion}");
+        var description = MachineDescription.Read(r);
+        byte flags = r.ReadUInt8("Hello flags");
+        if ((flags & ~FlagDisksCopied) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
+        long[]? sizes = null;
+        if ((flags & FlagDisksCopied) != 0)
+        {
+            sizes = new long[description.Disks.Count];
+            for (int i = 0; i < sizes.Length; i++)
+            {
+                ulong bytes = r.ReadUInt64("disk image size");
+                if (bytes % Devices.Virtio.VirtioBlock.SectorBytes != 0 || bytes > MaxDiskBytes)
+                    throw new MigrationException($"migration stream: disk image size {bytes} is not a multiple of {Devices.Virtio.VirtioBlock.SectorBytes} up to {MaxDiskBytes}");
+                sizes[i] = (long)bytes;
+            }
+        }
+        r.ExpectEnd("Hello frame");
+        return new MigrationHello(description, sizes);
+    }
+}
