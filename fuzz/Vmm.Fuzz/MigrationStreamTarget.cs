@@ -18,6 +18,13 @@ public sealed class MigrationStreamTarget : IFuzzTarget
 {
     private const ulong MaxRamBytes = 64UL << 20;
     private static readonly Logger Quiet = new(TextWriter.Null, LogLevel.Error);
+    /// <summary>Where copied disk images go (storage migration); emptied after every input.</summary>
+    private static readonly Lazy<string> DiskDirectory = new(() =>
+    {
+        string directory = Directory.CreateTempSubdirectory("vmm-fuzz-disks-").FullName;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => Directory.Delete(directory, recursive: true);
+        return directory;
+    });
 
     public string Name => "migration";
 
@@ -26,7 +33,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         if (input.IsEmpty) return "empty";
         byte[] stream = input[1..].ToArray();
         if ((input[0] & 1) != 0) RepairChecksums(stream);
-        var receiver = new MigrationReceiver(new InputStream(stream), Quiet);
+        var receiver = new MigrationReceiver(new InputStream(stream), Quiet, DiskDirectory.Value);
         try
         {
             using var destination = receiver.Receive(description => new RamOnlyDestination(description));
@@ -40,6 +47,11 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         catch (MigrationException bug)
         {
             throw new InvalidOperationException("the receiver met an unexpected exception", bug.InnerException);
+        }
+        finally
+        {
+            // A failed migration leaves no image behind (checked by tests); a completed one leaves its copies.
+            foreach (string image in Directory.GetFiles(DiskDirectory.Value)) File.Delete(image);
         }
     }
 
@@ -62,11 +74,21 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         var output = new MemoryStream();
         output.WriteByte((byte)random.Next(2));
         var channel = new MigrationChannel(output);
-        channel.Send(MigrationFrameType.Hello, new MigrationHello(description, null).ToBytes());
+        // Half the streams copy the disks, with image sizes of a few sectors up to 1 MiB.
+        long[]? diskBytes = random.Next(2) == 0 ? null : description.Disks.Select(_ => (long)random.Next(1, 2049) * 512).ToArray();
+        channel.Send(MigrationFrameType.Hello, new MigrationHello(description, diskBytes).ToBytes());
         int passes = random.Next(1, 4);
         for (int pass = 1; pass <= passes; pass++)
         {
             for (int frame = random.Next(3); frame > 0; frame--) channel.Send(MigrationFrameType.Pages, Pages(random, description.MemoryBytes));
+            for (int frame = diskBytes is { Length: > 0 } ? random.Next(3) : 0; frame > 0; frame--)
+            {
+                int disk = random.Next(diskBytes!.Length);
+                long offset = random.NextInt64(diskBytes[disk] / 512) * 512;
+                int length = (int)Math.Min(random.Next(1, 65) * 512, diskBytes[disk] - offset);
+                if (random.Next(4) == 0) channel.Send(MigrationFrameType.DiskZero, [.. BitConverter.GetBytes(disk), .. BitConverter.GetBytes(offset), .. BitConverter.GetBytes((long)length)]);
+                else channel.Send(MigrationFrameType.DiskData, [.. BitConverter.GetBytes(disk), .. BitConverter.GetBytes(offset), .. Mutations.RandomBytes(random, length)]);
+            }
             channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
         }
         if (random.Next(8) == 0) channel.SendText(MigrationFrameType.Abort, "the source gave up");
