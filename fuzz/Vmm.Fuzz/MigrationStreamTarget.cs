@@ -76,7 +76,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         var channel = new MigrationChannel(output);
         // Half the streams copy the disks, with image sizes of a few sectors up to 1 MiB.
         long[]? diskBytes = random.Next(2) == 0 ? null : description.Disks.Select(_ => (long)random.Next(1, 2049) * 512).ToArray();
-        channel.Send(MigrationFrameType.Hello, new MigrationHello(description, diskBytes).ToBytes());
+        channel.Send(MigrationFrameType.Hello, new MigrationHello($"fuzz-{random.Next(1000)}", description, diskBytes).ToBytes());
         int passes = random.Next(1, 4);
         for (int pass = 1; pass <= passes; pass++)
         {

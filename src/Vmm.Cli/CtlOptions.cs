@@ -8,7 +8,7 @@ public sealed class CtlOptions
     [Option("socket", Required = true, HelpText = "The VM's control socket.")]
     public string Socket { get; set; } = "";
 
-    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, or migrate --to HOST:PORT.")]
+    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, or migrate --to HOST:PORT; list, against a migrate-receive daemon's --control-socket.")]
     public string Command { get; set; } = "";
 
     [Value(1, MetaName = "path", HelpText = "snapshot: the directory to write the snapshot to.")]

@@ -42,6 +42,15 @@ public static class MigrateReceiveCommand
             log.Error($"--listen {options.Listen}: {e.Message}");
             return ExitCodes.VmmError;
         }
-        return new MigrationDaemon(options, listener, log).Run();
+        try
+        {
+            return new MigrationDaemon(options, listener, log).Run();
+        }
+        catch (ConfigurationException e)
+        {
+            listener.Stop();
+            log.Error(e.Message);
+            return ExitCodes.VmmError;
+        }
     }
 }

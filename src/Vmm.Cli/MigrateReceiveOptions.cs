@@ -14,11 +14,14 @@ public sealed class MigrateReceiveOptions
     [Option("max-incoming", Default = 4, HelpText = "How many migrations may come in at the same time; a source beyond that is told the target is busy.")]
     public int MaxIncoming { get; set; } = 4;
 
-    [Option("serial-log", HelpText = "Write each received guest's serial console here instead of stdout; {n} is replaced by the migration's number (1, 2, ...).")]
+    [Option("serial-log", HelpText = "Write each received guest's serial console here instead of stdout; {name} is replaced by the VM's name, {n} by the migration's number (1, 2, ...).")]
     public string? SerialLog { get; set; }
 
-    [Option("api-socket", HelpText = "Serve each received VM's control socket here; {n} is replaced by the migration's number.")]
+    [Option("api-socket", HelpText = "Serve each received VM's control socket here; {name} is replaced by the VM's name, {n} by the migration's number.")]
     public string? ApiSocket { get; set; }
+
+    [Option("control-socket", HelpText = "Serve the daemon's own control socket here: 'vmm ctl --socket PATH list' lists the VMs it runs.")]
+    public string? ControlSocket { get; set; }
 
     [Option("disk-dir", HelpText = "A directory whose disk images incoming VMs may open (repeatable). The stream names the paths, so without this a VM with disks is refused: a sender must not be able to open any file on this host. Disk images copied with the VM (--copy-disks) are written into the first one, under their file names on the source; an existing file is never replaced.")]
     public IEnumerable<string> DiskDirs { get; set; } = [];

@@ -14,13 +14,17 @@ namespace Vmm.Cli;
 /// <see cref="HelloDeadline"/> is dropped, so a silent or slow connection holds no one up. Each VM that
 /// arrives runs in this process on its own threads. Every incoming migration is a failure boundary: whatever
 /// goes wrong in one (a hostile stream, a bug) discards that one and is logged; the daemon, its other
-/// migrations and the VMs it runs go on.</summary>
+/// migrations and the VMs it runs go on. VMs are known here by the name they travel with: at most one of each
+/// name, and <c>{name}</c> in --api-socket and --serial-log puts it in their paths. With --control-socket, the
+/// daemon answers <c>{"command":"list"}</c> with the VMs it runs.</summary>
 internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, Logger log)
 {
     public static readonly TimeSpan HelloDeadline = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan SourceSilenceLimit = TimeSpan.FromSeconds(60);
 
     private readonly List<ReceivedVm> _running = [];
+    /// <summary>The names of the VMs running here or arriving (guarded by <see cref="_running"/>).</summary>
+    private readonly HashSet<string> _names = new(StringComparer.Ordinal);
     private readonly List<Task> _finishing = [];
     private readonly List<Socket> _incoming = [];
     private readonly CountdownEvent _receiving = new(1);
@@ -35,6 +39,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     {
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
+        using var control = options.ControlSocket is null ? null : StartSocket("--control-socket", options.ControlSocket,
+            path => JsonLineServer.Start(path, (request, _, _) => HandleControl(request), log, "daemon-control"));
         log.Info($"waiting for migrations on {listener.LocalEndpoint}");
         try
         {
@@ -178,14 +184,16 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
         var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null);
         bool claimedOnce = false;
+        string? name = null;
         Stream? serialLog = null;
         MachineDestination? destination = null;
         ControlServer? control = null;
         var started = Stopwatch.StartNew();
         try
         {
-            destination = receiver.Receive((description, diskImagesOpenedAt) =>
+            destination = receiver.Receive((IncomingMachine incoming) =>
             {
+                var description = incoming.Description;
                 helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
                 if (helloLate) throw new MigrationException($"no valid Hello within {HelloDeadline.TotalSeconds:0} s");
                 if (options.Once)
@@ -195,13 +203,20 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                     claimedOnce = true;
                     StopListening();
                 }
+                lock (_running)
+                {
+                    if (!_names.Add(incoming.Name)) throw new MigrationException($"a VM named {incoming.Name} is here already");
+                    name = incoming.Name;
+                }
+                log.Info($"migration {n}: VM {name}");
                 DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
-                serialLog = options.SerialLog is null ? null : OpenSerialLog(Numbered(options.SerialLog, n));
-                var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null);
-                return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = diskImagesOpenedAt }, log));
+                serialLog = options.SerialLog is null ? null : OpenSerialLog(PathFor(options.SerialLog, n, name));
+                var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null) with { Name = name };
+                return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = incoming.DiskImagesOpenedAt }, log));
             });
             var machine = destination.Machine;
-            control = options.ApiSocket is null ? null : ControlServer.Start(machine, Numbered(options.ApiSocket, n), log);
+            string? apiSocket = options.ApiSocket is null ? null : PathFor(options.ApiSocket, n, name!);
+            control = apiSocket is null ? null : StartSocket("--api-socket", apiSocket, path => ControlServer.Start(machine, path, log));
             if (options.Paused) machine.Pause();
             var resuming = Stopwatch.StartNew();
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
@@ -218,7 +233,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 throw;
             }
             log.Info($"migration {n}: the VM {(options.Paused ? "is here, paused until 'vmm ctl resume'" : "runs here")} ({receiver.BytesReceived >> 20} MiB received in {started.Elapsed.TotalMilliseconds:F0} ms)");
-            var vm = new ReceivedVm(machine, run, control, serialLog);
+            var vm = new ReceivedVm(name!, n, machine, run, control, apiSocket, serialLog);
             lock (_running)
             {
                 _running.Add(vm);
@@ -232,6 +247,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             string why = helloLate ? $"no valid Hello within {HelloDeadline.TotalSeconds:0} s"
                 : e is VmmException ? e.Message : $"internal error in vmm: {e}";
             log.Error($"migration {n} from {source} failed and was discarded: {why}");
+            if (name is not null)
+                lock (_running) _names.Remove(name);
             control?.Dispose();
             destination?.Dispose();
             serialLog?.Dispose();
@@ -245,7 +262,11 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         vm.Control?.Dispose();
         vm.Machine.Dispose();
         vm.SerialLog?.Dispose();
-        lock (_running) _running.Remove(vm);
+        lock (_running)
+        {
+            _running.Remove(vm);
+            _names.Remove(vm.Name);
+        }
         if (claimedOnce) _onceExitCode = stop.ExitCode;
     }
 
@@ -261,7 +282,55 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         }
     }
 
-    private sealed record ReceivedVm(Machine Machine, Task<VmStop> Run, IDisposable? Control, Stream? SerialLog);
+    private sealed record ReceivedVm(string Name, int Migration, Machine Machine, Task<VmStop> Run, IDisposable? Control, string? ApiSocket, Stream? SerialLog);
 
-    private static string Numbered(string template, int n) => template.Replace("{n}", n.ToString());
+    private static T StartSocket<T>(string option, string path, Func<string, T> start)
+    {
+        try
+        {
+            return start(path);
+        }
+        catch (Exception e) when (e is IOException or SocketException or UnauthorizedAccessException)
+        {
+            throw new ConfigurationException($"{option} {path}: {e.Message}");
+        }
+    }
+
+    private static string PathFor(string template, int n, string name) => VmName.Expand(template.Replace("{n}", n.ToString()), name);
+
+    /// <summary>The daemon's own control socket: <c>list</c> (the VMs it runs) and <c>status</c>.</summary>
+    private byte[] HandleControl(ReadOnlySpan<byte> request)
+    {
+        if (JsonAnswers.Parse(request, out byte[] malformed) is not var (_, command)) return malformed;
+        ReceivedVm[] vms;
+        lock (_running) vms = [.. _running];
+        return command switch
+        {
+            "list" => JsonAnswers.Json(writer =>
+            {
+                writer.WriteBoolean("ok", true);
+                writer.WriteStartArray("vms");
+                foreach (var vm in vms)
+                {
+                    writer.WriteStartObject();
+                    writer.WriteString("name", vm.Name);
+                    writer.WriteNumber("migration", vm.Migration);
+                    writer.WriteString("state", vm.Machine.StopReason is not null ? "stopping" : vm.Machine.IsPaused ? "paused" : "running");
+                    if (vm.ApiSocket is not null) writer.WriteString("apiSocket", Path.GetFullPath(vm.ApiSocket));
+                    writer.WriteNumber("uptimeMs", (long)vm.Machine.Uptime.TotalMilliseconds);
+                    writer.WriteEndObject();
+                }
+                writer.WriteEndArray();
+            }),
+            "status" => JsonAnswers.Json(writer =>
+            {
+                writer.WriteBoolean("ok", true);
+                writer.WriteString("state", "receiving");
+                writer.WriteString("listen", listener.LocalEndpoint?.ToString());
+                writer.WriteNumber("vms", vms.Length);
+                writer.WriteNumber("incoming", options.MaxIncoming - Math.Max(0, Volatile.Read(ref _freeSlots)));
+            }),
+            _ => JsonAnswers.Error($"unknown command '{command}' for a migration daemon (expected list or status; a VM's own socket is its --api-socket)"),
+        };
+    }
 }

@@ -16,6 +16,11 @@ public static class RunCommand
     public static int Execute(RunOptions options)
     {
         var log = Logger.Stderr(options.Verbose ? LogLevel.Debug : LogLevel.Info);
+        if (options.Name is { } given && !VmName.IsValid(given))
+        {
+            log.Error($"--name '{given}' is not a VM name: 1 to {VmName.MaxLength} letters, digits, '.', '_' or '-', starting with a letter or digit");
+            return ExitCodes.VmmError;
+        }
         if (options.Restore is not null) return Restore(options, log);
         if (options.Kernel is null)
         {
@@ -57,6 +62,7 @@ public static class RunCommand
 
         return RunMachine(options, log, serial => MachineBuilder.Boot(new MachineConfig
         {
+            Name = options.Name ?? VmName.Derive(options.Kernel),
             KernelPath = options.Kernel,
             InitrdPath = options.Initrd,
             CommandLine = options.CommandLine ?? MachineConfig.DefaultCommandLine,
@@ -102,7 +108,8 @@ public static class RunCommand
         }
         return RunMachine(options, log, serial =>
         {
-            var machine = MachineBuilder.ForRestore(state.Description.ToConfig(HostSettings(serial, options.NoNestedWorkarounds, options.DirtyRing, options.DirtyRingEntries)), log, memoryPath);
+            var settings = HostSettings(serial, options.NoNestedWorkarounds, options.DirtyRing, options.DirtyRingEntries) with { Name = options.Name ?? VmName.Derive(options.Restore) };
+            var machine = MachineBuilder.ForRestore(state.Description.ToConfig(settings), log, memoryPath);
             try
             {
                 MachinePersistence.Restore(machine, state);

@@ -5,6 +5,9 @@ namespace Vmm.Cli;
 [Verb("run", HelpText = "Boot a Linux kernel (bzImage or ELF vmlinux) in a new VM, console on the terminal.")]
 public sealed class RunOptions
 {
+    [Option("name", HelpText = "The VM's name, for tools: vmm ctl status shows it, and it travels with the VM when it migrates (a target's --api-socket and --serial-log can use it). 1 to 64 letters, digits, '.', '_' or '-'. Default: the kernel's (or snapshot's) file name and a short random suffix.")]
+    public string? Name { get; set; }
+
     [Option("kernel", HelpText = "Kernel to boot: a bzImage or an ELF vmlinux. Required unless --restore is given.")]
     public string? Kernel { get; set; }
 

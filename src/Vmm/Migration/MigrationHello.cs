@@ -3,10 +3,10 @@ using Vmm.State;
 
 namespace Vmm.Migration;
 
-/// <summary>The first frame of a migration: magic, protocol version, the machine to build, and whether its disk
-/// images travel in the stream (and how large each is) or sit on storage both hosts share. Read from a hostile
-/// peer: every field is checked.</summary>
-public sealed record MigrationHello(MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes)
+/// <summary>The first frame of a migration: magic, protocol version, the VM's name, the machine to build, and
+/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share. Read
+/// from a hostile peer: every field is checked.</summary>
+public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes)
 {
     private const byte FlagDisksCopied = 1;
 
@@ -20,6 +20,7 @@ public sealed record MigrationHello(MachineDescription Description, IReadOnlyLis
         var w = new StateWriter();
         foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
+        w.WriteString(Name);
         Description.Write(w);
         w.WriteUInt8(CopiesDisks ? FlagDisksCopied : (byte)0);
         foreach (long bytes in CopiedDiskBytes ?? []) w.WriteUInt64((ulong)bytes);
@@ -35,6 +36,8 @@ public sealed record MigrationHello(MachineDescription Description, IReadOnlyLis
         uint version = r.ReadUInt32("protocol version");
         if (version != MigrationChannel.ProtocolVersion)
             throw new MigrationException($"migration protocol version {version}; this vmm speaks version {MigrationChannel.ProtocolVersion}");
+        string name = r.ReadString("VM name", Vm.VmName.MaxLength);
+        if (!Vm.VmName.IsValid(name)) throw new MigrationException($"migration stream: '{name}' is not a VM name");
         var description = MachineDescription.Read(r);
         byte flags = r.ReadUInt8("Hello flags");
         if ((flags & ~FlagDisksCopied) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
@@ -51,6 +54,6 @@ public sealed record MigrationHello(MachineDescription Description, IReadOnlyLis
             }
         }
         r.ExpectEnd("Hello frame");
-        return new MigrationHello(description, sizes);
+        return new MigrationHello(name, description, sizes);
     }
 }

@@ -33,14 +33,13 @@ public sealed class MigrationReceiver
 
     public long BytesReceived => _channel.BytesReceived;
 
-    /// <summary>Receives a VM whose disks (if any) are on shared storage.</summary>
-    public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((description, _) => build(description));
+    /// <summary>Receives a VM, built from the source's description alone (its disks, if any, on shared storage).</summary>
+    public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((IncomingMachine incoming) => build(incoming.Description));
 
-    /// <summary>Receives a VM: <paramref name="build"/> makes the destination from the source's description
-    /// (with zeroed RAM) and, where the disks are copied, where each image is opened while it arrives (the
-    /// description names their final paths). Returns it restored and ready to run; the caller starts it and
-    /// then calls <see cref="ConfirmResumed"/>.</summary>
-    public T Receive<T>(Func<MachineDescription, IReadOnlyList<string>?, T> build) where T : IMigrationDestination
+    /// <summary>Receives a VM: <paramref name="build"/> makes the destination (with zeroed RAM) from what the
+    /// source said it is. Returns it restored and ready to run; the caller starts it and then calls
+    /// <see cref="ConfirmResumed"/>.</summary>
+    public T Receive<T>(Func<IncomingMachine, T> build) where T : IMigrationDestination
     {
         T? machine = default;
         try
@@ -54,7 +53,7 @@ public sealed class MigrationReceiver
                 _disks = IncomingDiskImages.Create(_diskDirectory, description.Disks, diskBytes);
                 description = description with { Disks = description.Disks.Select((d, i) => d with { Path = _disks.FinalPaths[i] }).ToArray() };
             }
-            machine = build(description, _disks?.OpenPaths);
+            machine = build(new IncomingMachine(hello.Name, description, _disks?.OpenPaths));
             _channel.Send(MigrationFrameType.Ready, []);
             _channel.Flush();
             _written = machine.Memory.Regions.Select(r => new ulong[(r.SizeBytes / GuestMemoryRegion.PageSize + 63) / 64]).ToArray();

@@ -179,7 +179,7 @@ public sealed class MigrationSource
 
     private void SendHello(MigrationChannel channel)
     {
-        var hello = new MigrationHello(MachineDescription.Of(_machine.Config), _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
+        var hello = new MigrationHello(_machine.Config.Name, MachineDescription.Of(_machine.Config), _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
         channel.Send(MigrationFrameType.Hello, hello.ToBytes());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");

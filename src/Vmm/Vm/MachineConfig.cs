@@ -8,6 +8,8 @@ public sealed record MachineConfig
     /// so a dead guest does not hang the VMM.</summary>
     public const string DefaultCommandLine = "console=ttyS0 reboot=k panic=-1 i8042.noaux";
 
+    /// <summary>What tools call the VM (<see cref="VmName"/>); it travels with it when it migrates.</summary>
+    public string Name { get; init; } = "vm";
     /// <summary>The kernel to boot; not needed to restore a saved state.</summary>
     public string? KernelPath { get; init; }
     public string? InitrdPath { get; init; }

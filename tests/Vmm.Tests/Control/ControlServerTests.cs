@@ -21,7 +21,7 @@ public sealed class ControlServerTests : IDisposable
         string kernel = Path.Combine(_directory, "count.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
         var log = new Logger(TextWriter.Null, LogLevel.Debug);
-        _machine = MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, log);
+        _machine = MachineBuilder.Boot(new MachineConfig { Name = "counter", KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = 2 }, log);
         _run = Task.Run(_machine.Run);
         _control = ControlServer.Start(_machine, Path.Combine(_directory, "api.sock"), log);
     }
@@ -69,11 +69,12 @@ public sealed class ControlServerTests : IDisposable
     }
 
     [Fact]
-    public void Status_ReportsStateVcpusAndMemory()
+    public void Status_ReportsNameStateVcpusAndMemory()
     {
         var status = Send("""{"command":"status"}""");
 
         Assert.True(status.GetProperty("ok").GetBoolean());
+        Assert.Equal("counter", status.GetProperty("name").GetString());
         Assert.Equal("running", status.GetProperty("state").GetString());
         Assert.Equal(2, status.GetProperty("vcpus").GetInt32());
         Assert.Equal(64L << 20, status.GetProperty("memoryBytes").GetInt64());

@@ -88,6 +88,7 @@ public sealed class CliTests : IDisposable
     [InlineData("--initrd", "/nonexistent/initrd", "initramfs file /nonexistent/initrd does not exist")]
     [InlineData("--memory", "1000T", "is more than this host has")]
     [InlineData("--dirty-ring-entries", "4096", "--dirty-ring, which is not given")]
+    [InlineData("--name", "../escape", "is not a VM name")]
     public void BadOptions_ExitWithCode2AndSayWhy(string option, string value, string message)
     {
         var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("x")), option, value], Timeout);

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using System.Net.Sockets;
 using Vmm.Devices.Virtio;
 using Vmm.Migration;
@@ -32,7 +33,7 @@ public sealed class MigrationDaemonTests(ITestOutputHelper output) : MigrationPr
 
         public void SendHello(MachineDescription description)
         {
-            Channel.Send(MigrationFrameType.Hello, new MigrationHello(description, null).ToBytes());
+            Channel.Send(MigrationFrameType.Hello, new MigrationHello("daemon-test", description, null).ToBytes());
         }
 
         public (MigrationFrameType Type, string Text) ReceiveAnswer()
@@ -175,5 +176,48 @@ public sealed class MigrationDaemonTests(ITestOutputHelper output) : MigrationPr
 
         AssertFailedAndTheGuestRanOnHere(g, ctlExit, ctl, "the target is busy: 1 migrations are already coming in", sourceExit, source);
         Assert.Contains("refused: 1 migrations are already coming in (--max-incoming)", target.Log);
+    }
+
+    [Fact]
+    public void VmsAreKnownByTheirNames_OneOfEachName_ListedByTheDaemon_AndTheirSocketsNamedAfterThem()
+    {
+        string daemonSocket = Path.Combine(_directory, "daemon.sock");
+        // Paused on arrival, so every VM is certainly still there when the daemon is asked.
+        var (target, listen) = StartTarget(once: false, extra: ["--paused", "--control-socket", daemonSocket,
+            "--api-socket", Path.Combine(_directory, "vm-{name}.sock"), "--serial-log", Path.Combine(_directory, "console-{name}.txt")]);
+        using var _ = target;
+        var g = Guest();
+        var sources = new Dictionary<string, RunningVmm>();
+        foreach (string name in new[] { "alpha", "beta" })
+        {
+            string socket = Path.Combine(_directory, $"src-{name}.sock");
+            sources[name] = StartSource(g, socket, extra: ["--name", name]);
+            using var ctl = Migrate(socket, listen, "--force");
+            Assert.Equal(0, ctl.WaitForExit(Patience));
+            Assert.Equal(0, sources[name].WaitForExit(Patience));
+        }
+        // A second VM named alpha is refused while the first runs here, and stays where it is.
+        string twinSocket = Path.Combine(_directory, "src-twin.sock");
+        using var twin = StartSource(g, twinSocket, extra: ["--name", "alpha"]);
+        using var refused = Migrate(twinSocket, listen);
+        var (refusedExit, twinExit, _) = WaitForAll(refused, twin, target, targetToo: false);
+        AssertFailedAndTheGuestRanOnHere(g, refusedExit, refused, "a VM named alpha is here already", twinExit, twin);
+
+        using var list = new RunningVmm(["ctl", "--socket", daemonSocket, "list"]);
+        Assert.Equal(0, list.WaitForExit(Patience));
+        using var status = new RunningVmm(["ctl", "--socket", Path.Combine(_directory, "vm-beta.sock"), "status"]);
+        Assert.Equal(0, status.WaitForExit(Patience));
+        Show("list", list);
+        Assert.Matches("\"name\":\"alpha\".*\"state\":\"paused\".*\"name\":\"beta\"|\"name\":\"beta\".*\"name\":\"alpha\"", list.Console);
+        Assert.Contains("\"name\":\"beta\"", status.Console);
+
+        foreach (string name in sources.Keys)
+        {
+            using var resume = new RunningVmm(["ctl", "--socket", Path.Combine(_directory, $"vm-{name}.sock"), "resume"]);
+            Assert.Equal(0, resume.WaitForExit(Patience));
+        }
+        Assert.True(target.WaitFor((_, log) => Regex.Matches(log, "VM stopped: guest wrote 0x10").Count == 2, Patience), target.ToString());
+        foreach (var (name, source) in sources)
+            Assert.Equal(ExpectedConsole(g), source.Console + File.ReadAllText(Path.Combine(_directory, $"console-{name}.txt")));
     }
 }

@@ -27,7 +27,7 @@ public sealed class MigrationStreamValidationTests
 
     private static byte[] Hello(MachineDescription description, uint version = MigrationChannel.ProtocolVersion, string magic = "VMMMIGRT", IReadOnlyList<long>? copiedDiskBytes = null)
     {
-        byte[] hello = new MigrationHello(description, copiedDiskBytes).ToBytes();
+        byte[] hello = new MigrationHello("test-vm", description, copiedDiskBytes).ToBytes();
         System.Text.Encoding.ASCII.GetBytes(magic).CopyTo(hello, 0);
         BinaryPrimitives.WriteUInt32LittleEndian(hello.AsSpan(8), version);
         return Frame(MigrationFrameType.Hello, hello);
