@@ -32,6 +32,9 @@ public sealed class MigrateReceiveOptions
     [Option("dirty-ring", HelpText = "Build received VMs with dirty rings, for when they migrate on from here (see vmm run --dirty-ring).")]
     public bool DirtyRing { get; set; }
 
+    [Option("hugepages", HelpText = "Advise guest RAM for transparent huge pages (2 MiB): fewer TLB misses for the guest on hardware KVM, and one fault per 2 MiB on first touch; RAM is then committed 2 MiB at a time, and where the kernel compacts memory on a fault (THP defrag 'madvise') first touch can be slower (see docs/hugepages.md).")]
+    public bool HugePages { get; set; }
+
     [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not complete int3/fwait emulation failures.")]
     public bool NoNestedWorkarounds { get; set; }
 

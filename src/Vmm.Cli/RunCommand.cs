@@ -72,6 +72,7 @@ public static class RunCommand
             Networks = networks,
             SerialOutput = serial,
             NestedKvmWorkarounds = !options.NoNestedWorkarounds,
+            HugePages = options.HugePages,
             DirtyRing = options.DirtyRing,
             DirtyRingEntries = options.DirtyRingEntries,
         }, log));

@@ -17,6 +17,7 @@ public static unsafe partial class Libc
     public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_NORESERVE = 0x4000;
     public const int MADV_DONTFORK = 10;
+    public const int MADV_HUGEPAGE = 14;
 
     public const int EFD_CLOEXEC = 0x80000;
     public const int EFD_NONBLOCK = 0x800;

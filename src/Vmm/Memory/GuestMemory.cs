@@ -29,8 +29,11 @@ public sealed unsafe class GuestMemory : IDisposable
 
     public ulong TotalBytes => _regions.Aggregate(0UL, (sum, r) => sum + r.SizeBytes);
 
-    /// <summary>Maps anonymous memory for each (address, size) range, in order.</summary>
-    public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges) => Map(ranges, null);
+    /// <summary>Maps anonymous memory for each (address, size) range, in order. With
+    /// <paramref name="hugePages"/>, each range starts on a 2 MiB boundary and is advised for transparent huge
+    /// pages: a first touch (a migration target filling RAM) takes one fault per 2 MiB instead of per 4 KiB, and
+    /// KVM can map the guest with 2 MiB pages (fewer TLB misses in the guest on hardware KVM).</summary>
+    public static GuestMemory Allocate(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, bool hugePages = false) => Map(ranges, null, hugePages);
 
     /// <summary>Maps each range from <paramref name="imagePath"/>, where the ranges are stored one after the
     /// other (what a snapshot's memory image holds). The mapping is private and lazy: a page is read
@@ -51,10 +54,12 @@ public sealed unsafe class GuestMemory : IDisposable
         long actual = RandomAccess.GetLength(image);
         if ((ulong)actual != expected)
             throw new Serialization.StateFormatException($"{imagePath} holds {actual} bytes, the VM's RAM is {expected}");
-        return Map(ranges, image);
+        return Map(ranges, image, hugePages: false);
     }
 
-    private static GuestMemory Map(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, Microsoft.Win32.SafeHandles.SafeFileHandle? image)
+    private const ulong HugePageBytes = 2UL << 20;
+
+    private static GuestMemory Map(IReadOnlyList<(ulong GuestAddress, ulong SizeBytes)> ranges, Microsoft.Win32.SafeHandles.SafeFileHandle? image, bool hugePages)
     {
         var regions = new List<GuestMemoryRegion>();
         ulong fileOffset = 0;
@@ -63,11 +68,14 @@ public sealed unsafe class GuestMemory : IDisposable
             foreach (var (guestAddress, sizeBytes) in ranges)
             {
                 // MAP_NORESERVE: guest RAM is touched lazily; a 2 GiB guest that uses 100 MiB costs 100 MiB.
-                nint host = image is null
-                    ? Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0)
-                    : Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_NORESERVE, (int)image.DangerousGetHandle(), (long)fileOffset);
+                nint host = image is not null
+                    ? Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_NORESERVE, (int)image.DangerousGetHandle(), (long)fileOffset)
+                    : hugePages ? MapAnonymousAligned(sizeBytes)
+                    : Libc.Mmap(0, (nuint)sizeBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
                 if (host == Libc.MapFailed)
                     throw PosixException.FromLastError("mmap", $"cannot map {sizeBytes >> 20} MiB of guest RAM");
+                // Advice only: a kernel without THP (or with it off) maps 4 KiB pages as before.
+                if (hugePages && image is null) Libc.Madvise(host, (nuint)sizeBytes, Libc.MADV_HUGEPAGE);
                 fileOffset += sizeBytes;
                 // The guest's memory never belongs in a forked child (e.g. a helper process the VMM starts).
                 Libc.Madvise(host, (nuint)sizeBytes, Libc.MADV_DONTFORK);
@@ -80,6 +88,19 @@ public sealed unsafe class GuestMemory : IDisposable
             throw;
         }
         return new GuestMemory(regions.ToArray(), image is not null);
+    }
+
+    /// <summary>An anonymous mapping that starts on a 2 MiB boundary (huge pages need it, and KVM maps a guest
+    /// range with them only where host and guest addresses agree modulo 2 MiB): map 2 MiB more, trim the ends.</summary>
+    private static nint MapAnonymousAligned(ulong sizeBytes)
+    {
+        nint raw = Libc.Mmap(0, (nuint)(sizeBytes + HugePageBytes), Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+        if (raw == Libc.MapFailed) return raw;
+        ulong start = ((ulong)raw + HugePageBytes - 1) & ~(HugePageBytes - 1);
+        ulong head = start - (ulong)raw, tail = HugePageBytes - head;
+        if (head > 0) Libc.Munmap(raw, (nuint)head);
+        if (tail > 0) Libc.Munmap((nint)(start + sizeBytes), (nuint)tail);
+        return (nint)start;
     }
 
     public bool IsRam(ulong address, ulong lengthBytes) => FindRegion(address, lengthBytes) is not null;

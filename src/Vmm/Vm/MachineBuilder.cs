@@ -84,7 +84,7 @@ public static class MachineBuilder
             vm.CreatePit2();
 
             var ranges = X86Layout.RamRanges(config.MemoryBytes);
-            var memory = Own(string.IsNullOrEmpty(memoryImagePath) ? GuestMemory.Allocate(ranges) : GuestMemory.MapImage(ranges, memoryImagePath));
+            var memory = Own(string.IsNullOrEmpty(memoryImagePath) ? GuestMemory.Allocate(ranges, config.HugePages) : GuestMemory.MapImage(ranges, memoryImagePath));
             foreach (var region in memory.Regions)
                 vm.SetUserMemoryRegion(region.Slot, region.GuestAddress, region.SizeBytes, region.HostAddress);
 

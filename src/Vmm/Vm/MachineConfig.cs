@@ -32,6 +32,8 @@ public sealed record MachineConfig
     public bool DirtyRing { get; init; }
     /// <summary>Entries in each vCPU's dirty ring (a power of two); null: 64 Ki, or what KVM allows.</summary>
     public int? DirtyRingEntries { get; init; }
+    /// <summary>Advise guest RAM for transparent huge pages (not RAM mapped from a snapshot's memory image).</summary>
+    public bool HugePages { get; init; }
     /// <summary>Overrides the detection of the nested backend (tests); null means look at the host.</summary>
     public bool? NestedKvmHostOverride { get; init; }
 }

@@ -23,6 +23,20 @@ public sealed class GuestMemoryTests
     }
 
     [Fact]
+    public void GuestMemory_WithHugePages_StartsEachRegionOn2MiB_AndWorksAsAnyOther()
+    {
+        using var memory = GuestMemory.Allocate([(0, 6UL << 20), (1UL << 32, 2UL << 20)], hugePages: true);
+
+        Assert.All(memory.Regions, r => Assert.Equal(0L, r.HostAddress % (2L << 20)));
+        memory.Write(0x1f_fffe, new byte[] { 1, 2, 3 });
+        memory.Write((1UL << 32) + 100, new byte[] { 4 });
+        var back = new byte[3];
+        memory.Read(0x1f_fffe, back);
+        Assert.Equal(new byte[] { 1, 2, 3 }, back);
+        Assert.Equal(4, memory.Read<byte>((1UL << 32) + 100));
+    }
+
+    [Fact]
     public void GuestMemory_NewMemoryReadsAsZero()
     {
         using var memory = OneMiB();
