@@ -13,7 +13,9 @@ public static class Crc32C
 
     public static uint Compute(ReadOnlySpan<byte> data) => ~Append(~0u, data);
 
-    private static uint Append(uint crc, ReadOnlySpan<byte> data)
+    /// <summary>Continues a running CRC (start with ~0u; the checksum is the complement of the last value), for
+    /// data that arrives in pieces.</summary>
+    public static uint Append(uint crc, ReadOnlySpan<byte> data)
     {
         if (Sse42.X64.IsSupported)
         {

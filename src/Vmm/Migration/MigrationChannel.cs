@@ -82,6 +82,15 @@ public sealed class MigrationChannel(Stream stream)
     /// and returns its type and payload. The end of the stream is an error: every exchange says when it ends.</summary>
     public (MigrationFrameType Type, ReadOnlyMemory<byte> Payload) Receive(ref byte[] buffer)
     {
+        var frame = ReceiveHeader();
+        return (frame.Type, ReceivePayload(frame, ref buffer));
+    }
+
+    /// <summary>A frame whose header has been read: its type (known) and length (within the type's limit).</summary>
+    public readonly record struct FrameHeader(MigrationFrameType Type, int Length, uint Crc);
+
+    public FrameHeader ReceiveHeader()
+    {
         ReadExactly(_header, "frame header");
         var type = (MigrationFrameType)_header[0];
         uint length = BinaryPrimitives.ReadUInt32LittleEndian(_header.AsSpan(1));
@@ -89,12 +98,47 @@ public sealed class MigrationChannel(Stream stream)
         int max = MaxPayloadBytes(type);
         if (max < 0) throw new MigrationException($"migration stream: unknown frame type {(byte)type}");
         if (length > (uint)max) throw new MigrationException($"migration stream: a {type} frame of {length} bytes (at most {max})");
-        if (buffer.Length < length) buffer = new byte[Math.Max(length, Math.Min(buffer.Length * 2, max))];
-        var payload = buffer.AsMemory(0, (int)length);
-        ReadExactly(payload.Span, $"{type} frame");
-        if (Crc32C.Compute(payload.Span) != crc) throw new MigrationException($"migration stream: {type} frame checksum mismatch (corrupted in transit)");
-        BytesReceived += HeaderBytes + length;
-        return (type, payload);
+        BytesReceived += HeaderBytes;
+        return new FrameHeader(type, (int)length, crc);
+    }
+
+    /// <summary>Reads a frame's whole payload into <paramref name="buffer"/> and checks its checksum.</summary>
+    public ReadOnlyMemory<byte> ReceivePayload(FrameHeader frame, ref byte[] buffer)
+    {
+        if (buffer.Length < frame.Length) buffer = new byte[Math.Max(frame.Length, Math.Min(buffer.Length * 2, MaxPayloadBytes(frame.Type)))];
+        var payload = buffer.AsMemory(0, frame.Length);
+        var reader = OpenPayload(frame);
+        reader.Read(payload.Span, $"{frame.Type} frame");
+        reader.Finish();
+        return payload;
+    }
+
+    /// <summary>Reads a frame's payload in pieces, each straight where the caller wants it (a page into guest
+    /// RAM, with no copy in between); <see cref="PayloadReader.Finish"/> then checks the length and checksum.
+    /// What was placed before a bad checksum is found must be discarded by the caller (a migration that fails
+    /// discards the whole machine).</summary>
+    public PayloadReader OpenPayload(FrameHeader frame) => new(this, frame);
+
+    public sealed class PayloadReader(MigrationChannel channel, FrameHeader frame)
+    {
+        private uint _crc = ~0u;
+
+        public int Remaining { get; private set; } = frame.Length;
+
+        public void Read(Span<byte> into, string what)
+        {
+            if (into.Length > Remaining) throw new MigrationException($"migration stream: {frame.Type} frame truncated ({what} runs past its end)");
+            channel.ReadExactly(into, $"{frame.Type} frame");
+            _crc = Crc32C.Append(_crc, into);
+            Remaining -= into.Length;
+            channel.BytesReceived += into.Length;
+        }
+
+        public void Finish()
+        {
+            if (Remaining != 0) throw new MigrationException($"migration stream: trailing bytes in a {frame.Type} frame");
+            if (~_crc != frame.Crc) throw new MigrationException($"migration stream: {frame.Type} frame checksum mismatch (corrupted in transit)");
+        }
     }
 
     private void ReadExactly(Span<byte> into, string what)

@@ -59,12 +59,16 @@ public sealed class MigrationReceiver
             _written = machine.Memory.Regions.Select(r => new ulong[(r.SizeBytes / GuestMemoryRegion.PageSize + 63) / 64]).ToArray();
             while (true)
             {
-                var (type, payload) = _channel.Receive(ref _buffer);
+                var frame = _channel.ReceiveHeader();
+                if (frame.Type == MigrationFrameType.Pages)
+                {
+                    WritePages(machine.Memory, _channel.OpenPayload(frame));
+                    continue;
+                }
+                var type = frame.Type;
+                var payload = _channel.ReceivePayload(frame, ref _buffer);
                 switch (type)
                 {
-                    case MigrationFrameType.Pages:
-                        WritePages(machine.Memory, payload.Span);
-                        break;
                     case MigrationFrameType.PassEnd:
                         // Found by fuzzing: a shorter one made the read below throw, which no filter then caught.
                         if (payload.Length != sizeof(int)) throw new MigrationException($"migration stream: a PassEnd frame of {payload.Length} bytes (its pass number takes 4)");
@@ -132,17 +136,19 @@ public sealed class MigrationReceiver
         return MigrationHello.Read(payload.ToArray());
     }
 
-    private void WritePages(GuestMemory memory, ReadOnlySpan<byte> payload)
+    /// <summary>Reads a Pages frame straight into guest RAM: each page's bytes land in their page, with no
+    /// buffer in between (a corrupted frame is found at its end, and the whole migration is discarded then).</summary>
+    private void WritePages(GuestMemory memory, MigrationChannel.PayloadReader payload)
     {
-        if (payload.Length < 4) throw new MigrationException("migration stream: Pages frame without a count");
-        uint count = BinaryPrimitives.ReadUInt32LittleEndian(payload);
+        Span<byte> word = stackalloc byte[8];
+        if (payload.Remaining < 4) throw new MigrationException("migration stream: Pages frame without a count");
+        payload.Read(word[..4], "page count");
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(word);
         if (count > MigrationChannel.MaxPagesPerFrame) throw new MigrationException($"migration stream: {count} pages in one frame");
-        int position = 4;
         for (uint i = 0; i < count; i++)
         {
-            if (payload.Length - position < 8) throw new MigrationException("migration stream: Pages frame truncated");
-            ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(payload[position..]);
-            position += 8;
+            payload.Read(word, "a page entry");
+            ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(word);
             ulong flags = entry & (MigrationChannel.PageSize - 1);
             ulong address = entry & ~(ulong)(MigrationChannel.PageSize - 1);
             if ((flags & ~MigrationChannel.ZeroPageFlag) != 0)
@@ -154,12 +160,10 @@ public sealed class MigrationReceiver
                 if (MarkWritten(memory, address, written: false)) page.Clear();
                 continue;
             }
-            if (payload.Length - position < MigrationChannel.PageSize) throw new MigrationException("migration stream: Pages frame truncated");
-            payload.Slice(position, MigrationChannel.PageSize).CopyTo(page);
-            position += MigrationChannel.PageSize;
+            payload.Read(page, "page data");
             MarkWritten(memory, address, written: true);
         }
-        if (position != payload.Length) throw new MigrationException("migration stream: trailing bytes in a Pages frame");
+        payload.Finish();
     }
 
     /// <summary>Records whether the page now holds data; returns whether it held data before.</summary>
