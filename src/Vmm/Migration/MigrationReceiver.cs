@@ -27,8 +27,8 @@ public sealed class MigrationReceiver
     public long BytesReceived => _channel.BytesReceived;
 
     /// <summary>Receives a VM: <paramref name="build"/> makes the destination from the source's description
-    /// (with zeroed RAM). Returns it restored and ready to run; the caller starts it and then calls
-    /// <see cref="ConfirmResumed"/>.</summary>
+    /// (with zeroed RAM), or refuses it (a CPUID this host cannot offer, a disk outside the allowed directories).
+    /// Returns it restored and ready to run; the caller starts it and then calls <see cref="ConfirmResumed"/>.</summary>
     public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination
     {
         T? machine = default;
@@ -92,9 +92,9 @@ public sealed class MigrationReceiver
         for (int i = 0; i < magic.Length; i++) magic[i] = r.ReadUInt8("magic");
         if (!magic.SequenceEqual(MigrationChannel.Magic)) throw new MigrationException("not a vmm migration stream (bad magic)");
         uint version = r.ReadUInt32("protocol version");
-        if (version != MigrationChannel.ProtocolVersion)
-            throw new MigrationException($"migration protocol version {version}; this vmm speaks version {MigrationChannel.ProtocolVersion}");
-        var description = MachineDescription.Read(r);
+        if (version is not (MigrationChannel.ProtocolVersion or MigrationChannel.ProtocolVersionWithoutCpuid))
+            throw new MigrationException($"migration protocol version {version}; this vmm speaks versions {MigrationChannel.ProtocolVersionWithoutCpuid} and {MigrationChannel.ProtocolVersion}");
+        var description = MachineDescription.Read(r, withCpuid: version != MigrationChannel.ProtocolVersionWithoutCpuid);
         r.ExpectEnd("Hello frame");
         return description;
     }
