@@ -4,7 +4,8 @@ namespace Vmm.Migration;
 public enum MigrationFrameType : byte
 {
     // Source to target.
-    /// <summary>Magic, version, and the <see cref="State.MachineDescription"/> to build.</summary>
+    /// <summary>Magic, version, and the <see cref="State.MachineDescription"/> to build, with the CPUID each vCPU
+    /// showed its guest: a target whose KVM cannot offer it answers <see cref="Error"/>, before the source pauses.</summary>
     Hello = 1,
     /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
     Pages = 2,
@@ -17,7 +18,7 @@ public enum MigrationFrameType : byte
     Abort = 5,
 
     // Target to source.
-    /// <summary>The target built the machine and takes pages.</summary>
+    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages.</summary>
     Ready = 16,
     /// <summary>The VM runs on the target: the source may stop.</summary>
     Resumed = 17,

@@ -167,7 +167,8 @@ public sealed class MigrationSource
         var w = new StateWriter();
         foreach (byte b in MigrationChannel.Magic) w.WriteUInt8(b);
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
-        MachineDescription.Of(_machine.Config).Write(w);
+        // The CPUID the guest was shown goes along, so a target that cannot offer it refuses now, before the pause.
+        (MachineDescription.Of(_machine.Config) with { VcpuCpuid = _machine.VcpuCpuid }).Write(w);
         channel.Send(MigrationFrameType.Hello, w.ToArray());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
