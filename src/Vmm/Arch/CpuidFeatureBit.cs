@@ -10,7 +10,8 @@ public readonly record struct CpuidFeatureBit(uint Function, uint Index, CpuidRe
 
     public override string ToString()
     {
-        string where = $"CPUID 0x{Function:x}.{Index} {Register.ToString().ToUpperInvariant()} bit {Bit}";
+        string register = Register switch { CpuidRegister.Eax => "EAX", CpuidRegister.Ebx => "EBX", CpuidRegister.Ecx => "ECX", _ => "EDX" };
+        string where = $"CPUID 0x{Function:x}.{Index} {register} bit {Bit}";
         return Name is { } name ? $"{name} ({where})" : where;
     }
 }
