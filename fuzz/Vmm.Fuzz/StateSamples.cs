@@ -16,7 +16,10 @@ public static class StateSamples
             .Select(i => new BlockDiskConfig($"/srv/vm/disk{i}.img", random.Next(2) == 0, random.Next(2) == 0 ? null : $"id{i}")).ToArray();
         var networks = Enumerable.Range(0, random.Next(3))
             .Select(i => new NetworkConfig($"tap{i}", [0x02, 0, 0, 0, 0, (byte)i])).ToArray();
-        return new MachineDescription(memory, random.Next(1, 5), disks, networks);
+        int vcpus = random.Next(1, 5);
+        var cpuid = random.Next(4) == 0 ? null : Enumerable.Range(0, vcpus)
+            .Select(_ => Enumerable.Range(0, random.Next(1, 8)).Select(_ => Struct<KvmCpuidEntry2>(random)).ToArray()).ToArray();
+        return new MachineDescription(memory, vcpus, disks, networks) { VcpuCpuid = cpuid };
     }
 
     public static MachineState State(Random random, MachineDescription description) => new()

@@ -93,6 +93,9 @@ public sealed unsafe class KvmVcpu : IDisposable
         return translation.Valid != 0 ? translation.PhysicalAddress : null;
     }
 
+    /// <summary>KVM_MAX_CPUID_ENTRIES: the most entries KVM_SET_CPUID2 takes.</summary>
+    public const int MaxCpuidEntries = 256;
+
     public void SetCpuid(ReadOnlySpan<KvmCpuidEntry2> entries)
     {
         byte[] buffer = new byte[sizeof(KvmCpuid2Header) + entries.Length * sizeof(KvmCpuidEntry2)];
@@ -101,6 +104,30 @@ public sealed unsafe class KvmVcpu : IDisposable
             ((KvmCpuid2Header*)p)->Count = (uint)entries.Length;
             entries.CopyTo(new Span<KvmCpuidEntry2>(p + sizeof(KvmCpuid2Header), entries.Length));
             Check("KVM_SET_CPUID2", Libc.Ioctl(_fd.Number, KvmIoctls.SetCpuid2, p));
+        }
+    }
+
+    /// <summary>KVM_GET_CPUID2: the CPUID the vCPU shows its guest, including the bits KVM keeps in step with
+    /// the guest's own settings (OSXSAVE follows CR4, APIC the APIC base MSR). KVM answers E2BIG without the
+    /// count when the buffer is too small, so it is retried larger. Not while the vCPU is in KVM_RUN: the
+    /// ioctl waits for the vCPU's lock, which a halted guest never gives up.</summary>
+    public KvmCpuidEntry2[] GetCpuid()
+    {
+        for (int capacity = 64; ; capacity *= 2)
+        {
+            byte[] buffer = new byte[sizeof(KvmCpuid2Header) + capacity * sizeof(KvmCpuidEntry2)];
+            fixed (byte* p = buffer)
+            {
+                ((KvmCpuid2Header*)p)->Count = (uint)capacity;
+                if (Libc.Ioctl(_fd.Number, KvmIoctls.GetCpuid2, p) < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == 7 /* E2BIG */ && capacity < 4 * MaxCpuidEntries) continue;
+                    throw new KvmException("KVM_GET_CPUID2", errno);
+                }
+                int count = (int)Math.Min(((KvmCpuid2Header*)p)->Count, (uint)capacity);
+                return new ReadOnlySpan<KvmCpuidEntry2>(p + sizeof(KvmCpuid2Header), count).ToArray();
+            }
         }
     }
 

@@ -59,6 +59,7 @@ public static unsafe class KvmIoctls
     public static readonly nuint GetLapic = IoR(0x8e, sizeof(KvmLapicState));
     public static readonly nuint SetLapic = IoW(0x8f, sizeof(KvmLapicState));
     public static readonly nuint SetCpuid2 = IoW(0x90, sizeof(KvmCpuid2Header));
+    public static readonly nuint GetCpuid2 = IoWR(0x91, sizeof(KvmCpuid2Header));
     public static readonly nuint GetVcpuEvents = IoR(0x9f, sizeof(KvmVcpuEvents));
     public static readonly nuint SetVcpuEvents = IoW(0xa0, sizeof(KvmVcpuEvents));
     public static readonly nuint GetMpState = IoR(0x98, sizeof(KvmMpState));

@@ -57,10 +57,10 @@ public static class BootCpuState
         vcpu.SetFpu(fpu);
     }
 
-    /// <summary>State every vCPU needs, boot CPU or not: CPUID, MSRs, LAPIC wiring.</summary>
-    public static void ApplyCommon(KvmVcpu vcpu, ReadOnlySpan<KvmCpuidEntry2> supportedCpuid, int vcpuCount)
+    /// <summary>State every vCPU needs, boot CPU or not: its CPUID, MSRs, LAPIC wiring.</summary>
+    public static void ApplyCommon(KvmVcpu vcpu, ReadOnlySpan<KvmCpuidEntry2> cpuid)
     {
-        vcpu.SetCpuid(CpuidPolicy.ForVcpu(supportedCpuid, vcpu.Index, vcpuCount));
+        vcpu.SetCpuid(cpuid);
         vcpu.SetMsrs(BootMsrs.Entries());
         LocalApic.ConfigureVirtualWire(vcpu);
     }

@@ -5,13 +5,18 @@ namespace Vmm.Migration;
 
 /// <summary>One side of a migration connection: frames of <c>type (1) | length (4) | CRC-32C (4) | payload</c>,
 /// little-endian. A stream always starts with a <see cref="MigrationFrameType.Hello"/> carrying the magic
-/// and version. Whatever arrives is treated as hostile: a length above the frame type's limit, a bad
-/// checksum or an unknown type ends the migration with a <see cref="MigrationException"/>.</summary>
+/// and version. Version 2 added the guest's CPUID to the Hello's machine description; a target still takes a
+/// version-1 source (its VM gets the target's CPUID, as before). Whatever arrives is treated as hostile: a
+/// length above the frame type's limit, a bad checksum or an unknown type ends the migration with a
+/// <see cref="MigrationException"/>.</summary>
 public sealed class MigrationChannel(Stream stream)
 {
     public static ReadOnlySpan<byte> Magic => "VMMMIGRT"u8;
-    /// <summary>2: the Hello says whether disk images travel in the stream (DiskData, DiskZero).</summary>
+    /// <summary>2: the Hello carries the VM's name, each vCPU's CPUID and whether the disk images travel in the
+    /// stream (DiskData, DiskZero).</summary>
     public const uint ProtocolVersion = 2;
+    /// <summary>The version before: a Hello with the machine description alone.</summary>
+    public const uint ProtocolVersionWithoutCpuid = 1;
     public const int PageSize = Memory.GuestMemoryRegion.PageSize;
     public const int MaxPagesPerFrame = 256;
     public const ulong ZeroPageFlag = 1;

@@ -4,7 +4,9 @@ namespace Vmm.Migration;
 public enum MigrationFrameType : byte
 {
     // Source to target.
-    /// <summary>The <see cref="MigrationHello"/>: magic, version, the machine to build, whether its disks travel.</summary>
+    /// <summary>The <see cref="MigrationHello"/>: magic, version, the VM's name, the machine to build with the CPUID
+    /// each vCPU showed its guest (a target whose KVM cannot offer it answers <see cref="Error"/>, before the source
+    /// pauses), and whether its disks travel.</summary>
     Hello = 1,
     /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
     Pages = 2,
@@ -22,7 +24,7 @@ public enum MigrationFrameType : byte
     DiskZero = 7,
 
     // Target to source.
-    /// <summary>The target built the machine and takes pages.</summary>
+    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages.</summary>
     Ready = 16,
     /// <summary>The VM runs on the target: the source may stop.</summary>
     Resumed = 17,

@@ -34,8 +34,15 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         for (int i = 0; i < magic.Length; i++) magic[i] = r.ReadUInt8("magic");
         if (!magic.SequenceEqual(MigrationChannel.Magic)) throw new MigrationException("not a vmm migration stream (bad magic)");
         uint version = r.ReadUInt32("protocol version");
+        if (version == MigrationChannel.ProtocolVersionWithoutCpuid)
+        {
+            // An older source: no name, no CPUID (the VM gets this host's), disks on shared storage.
+            var old = MachineDescription.Read(r, withCpuid: false);
+            r.ExpectEnd("Hello frame");
+            return new MigrationHello(Vm.VmName.Derive(null), old, null);
+        }
         if (version != MigrationChannel.ProtocolVersion)
-            throw new MigrationException($"migration protocol version {version}; this vmm speaks version {MigrationChannel.ProtocolVersion}");
+            throw new MigrationException($"migration protocol version {version}; this vmm speaks versions {MigrationChannel.ProtocolVersionWithoutCpuid} and {MigrationChannel.ProtocolVersion}");
         string name = r.ReadString("VM name", Vm.VmName.MaxLength);
         if (!Vm.VmName.IsValid(name)) throw new MigrationException($"migration stream: '{name}' is not a VM name");
         var description = MachineDescription.Read(r);

@@ -37,7 +37,7 @@ public sealed class MigrationReceiver
     public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((IncomingMachine incoming) => build(incoming.Description));
 
     /// <summary>Receives a VM: <paramref name="build"/> makes the destination (with zeroed RAM) from what the
-    /// source said it is. Returns it restored and ready to run; the caller starts it and then calls
+    /// source said it is, or refuses it (a CPUID this host cannot offer, a disk outside the allowed directories). Returns it restored and ready to run; the caller starts it and then calls
     /// <see cref="ConfirmResumed"/>.</summary>
     public T Receive<T>(Func<IncomingMachine, T> build) where T : IMigrationDestination
     {

@@ -179,7 +179,9 @@ public sealed class MigrationSource
 
     private void SendHello(MigrationChannel channel)
     {
-        var hello = new MigrationHello(_machine.Config.Name, MachineDescription.Of(_machine.Config), _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
+        // The CPUID the guest was shown goes along, so a target that cannot offer it refuses now, before the pause.
+        var description = MachineDescription.Of(_machine.Config) with { VcpuCpuid = _machine.VcpuCpuid };
+        var hello = new MigrationHello(_machine.Config.Name, description, _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
         channel.Send(MigrationFrameType.Hello, hello.ToBytes());
         channel.Flush();
         ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");

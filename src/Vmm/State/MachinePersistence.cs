@@ -14,7 +14,7 @@ public static class MachinePersistence
         if (!machine.IsPaused) throw new VmOperationException("the VM must be paused to save its state");
         return new MachineState
         {
-            Description = MachineDescription.Of(machine.Config),
+            Description = MachineDescription.Of(machine.Config) with { VcpuCpuid = machine.Vcpus.Select(v => v.GetCpuid()).ToArray() },
             Vcpus = machine.Vcpus.Select(v => VcpuState.Capture(v, machine.StateSupport)).ToArray(),
             Platform = PlatformState.Capture(machine.KvmVm),
             Devices = machine.Devices.Select(device =>

@@ -9,13 +9,15 @@ namespace Vmm.State;
 /// <summary>The whole state of a paused VM except its RAM: what it is made of, every vCPU, the in-kernel
 /// interrupt controllers and timers, and every device's state under its name. Its binary form starts with a
 /// magic and a format version; a reader refuses a version it does not know rather than guess.
-/// <para>Version 2 stores each device as a named, length-prefixed section, so the format does not change when
-/// devices are added. Version 1 (vmm 0.1's fixed list: serial, i8042, CMOS, virtio transports) is still read.</para></summary>
+/// <para>Version 3 adds the CPUID each vCPU showed its guest to the <see cref="MachineDescription"/>. Version 2
+/// (without it: a restore computes the CPUID from the host, as it did then) stores each device as a named,
+/// length-prefixed section, so the format does not change when devices are added. Version 1 (vmm 0.1's fixed
+/// list: serial, i8042, CMOS, virtio transports) is still read.</para></summary>
 public sealed class MachineState
 {
     public static ReadOnlySpan<byte> Magic => "VMMSTATE"u8;
-    public const uint FormatVersion = 2;
-    private const uint FixedDeviceListVersion = 1;
+    public const uint FormatVersion = 3;
+    private const uint FixedDeviceListVersion = 1, WithoutCpuidVersion = 2;
     private const int MaxDevices = 256;
     private const int MaxDeviceNameBytes = 256;
     private const int MaxDeviceStateBytes = 1 << 20;
@@ -54,13 +56,13 @@ public sealed class MachineState
         if (!magic.SequenceEqual(Magic))
             throw new StateFormatException($"not a vmm state (magic \"{Encoding.ASCII.GetString(magic)}\")");
         uint version = r.ReadUInt32("format version");
-        if (version != FormatVersion && version != FixedDeviceListVersion)
-            throw new StateFormatException($"state format version {version}; this vmm reads versions {FixedDeviceListVersion} and {FormatVersion}");
-        var description = MachineDescription.Read(r);
+        if (version is not (FixedDeviceListVersion or WithoutCpuidVersion or FormatVersion))
+            throw new StateFormatException($"state format version {version}; this vmm reads versions {FixedDeviceListVersion} to {FormatVersion}");
+        var description = MachineDescription.Read(r, withCpuid: version >= FormatVersion);
         var vcpus = new VcpuState[description.VcpuCount];
         for (int i = 0; i < vcpus.Length; i++) vcpus[i] = VcpuState.Read(r);
         var platform = PlatformState.Read(r);
-        var devices = version == FormatVersion ? ReadSections(r) : ReadFixedDeviceList(r, description);
+        var devices = version == FixedDeviceListVersion ? ReadFixedDeviceList(r, description) : ReadSections(r);
         r.ExpectEnd("VM state");
         return new MachineState { Description = description, Vcpus = vcpus, Platform = platform, Devices = devices };
     }

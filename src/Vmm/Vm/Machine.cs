@@ -2,6 +2,7 @@ using Vmm.Boot;
 using Vmm.Devices;
 using Vmm.Diagnostics;
 using Vmm.Kvm;
+using Vmm.Kvm.Interop;
 using Vmm.Memory;
 
 namespace Vmm.Vm;
@@ -46,6 +47,9 @@ public sealed class Machine : IDisposable
     public IReadOnlyList<Devices.Virtio.VirtioBlock> Disks => _parts.Disks;
     internal KvmVm KvmVm => _parts.Vm;
     internal IReadOnlyList<KvmVcpu> Vcpus => _parts.Vcpus;
+    /// <summary>The CPUID each vCPU shows its guest, as KVM read it back when the VM was built: what a migration
+    /// carries to its target, read here because KVM_GET_CPUID2 would wait for a vCPU in KVM_RUN.</summary>
+    internal IReadOnlyList<KvmCpuidEntry2[]> VcpuCpuid => _parts.VcpuCpuid;
     internal VcpuStateSupport StateSupport => _parts.StateSupport;
 
     public bool IsPaused { get; private set; }

@@ -5,6 +5,7 @@ using Vmm.Devices;
 using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Kvm;
+using Vmm.Kvm.Interop;
 using Vmm.Memory;
 
 namespace Vmm.Vm;
@@ -76,6 +77,8 @@ public static class MachineBuilder
             int kvmMaxVcpus = kvm.CheckExtension(KvmCapability.MaxVcpus);
             if (kvmMaxVcpus > 0 && config.VcpuCount > kvmMaxVcpus)
                 throw new ConfigurationException($"--cpus {config.VcpuCount}: this host's KVM allows at most {kvmMaxVcpus} vCPUs per VM");
+            var supportedCpuid = kvm.GetSupportedCpuid();
+            var vcpuCpuid = CpuidForVcpus(kvm, config, supportedCpuid);
             var vm = Own(kvm.CreateVm());
             // Intel needs these pages for real-mode emulation; KVM on AMD accepts and ignores them.
             vm.SetTssAddress(X86Layout.TssAddress);
@@ -112,7 +115,6 @@ public static class MachineBuilder
             }
             commandLine = $"{commandLine} {virtio.KernelCommandLine()}".Trim();
 
-            var supportedCpuid = kvm.GetSupportedCpuid();
             BootSetup? boot = null;
             if (booting)
             {
@@ -125,12 +127,14 @@ public static class MachineBuilder
             int dirtyRingBytes = config.DirtyRing ? EnableDirtyRing(vm, config.DirtyRingEntries) : 0;
             var vcpus = new List<KvmVcpu>();
             var dirtyRings = new List<KvmDirtyRing>();
+            var shownCpuid = new List<KvmCpuidEntry2[]>();
             for (int i = 0; i < config.VcpuCount; i++)
             {
                 var vcpu = Own(vm.CreateVcpu(i));
                 vcpus.Add(vcpu);
                 if (dirtyRingBytes > 0) dirtyRings.Add(Own(vcpu.MapDirtyRing(dirtyRingBytes)));
-                BootCpuState.ApplyCommon(vcpu, supportedCpuid, config.VcpuCount);
+                BootCpuState.ApplyCommon(vcpu, vcpuCpuid[i]);
+                shownCpuid.Add(vcpu.GetCpuid());
             }
             if (boot is not null) BootCpuState.Apply(vcpus[0], boot.EntryAddress, boot.EntryMode, boot.ZeroPageAddress);
             var stateSupport = new VcpuStateSupport(kvm, vm);
@@ -141,7 +145,7 @@ public static class MachineBuilder
             {
                 Config = config, Kvm = kvm, Vm = vm, Memory = memory, IoPorts = ioPorts, Mmio = mmio, EventLoop = eventLoop,
                 Virtio = virtio, Disks = disks, Serial = serial, Devices = [serial, i8042, cmos, .. virtio.Transports], Vcpus = vcpus,
-                DirtyRings = dirtyRings, Stop = stop, StateSupport = stateSupport, Boot = boot, HandleNestedEmulationFailures = workarounds,
+                VcpuCpuid = shownCpuid, DirtyRings = dirtyRings, Stop = stop, StateSupport = stateSupport, Boot = boot, HandleNestedEmulationFailures = workarounds,
             });
         }
         catch
@@ -149,6 +153,42 @@ public static class MachineBuilder
             while (owned.Count > 0) owned.Pop().Dispose();
             throw;
         }
+    }
+
+    /// <summary>The table each vCPU is given: a saved VM's, once this host's KVM is found to offer everything it
+    /// shows (the VM is refused otherwise, before anything is built); or one computed from what KVM supports.</summary>
+    private static KvmCpuidEntry2[][] CpuidForVcpus(KvmSystem kvm, MachineConfig config, KvmCpuidEntry2[] supported)
+    {
+        KvmCpuidEntry2[][] tables;
+        if (config.VcpuCpuid is { } saved)
+        {
+            if (saved.Count != config.VcpuCount)
+                throw new ConfigurationException($"CPUID given for {saved.Count} vCPUs, but the VM has {config.VcpuCount}");
+            var offered = OfferedCpuid(kvm, supported);
+            var refusals = saved.Select(table => CpuidCompatibility.Refusal(table, offered)).OfType<string>().Distinct().ToList();
+            if (refusals.Count > 0)
+                throw new ConfigurationException($"this host's KVM cannot give the guest the CPU it was shown: {string.Join("; ", refusals)}");
+            tables = saved.Select(table => table.ToArray()).ToArray();
+        }
+        else
+        {
+            tables = Enumerable.Range(0, config.VcpuCount).Select(i => CpuidPolicy.ForVcpu(supported, i, config.VcpuCount)).ToArray();
+        }
+        if (config.AdjustCpuidForTests is { } adjust)
+            foreach (var table in tables) adjust(table);
+        return tables;
+    }
+
+    /// <summary>What this host's KVM shows a vCPU that asks for everything it supports, read back the way a saved
+    /// VM's table was read: KVM_GET_SUPPORTED_CPUID itself on most hosts, but kvm_pvm shows its guests the hardware's
+    /// leaves 1 and 7 whatever was set, and a VM saved there carries those. A throwaway VM: the VM being built
+    /// may not have a vCPU yet (a dirty ring must be enabled before the first).</summary>
+    private static KvmCpuidEntry2[] OfferedCpuid(KvmSystem kvm, KvmCpuidEntry2[] supported)
+    {
+        using var vm = kvm.CreateVm();
+        using var vcpu = vm.CreateVcpu(0);
+        vcpu.SetCpuid(supported);
+        return vcpu.GetCpuid();
     }
 
     private static (I8042Controller, CmosRtc) AddLegacyDevices(DeviceBus ioPorts, KvmVm vm, Serial8250 serial, IMachineStop stop, Logger log)

@@ -1,3 +1,5 @@
+using Vmm.Kvm.Interop;
+
 namespace Vmm.Vm;
 
 /// <summary>Everything needed to build a VM. Validated by <see cref="Machine.Create"/>.</summary>
@@ -36,4 +38,11 @@ public sealed record MachineConfig
     public bool HugePages { get; init; }
     /// <summary>Overrides the detection of the nested backend (tests); null means look at the host.</summary>
     public bool? NestedKvmHostOverride { get; init; }
+    /// <summary>The CPUID each vCPU is shown, one table per vCPU, when the VM comes from elsewhere (a snapshot, a
+    /// migration): the guest has seen it, so it is kept, and the VM is refused before anything is built when this
+    /// host's KVM cannot offer all it shows. Null: computed from what this host's KVM supports.</summary>
+    public IReadOnlyList<KvmCpuidEntry2[]>? VcpuCpuid { get; init; }
+    /// <summary>Tests only: changes every vCPU's table after the check, so a VM can stand in for one that came
+    /// from a host with features this one lacks.</summary>
+    internal Action<KvmCpuidEntry2[]>? AdjustCpuidForTests { get; init; }
 }

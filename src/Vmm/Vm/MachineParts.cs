@@ -1,6 +1,7 @@
 using Vmm.Boot;
 using Vmm.Devices;
 using Vmm.Kvm;
+using Vmm.Kvm.Interop;
 using Vmm.Memory;
 
 namespace Vmm.Vm;
@@ -23,6 +24,8 @@ internal sealed class MachineParts : IDisposable
     public required Serial8250 Serial { get; init; }
     public required IReadOnlyList<IStatefulDevice> Devices { get; init; }
     public required List<KvmVcpu> Vcpus { get; init; }
+    /// <summary>The CPUID each vCPU shows its guest, read back from KVM once it was set.</summary>
+    public required IReadOnlyList<KvmCpuidEntry2[]> VcpuCpuid { get; init; }
     /// <summary>The vCPUs' dirty rings (empty with the dirty log); also the lock their harvesters take.</summary>
     public required List<KvmDirtyRing> DirtyRings { get; init; }
     public required VmStopLatch Stop { get; init; }

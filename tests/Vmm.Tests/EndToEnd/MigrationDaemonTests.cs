@@ -4,6 +4,7 @@ using Vmm.Devices.Virtio;
 using Vmm.Migration;
 using Vmm.Serialization;
 using Vmm.State;
+using Vmm.Tests.Integration;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -104,6 +105,24 @@ public sealed class MigrationDaemonTests(ITestOutputHelper output) : MigrationPr
         Assert.True(target.WaitFor((_, log) => log.Contains("migration 1 from") && log.Contains("failed and was discarded"), Patience), target.ToString());
 
         MigrateAGuestCleanly(target, listen, migrationNumber: 2);
+    }
+
+    [Fact]
+    public void AHelloShowingAFeatureThisHostsKvmLacks_IsRefusedBeforeAnythingIsBuilt()
+    {
+        var (target, listen) = StartDaemon();
+        using var _ = target;
+        var shown = FeatureThisHostLacks.Offered();
+        FeatureThisHostLacks.ShowIn(shown);
+        using (var source = new HandPlayedSource(listen))
+        {
+            source.SendHello(new MachineDescription(64UL << 20, 1, [], []) { VcpuCpuid = [shown] });
+            var (type, text) = source.ReceiveAnswer();
+            Assert.Equal(MigrationFrameType.Error, type);
+            Assert.Equal($"this host's KVM cannot give the guest the CPU it was shown: {FeatureThisHostLacks.Feature}", text);
+        }
+        Assert.True(target.WaitFor((_, log) => log.Contains("migration 1 from") && log.Contains("failed and was discarded: this host's KVM cannot give"), Patience), target.ToString());
+        Assert.DoesNotContain("the VM runs here", target.Log);
     }
 
     [Fact]

@@ -48,6 +48,27 @@ public sealed class SnapshotProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void Restore_OnAHostWhoseKvmLacksAFeatureTheGuestWasShown_ExitsWith2NamingIt()
+    {
+        // The snapshot of a guest shown a feature this host lacks stands in for one taken on a better-equipped host.
+        string kernel = Path.Combine(_directory, "spin.elf"), snapshot = Path.Combine(_directory, "snap");
+        File.WriteAllBytes(kernel, FirmwareGuests.SpinForever());
+        using (var source = MachineBuilder.Boot(new MachineConfig
+               {
+                   KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, AdjustCpuidForTests = FeatureThisHostLacks.ShowIn,
+               }, new Vmm.Diagnostics.Logger(TextWriter.Null, Vmm.Diagnostics.LogLevel.Info)))
+        {
+            source.Pause();
+            Vmm.Snapshot.SnapshotDirectory.Write(source, snapshot);
+        }
+
+        using var vmm = new RunningVmm(["run", "--restore", snapshot]);
+
+        Assert.Equal(ExitCodes.VmmError, vmm.WaitForExit(Patience));
+        Assert.Contains($"this host's KVM cannot give the guest the CPU it was shown: {FeatureThisHostLacks.Feature}", vmm.Log);
+    }
+
+    [Fact]
     public void Restore_WithMachineOptions_IsRefused()
     {
         using var vmm = new RunningVmm(["run", "--restore", _directory, "--memory", "1G", "--cpus", "2"]);

@@ -70,6 +70,7 @@ public sealed class KvmAbiTests
         ("KVM_GET_LAPIC", KvmIoctls.GetLapic),
         ("KVM_SET_LAPIC", KvmIoctls.SetLapic),
         ("KVM_SET_CPUID2", KvmIoctls.SetCpuid2),
+        ("KVM_GET_CPUID2", KvmIoctls.GetCpuid2),
         ("KVM_GET_VCPU_EVENTS", KvmIoctls.GetVcpuEvents),
         ("KVM_SET_VCPU_EVENTS", KvmIoctls.SetVcpuEvents),
         ("KVM_GET_IRQCHIP", KvmIoctls.GetIrqchip),

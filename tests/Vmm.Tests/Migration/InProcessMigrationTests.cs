@@ -1,5 +1,7 @@
 using Vmm.Diagnostics;
 using Vmm.Firmware;
+using Vmm.Kvm.Interop;
+using Vmm.Tests.Integration;
 using Vmm.Migration;
 using Vmm.Vm;
 using Xunit;
@@ -18,12 +20,26 @@ public sealed class InProcessMigrationTests : IDisposable
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    private Machine StartCountingGuest(int vcpus = 1)
+    private Machine StartCountingGuest(int vcpus = 1, Action<KvmCpuidEntry2[]>? adjustCpuid = null)
     {
         string kernel = Path.Combine(_directory, "count.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
-        return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = vcpus }, _log);
+        return MachineBuilder.Boot(new MachineConfig
+        {
+            KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, VcpuCount = vcpus, AdjustCpuidForTests = adjustCpuid,
+        }, _log);
     }
+
+    /// <summary>Hides the lowest feature of leaf 0x80000001 ECX (kvm_pvm keeps that leaf as set): the guest is shown
+    /// less than this host offers, so a target that gave it this host's CPUID instead of its own would show.</summary>
+    private static void HideAFeature(KvmCpuidEntry2[] table)
+    {
+        foreach (ref var e in table.AsSpan())
+            if (e.Function == 0x8000_0001) e.Ecx &= e.Ecx - 1;
+    }
+
+    private static uint[] ExtendedFeatures(Machine machine) =>
+        machine.VcpuCpuid.Select(table => table.First(e => e.Function == 0x8000_0001).Ecx).ToArray();
 
     private static ulong Counter(Machine machine) => machine.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
 
@@ -37,7 +53,7 @@ public sealed class InProcessMigrationTests : IDisposable
     [Fact]
     public async Task Migrate_MovesARunningGuest_ThatCountsOnOnTheTarget()
     {
-        using var source = StartCountingGuest(vcpus: 2);
+        using var source = StartCountingGuest(vcpus: 2, adjustCpuid: HideAFeature);
         var sourceRun = Task.Factory.StartNew(source.Run, TaskCreationOptions.LongRunning);
         WaitForCounterAbove(source, 0);
         using var target = new LoopbackMigration(_log);
@@ -49,17 +65,46 @@ public sealed class InProcessMigrationTests : IDisposable
         await sourceRun;
 
         var (machine, run) = await target.Target;
+        uint[] shownOnTarget;
         using (machine)
         {
             Assert.True(WaitForCounterAbove(machine, atHandOver) > atHandOver, "the guest did not go on counting on the target");
+            shownOnTarget = ExtendedFeatures(machine);
             machine.RequestStop(VmStop.Error("test over"));
             await run;
         }
+        // The CPUID travelled: the target's vCPUs show the guest what the source's did, not what this host offers.
+        Assert.Equal(ExtendedFeatures(source), shownOnTarget);
         Assert.NotEmpty(passes);
         // The guest touched a few pages of its 64 MiB: a page never touched is zero on the target too, and is not sent.
         Assert.InRange(passes[0].PagesSent, 1, 1024);
         Assert.True(report.DowntimeMs > 0);
         Assert.True(report.Passes >= 2);
+    }
+
+    [Fact]
+    public async Task Migrate_ToAHostWhoseKvmLacksAFeatureTheGuestWasShown_IsRefusedBeforeThePause()
+    {
+        using var source = StartCountingGuest(adjustCpuid: FeatureThisHostLacks.ShowIn);
+        var sourceRun = Task.Factory.StartNew(source.Run, TaskCreationOptions.LongRunning);
+        WaitForCounterAbove(source, 0);
+        using var target = new LoopbackMigration(_log);
+        var passes = new List<MigrationPass>();
+
+        var failure = Assert.Throws<MigrationException>(() =>
+            MigrationSource.Migrate(source, new MigrationOptions { Target = target.Address }, passes.Add, _log));
+
+        string refusal = $"this host's KVM cannot give the guest the CPU it was shown: {FeatureThisHostLacks.Feature}";
+        Assert.Equal($"migration to {target.Address} failed: the target did not accept the VM: {refusal}; the VM keeps running here", failure.Message);
+        // The target refused the Hello, so it never had a machine; the source never began a pass, so it never paused.
+        Assert.Equal(refusal, (await Assert.ThrowsAsync<MigrationException>(() => target.Target)).Message);
+        Assert.Empty(passes);
+        Assert.DoesNotContain("dirty pages tracked", _logText.ToString());
+        Assert.False(source.IsPaused);
+        ulong now = Counter(source);
+        Assert.True(WaitForCounterAbove(source, now) > now, "the guest must keep running on the source");
+        source.RequestStop(VmStop.Error("test over"));
+        await sourceRun;
     }
 
     [Fact]

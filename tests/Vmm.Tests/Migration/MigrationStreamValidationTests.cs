@@ -5,6 +5,8 @@ using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Migration;
 using Vmm.State;
+using Vmm.Tests.Integration;
+using Vmm.Tests.State;
 using Vmm.Vm;
 using Xunit;
 
@@ -27,6 +29,14 @@ public sealed class MigrationStreamValidationTests
 
     private static byte[] Hello(MachineDescription description, uint version = MigrationChannel.ProtocolVersion, string magic = "VMMMIGRT", IReadOnlyList<long>? copiedDiskBytes = null)
     {
+        if (version == MigrationChannel.ProtocolVersionWithoutCpuid)
+        {
+            var w = new StateWriter();
+            foreach (char c in magic) w.WriteUInt8((byte)c);
+            w.WriteUInt32(version);
+            DescriptionWithoutCpuid.Write(w, description);
+            return Frame(MigrationFrameType.Hello, w.ToArray());
+        }
         byte[] hello = new MigrationHello("test-vm", description, copiedDiskBytes).ToBytes();
         System.Text.Encoding.ASCII.GetBytes(magic).CopyTo(hello, 0);
         BinaryPrimitives.WriteUInt32LittleEndian(hello.AsSpan(8), version);
@@ -49,14 +59,21 @@ public sealed class MigrationStreamValidationTests
     }
 
     /// <summary>Runs a receiver on <paramref name="stream"/>; returns what it threw and what it answered.</summary>
-    private (Exception? Failure, byte[] Answer) Receive(byte[] stream)
+    private (Exception? Failure, byte[] Answer) Receive(byte[] stream) => Receive(stream, _ => { });
+
+    /// <param name="inspect">Sees the machine the receiver built, before it is discarded.</param>
+    private (Exception? Failure, byte[] Answer) Receive(byte[] stream, Action<Machine> inspect)
     {
         var answers = new MemoryStream();
         var receiver = new MigrationReceiver(new DuplexStream(new MemoryStream(stream), answers), _log);
-        Machine? built = null;
         try
         {
-            using var machine = receiver.Receive(d => new MachineDestination(built = MachineBuilder.ForRestore(d.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log)));
+            using var machine = receiver.Receive(d =>
+            {
+                var built = MachineBuilder.ForRestore(d.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log);
+                inspect(built);
+                return new MachineDestination(built);
+            });
             return (null, answers.ToArray());
         }
         catch (Exception e)
@@ -136,6 +153,48 @@ public sealed class MigrationStreamValidationTests
     [Fact]
     public void DescriptionOfAnImpossibleMachine_IsRefused() =>
         AssertRefusedWith("memory size", Receive(Hello(SmallVm with { MemoryBytes = 12345 })));
+
+    [Fact]
+    public void AHelloShowingAFeatureThisHostsKvmLacks_IsRefusedNamingIt()
+    {
+        var shown = FeatureThisHostLacks.Offered();
+        FeatureThisHostLacks.ShowIn(shown);
+        bool built = false;
+
+        var result = Receive(Hello(SmallVm with { VcpuCpuid = [shown] }), _ => built = true);
+
+        AssertRefusedWith($"this host's KVM cannot give the guest the CPU it was shown: {FeatureThisHostLacks.Feature}", result);
+        Assert.False(built);
+        Assert.Equal((byte)MigrationFrameType.Error, result.Answer[0]);
+    }
+
+    [Fact]
+    public void AHelloWithTheCpuidOfThisHost_IsTaken_AndTheVcpusShowIt()
+    {
+        var shown = FeatureThisHostLacks.Offered();
+        shown[Array.FindIndex(shown, e => e.Function == 0x8000_0001)].Ecx &= ~1u;
+        uint? shownOnTheVcpu = null;
+
+        var (failure, answer) = Receive(Hello(SmallVm with { VcpuCpuid = [shown] }),
+            machine => shownOnTheVcpu = machine.VcpuCpuid[0].First(e => e.Function == 0x8000_0001).Ecx);
+
+        // The stream ends after the Hello: the target built the machine, said Ready, and then found the stream cut.
+        Assert.Contains("connection closed", Assert.IsType<MigrationException>(failure).Message);
+        Assert.Equal((byte)MigrationFrameType.Ready, answer[0]);
+        Assert.Equal(shown.First(e => e.Function == 0x8000_0001).Ecx, shownOnTheVcpu);
+    }
+
+    [Fact]
+    public void AVersion1Hello_IsTaken_AndTheVmGetsThisHostsCpuid()
+    {
+        // vmm before the CPUID travelled sent none: its VM gets what this host offers, as it did then.
+        bool built = false;
+        var (failure, answer) = Receive(Hello(SmallVm, version: MigrationChannel.ProtocolVersionWithoutCpuid), _ => built = true);
+
+        Assert.Contains("connection closed", Assert.IsType<MigrationException>(failure).Message);
+        Assert.True(built);
+        Assert.Equal((byte)MigrationFrameType.Ready, answer[0]);
+    }
 
     [Fact]
     public void DiskThatDoesNotExistHere_IsRefused() =>

@@ -3,7 +3,10 @@ using System.Text.Json;
 using Vmm.Serialization;
 using Vmm.Control;
 using Vmm.Diagnostics;
+using Vmm.Arch;
 using Vmm.Firmware;
+using Vmm.Kvm;
+using Vmm.Tests.Integration;
 using Vmm.Snapshot;
 using Vmm.State;
 using Vmm.Vm;
@@ -53,9 +56,10 @@ public sealed class SnapshotRoundTripTests : IDisposable
 
         var (state, memoryPath) = SnapshotDirectory.Read(snapshot);
         Assert.Equal(2, state.Vcpus.Count);
-        var config = new MachineConfig { MemoryBytes = state.Description.MemoryBytes, VcpuCount = state.Description.VcpuCount, SerialOutput = Stream.Null };
-        using var restored = MachineBuilder.ForRestore(config, _log, memoryPath);
+        using var restored = MachineBuilder.ForRestore(state.Description.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log, memoryPath);
         MachinePersistence.Restore(restored, state);
+        // Each vCPU shows the guest the CPUID it was shown before (its own x2APIC ID in leaf 0xb included).
+        Assert.Equal(state.Description.VcpuCpuid!.Select(Leaves), restored.VcpuCpuid.Select(Leaves));
         Assert.Equal(atSnapshot, restored.Memory.Read<ulong>(FirmwareGuests.CounterAddress));
         byte[] lowMemoryRestored = new byte[1 << 20];
         restored.Memory.Read(0, lowMemoryRestored);
@@ -67,6 +71,59 @@ public sealed class SnapshotRoundTripTests : IDisposable
         var stop = await restoredRun;
         Assert.True(later > atSnapshot, $"the restored guest did not count on from {atSnapshot} (stopped: {stop.Description})");
         Assert.Equal(VmStopKind.VmmError, stop.Kind);
+    }
+
+    private static string Leaves(Vmm.Kvm.Interop.KvmCpuidEntry2[] table) =>
+        string.Join(" ", table.Where(e => e.Function is 0xb or 0x8000_0001).Select(e => $"{e.Function:x}.{e.Index}:{e.Ecx:x}:{e.Edx:x}"));
+
+    /// <summary>Snapshots a guest that has counted for a while, as <c>vmm ctl snapshot</c> does.</summary>
+    private (MachineState State, string MemoryPath, ulong Counter) SnapshotACountingGuest(Action<Vmm.Kvm.Interop.KvmCpuidEntry2[]>? adjustCpuid = null)
+    {
+        string kernel = Path.Combine(_directory, "count.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
+        using var source = MachineBuilder.Boot(new MachineConfig
+        {
+            KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, AdjustCpuidForTests = adjustCpuid,
+        }, _log);
+        var run = Task.Run(source.Run);
+        WaitForCounterToMove(source, 0);
+        source.Pause();
+        string snapshot = Path.Combine(_directory, "snap");
+        SnapshotDirectory.Write(source, snapshot);
+        ulong counter = source.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        source.RequestStop(VmStop.Error("test: source done"));
+        run.Wait();
+        var (state, memoryPath) = SnapshotDirectory.Read(snapshot);
+        return (state, memoryPath, counter);
+    }
+
+    [Fact]
+    public void Restore_OfAGuestShownAFeatureThisHostLacks_IsRefusedNamingIt()
+    {
+        var (state, memoryPath, _) = SnapshotACountingGuest(FeatureThisHostLacks.ShowIn);
+        Assert.True(CpuidCompatibility.MissingFeatures(state.Description.VcpuCpuid![0], FeatureThisHostLacks.Offered()).Contains(FeatureThisHostLacks.Feature),
+            "the saved CPUID does not show the feature");
+
+        var failure = Assert.Throws<ConfigurationException>(() =>
+            MachineBuilder.ForRestore(state.Description.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log, memoryPath));
+
+        Assert.Equal($"this host's KVM cannot give the guest the CPU it was shown: {FeatureThisHostLacks.Feature}", failure.Message);
+    }
+
+    [Fact]
+    public async Task Restore_OfAStateSavedWithoutCpuid_GivesTheGuestThisHostsAndContinues()
+    {
+        // What a state of format version 2 reads as: the same machine, no CPUID.
+        var (saved, memoryPath, counter) = SnapshotACountingGuest();
+        var state = new MachineState { Description = saved.Description with { VcpuCpuid = null }, Vcpus = saved.Vcpus, Platform = saved.Platform, Devices = saved.Devices };
+        using var restored = MachineBuilder.ForRestore(state.Description.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log, memoryPath);
+        MachinePersistence.Restore(restored, state);
+
+        var run = Task.Run(restored.Run);
+        ulong later = WaitForCounterToMove(restored, counter);
+        restored.RequestStop(VmStop.Error("test over"));
+        await run;
+        Assert.True(later > counter, $"the restored guest did not count on from {counter}");
     }
 
     [Fact]

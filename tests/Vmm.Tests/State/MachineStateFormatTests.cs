@@ -49,8 +49,18 @@ public sealed class MachineStateFormatTests : IDisposable
     public void OtherFormatVersion_IsRefused()
     {
         byte[] bytes = (byte[])_saved.Clone();
-        bytes[8] = 3;
-        Assert.Contains("format version 3", Assert.Throws<StateFormatException>(() => MachineState.FromBytes(bytes)).Message);
+        bytes[8] = 4;
+        Assert.Contains("format version 4", Assert.Throws<StateFormatException>(() => MachineState.FromBytes(bytes)).Message);
+    }
+
+    [Fact]
+    public void SavedState_HoldsTheCpuidEachVcpuShowsItsGuest()
+    {
+        var cpuid = MachineState.FromBytes(_saved).Description.VcpuCpuid;
+        Assert.NotNull(cpuid);
+        Assert.Equal(2, cpuid.Count);
+        // Each vCPU's own x2APIC ID (leaf 0xb EDX), as vmm gave it.
+        Assert.Equal([0u, 1u], cpuid.Select(table => table.First(e => e.Function == 0xb).Edx));
     }
 
     [Fact]

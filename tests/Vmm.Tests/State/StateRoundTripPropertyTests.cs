@@ -25,12 +25,21 @@ public sealed class StateRoundTripPropertyTests
         Gen.Select(Gen.Char["abcdefghij0123456789"].Array[1, 15], Gen.Byte.Array[6])
             .Select((tap, mac) => new NetworkConfig(new string(tap), mac));
 
-    public static readonly Gen<MachineDescription> Description =
-        Gen.Select(Gen.ULong[4096, 1 << 16], Gen.Int[1, 32], Disk.Array[0, 4], Network.Array[0, 4])
-            .Select((pages, vcpus, disks, networks) => new MachineDescription(pages * 4096, vcpus, disks, networks));
-
     private static Gen<T> Struct<T>() where T : unmanaged =>
         Gen.Byte.Array[Marshal.SizeOf<T>()].Select(bytes => MemoryMarshal.Read<T>(bytes));
+
+    /// <summary>Each vCPU's CPUID (any entries, up to KVM's 256), or none as in a state from before it was saved.</summary>
+    private static Gen<KvmCpuidEntry2[][]?> Cpuid(int vcpus) =>
+        Gen.Frequency((3, Gen.Select(Struct<KvmCpuidEntry2>().Array[1, 12], Gen.Int[0, 20]).Select((entries, extra) =>
+                    // Now and then a table of the most entries KVM takes.
+                    extra == 0 ? [.. entries, .. Enumerable.Repeat(entries[0], Vmm.Kvm.KvmVcpu.MaxCpuidEntries - entries.Length)] : entries)
+                .Array[vcpus].Select(tables => (KvmCpuidEntry2[][]?)tables)),
+            (1, Gen.Const((KvmCpuidEntry2[][]?)null)));
+
+    public static readonly Gen<MachineDescription> Description =
+        Gen.Select(Gen.ULong[4096, 1 << 16], Gen.Int[1, 32], Disk.Array[0, 4], Network.Array[0, 4])
+            .SelectMany((pages, vcpus, disks, networks) => Cpuid(vcpus)
+                .Select(cpuid => new MachineDescription(pages * 4096, vcpus, disks, networks) { VcpuCpuid = cpuid }));
 
     private static readonly Gen<VcpuState> Vcpu =
         Gen.Select(Struct<KvmRegs>(), Struct<KvmSregs>(), Struct<KvmFpu>(), Gen.Byte.Array[4096, 8192].Null(0.3),
@@ -69,7 +78,25 @@ public sealed class StateRoundTripPropertyTests
             var read = MachineDescription.Read(new StateReader(w.ToArray()));
             Assert.True(read.SameAs(description));
             Assert.Equal(description.Disks, read.Disks);
+            Assert.Equal(description.VcpuCpuid, read.VcpuCpuid);
         }, iter: 500);
+    }
+
+    [Fact]
+    public void MachineDescription_WithMoreCpuidEntriesThanKvmTakes_IsRefused()
+    {
+        var w = new StateWriter();
+        var table = new KvmCpuidEntry2[Vmm.Kvm.KvmVcpu.MaxCpuidEntries + 1];
+        (new MachineDescription(64UL << 20, 1, [], []) { VcpuCpuid = [table] }).Write(w);
+        Assert.Contains("CPUID of vCPU 0 count", Assert.Throws<StateFormatException>(() => MachineDescription.Read(new StateReader(w.ToArray()))).Message);
+    }
+
+    [Fact]
+    public void MachineDescription_WithAnEmptyCpuid_IsRefused()
+    {
+        var w = new StateWriter();
+        (new MachineDescription(64UL << 20, 2, [], []) { VcpuCpuid = [[new KvmCpuidEntry2()], []] }).Write(w);
+        Assert.Contains("CPUID of vCPU 1: no entries", Assert.Throws<StateFormatException>(() => MachineDescription.Read(new StateReader(w.ToArray()))).Message);
     }
 
     [Fact]
@@ -128,7 +155,7 @@ public sealed class StateRoundTripPropertyTests
             var w = new StateWriter();
             foreach (byte b in "VMMSTATE"u8) w.WriteUInt8(b);
             w.WriteUInt32(1);
-            state.Description.Write(w);
+            DescriptionWithoutCpuid.Write(w, state.Description);
             foreach (var vcpu in state.Vcpus) vcpu.Write(w);
             state.Platform.Write(w);
             serial.Write(w);
@@ -144,6 +171,35 @@ public sealed class StateRoundTripPropertyTests
             Assert.Equal(Encode(serial.Write), read.Devices[0].State);
             Assert.Equal(Encode(cmos.Write), read.Devices[2].State);
             if (virtioCount > 0) Assert.Equal(Encode(transport.Write), read.Devices[^1].State);
+        }, iter: 50);
+    }
+
+    [Fact]
+    public void Version2State_IsReadWithoutCpuid()
+    {
+        // vmm wrote version 2 until the CPUID travelled with the VM: the description ended after the networks.
+        State.Sample(state =>
+        {
+            var w = new StateWriter();
+            foreach (byte b in "VMMSTATE"u8) w.WriteUInt8(b);
+            w.WriteUInt32(2);
+            DescriptionWithoutCpuid.Write(w, state.Description);
+            foreach (var vcpu in state.Vcpus) vcpu.Write(w);
+            state.Platform.Write(w);
+            w.WriteUInt32((uint)state.Devices.Count);
+            foreach (var device in state.Devices)
+            {
+                w.WriteString(device.Name);
+                w.WriteBytes(device.State);
+            }
+
+            var read = MachineState.FromBytes(w.ToArray());
+
+            Assert.Null(read.Description.VcpuCpuid);
+            Assert.True(read.Description.SameAs(state.Description));
+            Assert.Equal(state.Devices.Select(d => (d.Name, Convert.ToHexString(d.State))), read.Devices.Select(d => (d.Name, Convert.ToHexString(d.State))));
+            var withoutCpuid = new MachineState { Description = state.Description with { VcpuCpuid = null }, Vcpus = state.Vcpus, Platform = state.Platform, Devices = state.Devices };
+            Assert.Equal(withoutCpuid.ToBytes(), read.ToBytes());
         }, iter: 50);
     }
 
