@@ -25,7 +25,8 @@ public sealed class MigrationChannel(Stream stream)
     public const int DiskDataHeaderBytes = 12;
 
     private const int HeaderBytes = 9;
-    private readonly byte[] _header = new byte[HeaderBytes];
+    // One each way: a writer thread may send while another thread reads.
+    private readonly byte[] _sendHeader = new byte[HeaderBytes], _receiveHeader = new byte[HeaderBytes];
 
     public long BytesSent { get; private set; }
     public long BytesReceived { get; private set; }
@@ -46,12 +47,12 @@ public sealed class MigrationChannel(Stream stream)
 
     public void Send(MigrationFrameType type, ReadOnlySpan<byte> payload)
     {
-        _header[0] = (byte)type;
-        BinaryPrimitives.WriteUInt32LittleEndian(_header.AsSpan(1), (uint)payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(_header.AsSpan(5), Crc32C.Compute(payload));
+        _sendHeader[0] = (byte)type;
+        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(1), (uint)payload.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(5), Crc32C.Compute(payload));
         try
         {
-            stream.Write(_header);
+            stream.Write(_sendHeader);
             stream.Write(payload);
         }
         catch (Exception e) when (IsConnectionFailure(e))
@@ -96,10 +97,10 @@ public sealed class MigrationChannel(Stream stream)
 
     public FrameHeader ReceiveHeader()
     {
-        ReadExactly(_header, "frame header");
-        var type = (MigrationFrameType)_header[0];
-        uint length = BinaryPrimitives.ReadUInt32LittleEndian(_header.AsSpan(1));
-        uint crc = BinaryPrimitives.ReadUInt32LittleEndian(_header.AsSpan(5));
+        ReadExactly(_receiveHeader, "frame header");
+        var type = (MigrationFrameType)_receiveHeader[0];
+        uint length = BinaryPrimitives.ReadUInt32LittleEndian(_receiveHeader.AsSpan(1));
+        uint crc = BinaryPrimitives.ReadUInt32LittleEndian(_receiveHeader.AsSpan(5));
         int max = MaxPayloadBytes(type);
         if (max < 0) throw new MigrationException($"migration stream: unknown frame type {(byte)type}");
         if (length > (uint)max) throw new MigrationException($"migration stream: a {type} frame of {length} bytes (at most {max})");

@@ -26,7 +26,7 @@ public sealed class MigrationSource
     private readonly Action<MigrationPass> _onPass;
     private readonly Logger _log;
     private readonly GuestMemory _memory;
-    private readonly byte[] _frame = new byte[MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages)];
+    private FrameWriter? _writer;
     private long _pagesSent;
 
     private MigrationSource(Machine machine, MigrationOptions options, Action<MigrationPass> onPass, Logger log)
@@ -56,6 +56,7 @@ public sealed class MigrationSource
         // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
         // would only add a copy of every page.
         var channel = new MigrationChannel(new NetworkStream(socket, ownsSocket: false));
+        using var writer = _writer = new FrameWriter(channel, MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages));
         bool timedOut = false;
         // Without --force the time limit is hard: closing the socket ends a write that blocks.
         using var deadline = _options.TimeoutS > 0 && !_options.Force
@@ -82,7 +83,7 @@ public sealed class MigrationSource
                 var passTime = Stopwatch.StartNew();
                 long bytesBefore = channel.BytesSent;
                 long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(channel) : disks.SendPending(channel);
-                var (pages, zeroPages) = SendPages(channel, pending);
+                var (pages, zeroPages) = SendPages(pending);
                 channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
                 channel.Flush();
                 ExpectFrame(channel, MigrationFrameType.PassDone, $"the target did not finish pass {pass}");
@@ -131,7 +132,7 @@ public sealed class MigrationSource
                 disks.CollectDirty();
                 finalDiskBytes = disks.SendPending(channel);
             }
-            var (finalPages, _) = SendPages(channel, pending);
+            var (finalPages, _) = SendPages(pending);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
             MachinePersistence.FlushDevices(_machine);
             MachineState state = MachinePersistence.Save(_machine);
@@ -152,6 +153,8 @@ public sealed class MigrationSource
         }
         catch (Exception e)
         {
+            // The channel is this thread's again once the writer has stopped.
+            writer.Dispose();
             string why = _machine.StopReason is { } stop ? $"the VM stopped during the migration ({stop.Description})"
                 : timedOut ? $"timed out after {_options.TimeoutS} s"
                 : e is MigrationException { InnerException: IOException or SocketException } && TargetsLastWord(socket, channel) is { } refusal ? $"the target refused: {refusal}"
@@ -218,43 +221,49 @@ public sealed class MigrationSource
     }
 
     /// <summary>Sends the pages in frames of up to <see cref="MigrationChannel.MaxPagesPerFrame"/>; an
-    /// all-zero page goes as its address alone.</summary>
-    private (long Pages, long ZeroPages) SendPages(MigrationChannel channel, DirtyPages pages)
+    /// all-zero page goes as its address alone. Frames are built here and sent by the <see cref="FrameWriter"/>
+    /// meanwhile; this returns once all are sent, so the caller may use the channel again.</summary>
+    private (long Pages, long ZeroPages) SendPages(DirtyPages pages)
     {
+        var writer = _writer!;
         long sent = 0, zero = 0;
         int count = 0, position = 4;
+        byte[]? frame = null;
         foreach (ulong address in pages.Addresses())
         {
+            frame ??= writer.Rent();
             var page = _memory.GetSpan(address, MigrationChannel.PageSize);
             if (page.ContainsAnyExcept((byte)0))
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(position), address);
-                page.CopyTo(_frame.AsSpan(position + 8));
+                BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(position), address);
+                page.CopyTo(frame.AsSpan(position + 8));
                 position += 8 + MigrationChannel.PageSize;
             }
             else
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(_frame.AsSpan(position), address | MigrationChannel.ZeroPageFlag);
+                BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(position), address | MigrationChannel.ZeroPageFlag);
                 position += 8;
                 zero++;
             }
             sent++;
             if (++count == MigrationChannel.MaxPagesPerFrame)
             {
-                SendFrame(channel, count, position);
+                Submit(writer, frame, count, position);
+                frame = null;
                 count = 0;
                 position = 4;
             }
         }
-        if (count > 0) SendFrame(channel, count, position);
+        if (count > 0) Submit(writer, frame!, count, position);
+        writer.Drain();
         _pagesSent += sent;
         return (sent, zero);
     }
 
-    private void SendFrame(MigrationChannel channel, int count, int length)
+    private static void Submit(FrameWriter writer, byte[] frame, int count, int length)
     {
-        BinaryPrimitives.WriteUInt32LittleEndian(_frame, (uint)count);
-        channel.Send(MigrationFrameType.Pages, _frame.AsSpan(0, length));
+        BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)count);
+        writer.Submit(frame, length);
     }
 
     private static Socket Connect(string target, TimeSpan timeout)

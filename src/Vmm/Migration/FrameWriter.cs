@@ -1,0 +1,94 @@
+using System.Collections.Concurrent;
+
+namespace Vmm.Migration;
+
+/// <summary>Overlaps building Pages frames with sending them: the migration thread scans guest RAM and copies
+/// pages into one buffer while this writer's thread checksums and writes (and, over TLS, encrypts) the one
+/// before. A few buffers circulate between the two. A send that fails (the connection broke, the socket was
+/// closed under it) is kept and thrown to the migration thread at its next <see cref="Rent"/>,
+/// <see cref="Submit"/> or <see cref="Drain"/>; the writer then discards what is still queued, so neither
+/// side waits for the other forever.</summary>
+internal sealed class FrameWriter : IDisposable
+{
+    private const int Buffers = 3;
+
+    private readonly MigrationChannel _channel;
+    private readonly BlockingCollection<(byte[] Buffer, int Length)> _queued = new(Buffers);
+    private readonly BlockingCollection<byte[]> _free = new(Buffers);
+    private readonly Thread _thread;
+    /// <summary>Guards <see cref="_inFlight"/>; pulsed when it reaches zero.</summary>
+    private readonly object _gate = new();
+    private int _inFlight;
+    private volatile Exception? _failure;
+    private bool _disposed;
+
+    public FrameWriter(MigrationChannel channel, int bufferBytes)
+    {
+        _channel = channel;
+        for (int i = 0; i < Buffers; i++) _free.Add(new byte[bufferBytes]);
+        _thread = new Thread(Run) { Name = "migration-writer", IsBackground = true };
+        _thread.Start();
+    }
+
+    /// <summary>A buffer to build the next frame in; waits while all are queued for sending.</summary>
+    public byte[] Rent()
+    {
+        ThrowIfFailed();
+        var buffer = _free.Take();
+        ThrowIfFailed();
+        return buffer;
+    }
+
+    /// <summary>Queues a built Pages frame (the first <paramref name="length"/> bytes of a rented buffer).</summary>
+    public void Submit(byte[] buffer, int length)
+    {
+        ThrowIfFailed();
+        lock (_gate) _inFlight++;
+        _queued.Add((buffer, length));
+    }
+
+    /// <summary>Returns once every queued frame has been sent, so the caller may use the channel itself.</summary>
+    public void Drain()
+    {
+        lock (_gate)
+            while (_inFlight > 0) Monitor.Wait(_gate);
+        ThrowIfFailed();
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_failure is { } failure)
+            throw failure as MigrationException ?? new MigrationException($"internal error in vmm while sending pages: {failure.Message}", failure);
+    }
+
+    private void Run()
+    {
+        foreach (var (buffer, length) in _queued.GetConsumingEnumerable())
+        {
+            try
+            {
+                if (_failure is null) _channel.Send(MigrationFrameType.Pages, buffer.AsSpan(0, length));
+            }
+            catch (Exception e)
+            {
+                // A thread boundary: whatever the send threw ends this migration, never the process.
+                _failure = e;
+            }
+            _free.Add(buffer);
+            lock (_gate)
+                if (--_inFlight == 0) Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>Stops the writer once what is queued is sent (or discarded after a failure); the channel is the
+    /// caller's alone again afterwards.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _queued.CompleteAdding();
+        _thread.Join();
+        _queued.Dispose();
+        _free.Dispose();
+    }
+}
