@@ -24,5 +24,14 @@ if (args is ["write-dirtying-guest", var file, var regionMiB, var rate, var cont
     File.WriteAllBytes(file, FirmwareGuests.DirtyMemoryWithChecksum(options));
     return 0;
 }
+// `write-pvh-idle-guest FILE spin|hlt` writes the idle guest QEMU runs in bench/migration.sh's side-by-side rows: a
+// 32-bit ELF with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which `qemu-system-x86_64 -M microvm -kernel` boots.
+// It writes no memory, so the guest RAM keeps what its backing file holds. `spin` loops on `pause`, keeping its vCPU
+// busy as the vmm guest does between ticks (it spins on the TSC); `hlt` stops the vCPU with interrupts off.
+if (args is ["write-pvh-idle-guest", var pvhFile, var idle and ("spin" or "hlt")])
+{
+    File.WriteAllBytes(pvhFile, idle == "spin" ? Vmm.Bench.PvhGuest.Spinning() : Vmm.Bench.PvhGuest.Halted());
+    return 0;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 return 0;
