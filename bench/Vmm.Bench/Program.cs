@@ -10,9 +10,10 @@ if (args is ["write-firmware", var directory])
     File.WriteAllBytes(Path.Combine(directory, "hello-reset.elf"), FirmwareGuests.PrintThenReset("hello\n"));
     return 0;
 }
-// `write-dirtying-guest FILE REGION_MIB DIRTY_MIB_PER_S fill|zero` writes the migration benchmark's guest:
-// a region filled with random data (or left zero) that it then dirties at the given rate, forever.
-if (args is ["write-dirtying-guest", var file, var regionMiB, var rate, var content])
+// `write-dirtying-guest FILE REGION_MIB DIRTY_MIB_PER_S fill|zero [pvh]` writes the migration benchmark's guest:
+// a region filled with random data (or left zero) that it then dirties at the given rate, forever. With `pvh`, the
+// same guest wrapped for QEMU (`-M microvm -kernel`: a PVH entry that turns on long mode; see PvhGuest).
+if (args is ["write-dirtying-guest", var file, var regionMiB, var rate, var content, .. var rest] && rest is [] or ["pvh"])
 {
     uint tscKhz;
     using (var kvm = Vmm.Kvm.KvmSystem.Open())
@@ -21,7 +22,8 @@ if (args is ["write-dirtying-guest", var file, var regionMiB, var rate, var cont
         tscKhz = vcpu.GetTscKhz();
     var options = new DirtyingGuestOptions(int.Parse(regionMiB), double.Parse(rate, System.Globalization.CultureInfo.InvariantCulture), tscKhz,
         TickMs: 100, Ticks: 0, FillRandomFirst: content == "fill");
-    File.WriteAllBytes(file, FirmwareGuests.DirtyMemoryWithChecksum(options));
+    byte[] elf = FirmwareGuests.DirtyMemoryWithChecksum(options);
+    File.WriteAllBytes(file, rest is ["pvh"] ? Vmm.Bench.PvhGuest.FromFirmwareElf(elf) : elf);
     return 0;
 }
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
