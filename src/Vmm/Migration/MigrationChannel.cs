@@ -15,7 +15,7 @@ public sealed class MigrationChannel(Stream stream)
     public const int MaxPagesPerFrame = 256;
     public const ulong ZeroPageFlag = 1;
 
-    private const int HeaderBytes = 9;
+    public const int HeaderBytes = 9;
     private readonly byte[] _header = new byte[HeaderBytes];
 
     public long BytesSent { get; private set; }
