@@ -82,6 +82,8 @@ public static class CtlCommand
                     writer.WriteNumber("maxPasses", options.MaxPasses);
                     writer.WriteBoolean("force", options.Force);
                     writer.WriteBoolean("autoConverge", options.AutoConverge);
+                    // The VM reads the TLS files, from its own working directory.
+                    if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
                     break;
             }
             writer.WriteEndObject();

@@ -31,4 +31,7 @@ public sealed class CtlOptions
 
     [Option("auto-converge", HelpText = "migrate: when a pass does not shrink the dirty pages, slow the vCPUs down (20%, then +10% per pass, up to 99%).")]
     public bool AutoConverge { get; set; }
+
+    [Option("tls-dir", HelpText = "migrate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
+    public string? TlsDir { get; set; }
 }

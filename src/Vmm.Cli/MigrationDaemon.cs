@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Security;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Vmm.Control;
@@ -15,7 +16,7 @@ namespace Vmm.Cli;
 /// arrives runs in this process on its own threads. Every incoming migration is a failure boundary: whatever
 /// goes wrong in one (a hostile stream, a bug) discards that one and is logged; the daemon, its other
 /// migrations and the VMs it runs go on.</summary>
-internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, Logger log)
+internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, MigrationTls? tls, Logger log)
 {
     public static readonly TimeSpan HelloDeadline = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan SourceSilenceLimit = TimeSpan.FromSeconds(60);
@@ -35,7 +36,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     {
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
-        log.Info($"waiting for migrations on {listener.LocalEndpoint}");
+        log.Info($"waiting for migrations on {listener.LocalEndpoint} ({(tls is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}")})");
         try
         {
             for (int n = 1; ; n++)
@@ -174,9 +175,10 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         connection.ReceiveBufferSize = 4 << 20;
         connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
         bool helloLate = false;
-        // A whole Hello within the deadline, however slowly its bytes come: closing the socket ends the read.
+        // The TLS handshake and a whole Hello within the deadline, however slowly their bytes come: closing the
+        // socket ends the read.
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
-        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log);
+        Stream? stream = null;
         bool claimedOnce = false;
         Stream? serialLog = null;
         MachineDestination? destination = null;
@@ -184,6 +186,9 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         var started = Stopwatch.StartNew();
         try
         {
+            stream = IncomingMigrationStream.Open(connection, tls);
+            if (stream is SslStream session) log.Info($"migration {n}: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
+            var receiver = new MigrationReceiver(stream, log);
             destination = receiver.Receive(description =>
             {
                 helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
@@ -234,6 +239,10 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             control?.Dispose();
             destination?.Dispose();
             serialLog?.Dispose();
+        }
+        finally
+        {
+            stream?.Dispose();
         }
     }
 
