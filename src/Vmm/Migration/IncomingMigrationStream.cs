@@ -39,6 +39,7 @@ public static class IncomingMigrationStream
         }
     }
 
+    /// <summary>Tells the source <paramref name="why"/> in a plain Error frame, then fails this connection with it.</summary>
     private static void Refuse(Stream plain, string why)
     {
         try
