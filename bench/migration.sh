@@ -20,6 +20,7 @@
 # Disk images live in a directory under /dev/shm (IMAGE_DIR to change), so the host disk does not enter the
 # figures.
 #
+# The last scenarios repeat two vmm-only ones over mutual TLS (scripts/tls-certs.sh certificates).
 # Usage: [RUNS=N] [SOURCE_OPTS=--dirty-ring] [SCENARIOS=regex] [IMAGE_DIR=DIR] bench/migration.sh
 # (SCENARIOS=QEMU runs the two side-by-side scenarios only.)
 set -euo pipefail
@@ -89,8 +90,8 @@ vmm_migrate() { # port [run options...] -- [ctl options...]
     while (($#)) && [[ $1 != -- ]]; do run_opts+=("$1"); shift; done
     (($#)) && shift
     ctl_opts=("$@")
-    local target_opts=()
-    [[ -n ${DISK_DIR:-} ]] && target_opts=(--disk-dir "$DISK_DIR")
+    local target_opts=("${tls[@]}")
+    [[ -n ${DISK_DIR:-} ]] && target_opts+=(--disk-dir "$DISK_DIR")
     "$vmm" migrate-receive --listen 127.0.0.1:$port --once "${target_opts[@]}" >"$out/target.out" 2>"$out/target.log" &
     local target=$!
     wait_for "$out/target.log" "waiting for migrations" 30 "$target" || fail "vmm migrate-receive did not start"
@@ -98,7 +99,7 @@ vmm_migrate() { # port [run options...] -- [ctl options...]
         >"$out/source.out" 2>"$out/source.log" &
     local source=$!
     wait_for "$out/source.out" "tick 00000003" 120 "$source" || { cat "$out/source.log" >&2; fail "the vmm source did not start its guest"; }
-    if ! "$vmm" ctl --socket "$out/api.sock" migrate --to 127.0.0.1:$port "${ctl_opts[@]}" >"$out/ctl.out"; then
+    if ! "$vmm" ctl --socket "$out/api.sock" migrate --to 127.0.0.1:$port "${tls[@]}" "${ctl_opts[@]}" >"$out/ctl.out"; then
         cat "$out/ctl.out" "$out/source.log" "$out/target.log" >&2
         fail "vmm ctl migrate failed"
     fi
@@ -274,15 +275,17 @@ side_by_side() { # key name disk(true|false)
 
 # ---- vmm alone ----------------------------------------------------------------------------------------
 
+tls=()
 scenario() { # name content rate [ctl options...]
     local name=$1 content=$2 rate=$3; shift 3
     selected "$name" || return 0
     dotnet run -c Release --project bench/Vmm.Bench -- write-dirtying-guest "$out/guest.elf" 1024 "$rate" "$content" >/dev/null
     for run in $(seq "$runs"); do
-        local passes
+        local passes bandwidth
         vmm_migrate $(( 17000 + RANDOM % 1000 )) -- "$@"
         passes=$(grep -c '"event":"pass"' "$out/ctl.out" || true)
-        echo "$name run $run: $answer (passes reported: $passes)"
+        bandwidth=$(grep -m1 '"event":"pass"' "$out/ctl.out" | sed -n 's/.*"bandwidthMiBps":\([0-9.]*\).*/\1/p')
+        echo "$name run $run: $answer (passes reported: $passes, first pass at $bandwidth MiB/s)"
     done
 }
 
@@ -295,3 +298,12 @@ scenario "1 GiB zero, idle" zero 0
 scenario "1 GiB random, 100 MiB/s dirty" fill 100
 scenario "1 GiB random, 400 MiB/s dirty" fill 400
 scenario "1 GiB random, 1000 MiB/s dirty, auto-converge" fill 1000 --auto-converge --max-passes 60
+
+# Mutual TLS: one identity for both ends, as both run here.
+if selected "mutual TLS"; then
+    "$root/scripts/tls-certs.sh" "$out/tls" 127.0.0.1 >/dev/null
+    tls=(--tls-dir "$out/tls/127.0.0.1")
+    scenario "1 GiB random, idle, mutual TLS" fill 0
+    scenario "1 GiB random, 400 MiB/s dirty, mutual TLS" fill 400
+    tls=()
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the trimmed NativeAOT vmm through a snapshot, a restore and a live migration (over loopback),
-# with the memory-dirtying firmware guest: the tests run vmm under the JIT, and trimming must not
-# have removed anything these paths need. Usage: scripts/aot-smoke.sh PATH/TO/vmm
+# Runs the trimmed NativeAOT vmm through a snapshot, a restore and two live migrations over loopback,
+# plain and mutual TLS, with the memory-dirtying firmware guest: the tests run vmm under the JIT, and
+# trimming must not have removed anything these paths need (TLS also needs libssl at run time).
+# Usage: scripts/aot-smoke.sh PATH/TO/vmm
 set -euo pipefail
 vmm=$(realpath "$1")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,25 +15,50 @@ wait_for() { # file text
 }
 
 dotnet run -c Release --project "$root/bench/Vmm.Bench" -- write-dirtying-guest "$work/guest.elf" 16 20 fill >/dev/null
-# Port 0: the daemon picks a free port and logs it.
-"$vmm" migrate-receive --listen 127.0.0.1:0 --once >"$work/target.out" 2>"$work/target.log" &
-target=$!
-wait_for "$work/target.log" "waiting for migrations"
-port=$(sed -n 's/.*waiting for migrations on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/target.log")
-"$vmm" run --kernel "$work/guest.elf" --memory 48M --api-socket "$work/api.sock" >"$work/source.out" 2>"$work/source.log" &
-source=$!
-wait_for "$work/source.out" "tick 00000002"
 
-"$vmm" ctl --socket "$work/api.sock" snapshot "$work/snap" >"$work/snapshot.out" || fail "snapshot failed"
+start_target() { # name [migrate-receive options...]; sets port
+    local name=$1; shift
+    # Port 0: the daemon picks a free port and logs it.
+    "$vmm" migrate-receive --listen 127.0.0.1:0 --once "$@" >"$work/$name.out" 2>"$work/$name.log" &
+    wait_for "$work/$name.log" "waiting for migrations"
+    port=$(sed -n 's/.*waiting for migrations on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name.log")
+}
+start_source() { # name
+    "$vmm" run --kernel "$work/guest.elf" --memory 48M --api-socket "$work/$1.sock" >"$work/$1.out" 2>"$work/$1.log" &
+    wait_for "$work/$1.out" "tick 00000002"
+}
+# The migrated guest goes on ticking on the target from where the source left it.
+check_continues() { # source target
+    local last next
+    last=$(grep tick "$work/$1.out" | tail -n1 | cut -d' ' -f2)
+    next=$(printf 'tick %08x' $(( 16#$last + 1 )))
+    wait_for "$work/$2.out" "$next"
+}
+
+start_target target
+target=$!
+start_source source
+source=$!
+
+"$vmm" ctl --socket "$work/source.sock" snapshot "$work/snap" >"$work/snapshot.out" || fail "snapshot failed"
 "$vmm" run --restore "$work/snap" >"$work/restored.out" 2>"$work/restored.log" &
 restored=$!
 wait_for "$work/restored.out" "tick"
 kill -TERM "$restored"; wait "$restored" || true
 
-"$vmm" ctl --socket "$work/api.sock" migrate --to 127.0.0.1:$port --force >"$work/migrate.out" || fail "migration failed"
+"$vmm" ctl --socket "$work/source.sock" migrate --to 127.0.0.1:$port --force >"$work/migrate.out" || fail "migration failed"
 wait "$source" || fail "the source did not exit 0 after migrating"
-last=$(grep tick "$work/source.out" | tail -n1 | cut -d' ' -f2)
-next=$(printf 'tick %08x' $(( 16#$last + 1 )))
-wait_for "$work/target.out" "$next"
+check_continues source target
 kill -TERM "$target"; wait "$target" || true
-echo "aot-smoke: snapshot, restore and live migration work in the NativeAOT binary"
+
+"$root/scripts/tls-certs.sh" "$work/tls" 127.0.0.1
+start_target tls-target --tls-dir "$work/tls/127.0.0.1"
+target=$!
+start_source tls-source
+source=$!
+"$vmm" ctl --socket "$work/tls-source.sock" migrate --to 127.0.0.1:$port --force --tls-dir "$work/tls/127.0.0.1" >"$work/tls-migrate.out" || fail "TLS migration failed"
+wait "$source" || fail "the TLS source did not exit 0 after migrating"
+grep -q "mutual TLS (Tls13)" "$work/tls-target.log" || fail "the TLS target did not log a TLS 1.3 session"
+check_continues tls-source tls-target
+kill -TERM "$target"; wait "$target" || true
+echo "aot-smoke: snapshot, restore and live migration (plain and mutual TLS) work in the NativeAOT binary"

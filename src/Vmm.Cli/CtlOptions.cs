@@ -34,4 +34,7 @@ public sealed class CtlOptions
 
     [Option("copy-disks", HelpText = "migrate: copy the VM's disk images to the target while the guest runs (storage migration; the target needs --disk-dir). Without it both hosts must see the images at the same paths (shared storage).")]
     public bool CopyDisks { get; set; }
+
+    [Option("tls-dir", HelpText = "migrate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
+    public string? TlsDir { get; set; }
 }

@@ -32,6 +32,23 @@ public static class MigrateReceiveCommand
             log.Error($"--disk-dir {copyInto} is not a directory");
             return ExitCodes.VmmError;
         }
+        if (options.TlsDir is null && !options.Insecure && ReachableFromOtherHosts(address))
+        {
+            log.Error($"--listen {options.Listen}: migrations from other hosts need --tls-dir DIR (mutual TLS); over plain TCP anyone who " +
+                      "reaches the port could send a VM to run here or read the VMs sent. --insecure listens without TLS anyway (a trusted network only)");
+            return ExitCodes.VmmError;
+        }
+        MigrationTls? tls;
+        try
+        {
+            tls = options.TlsDir is null ? null : MigrationTls.Load(options.TlsDir);
+        }
+        catch (ConfigurationException e)
+        {
+            log.Error($"--tls-dir {options.TlsDir}: {e.Message}");
+            return ExitCodes.VmmError;
+        }
+        using var _ = tls;
         var listener = new TcpListener(address, port);
         try
         {
@@ -44,7 +61,7 @@ public static class MigrateReceiveCommand
         }
         try
         {
-            return new MigrationDaemon(options, listener, log).Run();
+            return new MigrationDaemon(options, listener, tls, log).Run();
         }
         catch (ConfigurationException e)
         {
@@ -53,4 +70,9 @@ public static class MigrateReceiveCommand
             return ExitCodes.VmmError;
         }
     }
+
+    /// <summary>Whether a listener on <paramref name="address"/> takes connections from other hosts: anything
+    /// but loopback (127.0.0.0/8, ::1, and 127.x written as an IPv4-mapped IPv6 address).</summary>
+    public static bool ReachableFromOtherHosts(IPAddress address) =>
+        !IPAddress.IsLoopback(address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
 }

@@ -8,6 +8,12 @@ public sealed class MigrateReceiveOptions
     [Option("listen", Required = true, HelpText = "ADDRESS:PORT to listen on, e.g. 0.0.0.0:7000 or [::]:7000; port 0 picks a free port (the log says which).")]
     public string Listen { get; set; } = "";
 
+    [Option("tls-dir", HelpText = "Take migrations over mutual TLS only: DIR/ca.pem is the CA whose certificates sources must present, DIR/cert.pem and DIR/key.pem this host's identity.")]
+    public string? TlsDir { get; set; }
+
+    [Option("insecure", HelpText = "Without --tls-dir, listen on an address other than loopback anyway: plain TCP, which anyone who reaches the port can send a VM to.")]
+    public bool Insecure { get; set; }
+
     [Option("once", HelpText = "Take one migration, run that VM, and exit with its exit code (2 if the migration failed).")]
     public bool Once { get; set; }
 

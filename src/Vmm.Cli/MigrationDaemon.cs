@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Security;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Vmm.Control;
@@ -17,7 +18,7 @@ namespace Vmm.Cli;
 /// migrations and the VMs it runs go on. VMs are known here by the name they travel with: at most one of each
 /// name, and <c>{name}</c> in --api-socket and --serial-log puts it in their paths. With --control-socket, the
 /// daemon answers <c>{"command":"list"}</c> with the VMs it runs.</summary>
-internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, Logger log)
+internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener listener, MigrationTls? tls, Logger log)
 {
     public static readonly TimeSpan HelloDeadline = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan SourceSilenceLimit = TimeSpan.FromSeconds(60);
@@ -41,7 +42,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
         using var control = options.ControlSocket is null ? null : StartSocket("--control-socket", options.ControlSocket,
             path => JsonLineServer.Start(path, (request, _, _) => HandleControl(request), log, "daemon-control"));
-        log.Info($"waiting for migrations on {listener.LocalEndpoint}");
+        log.Info($"waiting for migrations on {listener.LocalEndpoint} ({(tls is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}")})");
         try
         {
             for (int n = 1; ; n++)
@@ -180,9 +181,10 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         connection.ReceiveBufferSize = 4 << 20;
         connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
         bool helloLate = false;
-        // A whole Hello within the deadline, however slowly its bytes come: closing the socket ends the read.
+        // The TLS handshake and a whole Hello within the deadline, however slowly their bytes come: closing the
+        // socket ends the read.
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
-        var receiver = new MigrationReceiver(new NetworkStream(connection, ownsSocket: false), log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null);
+        Stream? stream = null;
         bool claimedOnce = false;
         string? name = null;
         Stream? serialLog = null;
@@ -191,6 +193,9 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         var started = Stopwatch.StartNew();
         try
         {
+            stream = IncomingMigrationStream.Open(connection, tls);
+            if (stream is SslStream session) log.Info($"migration {n}: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
+            var receiver = new MigrationReceiver(stream, log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null);
             destination = receiver.Receive((IncomingMachine incoming) =>
             {
                 var description = incoming.Description;
@@ -252,6 +257,10 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             control?.Dispose();
             destination?.Dispose();
             serialLog?.Dispose();
+        }
+        finally
+        {
+            stream?.Dispose();
         }
     }
 

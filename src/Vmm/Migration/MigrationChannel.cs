@@ -24,7 +24,7 @@ public sealed class MigrationChannel(Stream stream)
     public const int MaxDiskDataBytes = 1 << 20;
     public const int DiskDataHeaderBytes = 12;
 
-    private const int HeaderBytes = 9;
+    public const int HeaderBytes = 9;
     // One each way: a writer thread may send while another thread reads.
     private readonly byte[] _sendHeader = new byte[HeaderBytes], _receiveHeader = new byte[HeaderBytes];
 

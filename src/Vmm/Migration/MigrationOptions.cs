@@ -18,4 +18,6 @@ public sealed record MigrationOptions
     public TimeSpan ConfirmTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>How long one write or read on the connection may block before the peer counts as dead.</summary>
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Mutual TLS with the files of this directory (see <see cref="MigrationTls"/>); null: plain TCP.</summary>
+    public string? TlsDirectory { get; init; }
 }

@@ -132,6 +132,8 @@ public sealed class MigrationReceiver
     private MigrationHello ReadHello()
     {
         var (type, payload) = _channel.Receive(ref _buffer);
+        // A TLS source that refused this target's certificate says so in place of its Hello.
+        if (type == MigrationFrameType.Abort) throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
         if (type != MigrationFrameType.Hello) throw new MigrationException($"migration stream: expected a Hello frame, got {type}");
         return MigrationHello.Read(payload.ToArray());
     }

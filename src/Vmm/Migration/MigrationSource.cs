@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Net.Security;
 using System.Net.Sockets;
 using Vmm.Diagnostics;
 using Vmm.Memory;
@@ -16,7 +17,8 @@ namespace Vmm.Migration;
 /// (<see cref="DiskCopySender"/>), and count towards the downtime estimate. The source stops only
 /// after the target says the VM runs there; any failure before that resumes the VM here. A migration is a
 /// failure boundary: whatever goes wrong, a bug included, ends the migration, never the VM. When the VM
-/// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so.</summary>
+/// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so. The
+/// connection is plain TCP, or mutual TLS with <see cref="MigrationOptions.TlsDirectory"/> (see <see cref="MigrationTls"/>).</summary>
 public sealed class MigrationSource
 {
     private const int InitialThrottlePercent = 20, ThrottleStepPercent = 10;
@@ -48,24 +50,32 @@ public sealed class MigrationSource
         var total = Stopwatch.StartNew();
         bool wasPaused = _machine.IsPaused;
         bool pausedHere = false;
+        if (!TryParseEndpoint(_options.Target, out string host, out int port))
+            throw new MigrationException($"'{_options.Target}' is not HOST:PORT");
+        using var tls = LoadTls();
         // RAM stays mapped while pages are read from it, even if the VM ends meanwhile.
         using var ram = _memory.Lease();
-        using var socket = Connect(_options.Target, _options.IoTimeout);
+        using var socket = Connect(host, port, _options.Target, _options.IoTimeout);
         // A VM that stops ends its migration: closing the socket ends a send or receive that blocks.
         using var onVmStop = _machine.Stopping.Register(socket.Dispose);
-        // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
-        // would only add a copy of every page.
-        var channel = new MigrationChannel(new NetworkStream(socket, ownsSocket: false));
-        using var writer = _writer = new FrameWriter(channel, MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages));
         bool timedOut = false;
-        // Without --force the time limit is hard: closing the socket ends a write that blocks.
+        // Without --force the time limit is hard: closing the socket ends a write (or a TLS handshake) that blocks.
         using var deadline = _options.TimeoutS > 0 && !_options.Force
             ? new Timer(_ => { timedOut = true; socket.Dispose(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
             : null;
+        Stream? stream = null;
+        MigrationChannel? channel = null;
+        FrameWriter? writer = null;
         DirtyPageTracker? tracker = null;
         DiskCopySender? disks = null;
         try
         {
+            stream = tls?.AuthenticateTarget(socket, host) ?? new NetworkStream(socket, ownsSocket: false);
+            if (stream is SslStream session) _log.Info($"migration: mutual TLS ({session.SslProtocol}) with the target {session.RemoteCertificate?.Subject}");
+            // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
+            // would only add a copy of every page.
+            channel = new MigrationChannel(stream);
+            _writer = writer = new FrameWriter(channel, MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages));
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             if (_options.CopyDisks) disks = new DiskCopySender(_machine.Disks);
@@ -154,16 +164,16 @@ public sealed class MigrationSource
         catch (Exception e)
         {
             // The channel is this thread's again once the writer has stopped.
-            writer.Dispose();
+            writer?.Dispose();
             string why = _machine.StopReason is { } stop ? $"the VM stopped during the migration ({stop.Description})"
                 : timedOut ? $"timed out after {_options.TimeoutS} s"
-                : e is MigrationException { InnerException: IOException or SocketException } && TargetsLastWord(socket, channel) is { } refusal ? $"the target refused: {refusal}"
+                : e is MigrationException { InnerException: IOException or SocketException } && channel is not null && TargetsLastWord(socket, channel) is { } refusal ? $"the target refused: {refusal}"
                 : e is VmmException ? e.Message
                 : $"internal error in vmm: {e}";
             try
             {
-                channel.SendText(MigrationFrameType.Abort, why);
-                channel.Flush();
+                channel?.SendText(MigrationFrameType.Abort, why);
+                channel?.Flush();
             }
             catch (MigrationException)
             {
@@ -177,6 +187,21 @@ public sealed class MigrationSource
             _machine.ThrottlePercent = 0;
             disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
+            writer?.Dispose();
+            stream?.Dispose();
+        }
+    }
+
+    /// <summary>The TLS files named by the request; a file that will not do fails the migration before it starts.</summary>
+    private MigrationTls? LoadTls()
+    {
+        try
+        {
+            return _options.TlsDirectory is { } directory ? MigrationTls.Load(directory) : null;
+        }
+        catch (ConfigurationException e)
+        {
+            throw new MigrationException($"migration to {_options.Target} failed: {e.Message}; the VM keeps running here", e);
         }
     }
 
@@ -266,10 +291,8 @@ public sealed class MigrationSource
         writer.Submit(frame, length);
     }
 
-    private static Socket Connect(string target, TimeSpan timeout)
+    private static Socket Connect(string host, int port, string target, TimeSpan timeout)
     {
-        if (!TryParseEndpoint(target, out string host, out int port))
-            throw new MigrationException($"'{target}' is not HOST:PORT");
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {

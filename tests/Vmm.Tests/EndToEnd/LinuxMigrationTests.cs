@@ -49,7 +49,7 @@ public sealed class LinuxMigrationTests(ITestOutputHelper output) : IDisposable
         string socket = Path.Combine(_directory, "source.sock");
         string to = $"{TargetMigrationAddress}:{MigrationPort}";
 
-        using var target = new RunningVmm(["migrate-receive", "--listen", to, "--once", "--disk-dir", _directory], ["ip", "netns", "exec", _targetHost]);
+        using var target = new RunningVmm(["migrate-receive", "--listen", to, "--insecure", "--once", "--disk-dir", _directory], ["ip", "netns", "exec", _targetHost]);
         Assert.True(target.WaitFor((_, log) => log.Contains("waiting for migrations"), Patience), $"the target did not listen\n{target}");
         var clock = Stopwatch.StartNew();
         // rootdelay: on hardware KVM this kernel reaches init in well under a second, less than `vmm ctl` takes

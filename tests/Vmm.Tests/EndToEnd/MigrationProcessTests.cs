@@ -88,7 +88,8 @@ public sealed class MigrationProcessTests(ITestOutputHelper output) : MigrationP
 
         var g = Guest();
         string socket = Path.Combine(_directory, "src.sock");
-        var (target, _) = StartTarget("10.231.0.2:7700", ["ip", "netns", "exec", b]);
+        // Plain TCP across hosts needs --insecure; MigrationTlsProcessTests covers TLS.
+        var (target, _) = StartTarget("10.231.0.2:7700", ["ip", "netns", "exec", b], extra: ["--insecure"]);
         using var __ = target;
         using var source = StartSource(g, socket, ["ip", "netns", "exec", a]);
         using var ctl = Migrate(socket, "10.231.0.2:7700", "--force");
