@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the trimmed NativeAOT vmm through a snapshot, a restore and two live migrations over loopback,
-# plain and mutual TLS, with the memory-dirtying firmware guest: the tests run vmm under the JIT, and
+# Runs the trimmed NativeAOT vmm through a snapshot, a restore and three live migrations over loopback,
+# plain, mutual TLS, and copying a disk image (into a paused, named VM listed by the daemon), with the
+# memory-dirtying firmware guest: the tests run vmm under the JIT, and
 # trimming must not have removed anything these paths need (TLS also needs libssl at run time).
 # Usage: scripts/aot-smoke.sh PATH/TO/vmm
 set -euo pipefail
@@ -23,9 +24,10 @@ start_target() { # name [migrate-receive options...]; sets port
     wait_for "$work/$name.log" "waiting for migrations"
     port=$(sed -n 's/.*waiting for migrations on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name.log")
 }
-start_source() { # name
-    "$vmm" run --kernel "$work/guest.elf" --memory 48M --api-socket "$work/$1.sock" >"$work/$1.out" 2>"$work/$1.log" &
-    wait_for "$work/$1.out" "tick 00000002"
+start_source() { # name [run options...]
+    local name=$1; shift
+    "$vmm" run --kernel "$work/guest.elf" --memory 48M --api-socket "$work/$name.sock" "$@" >"$work/$name.out" 2>"$work/$name.log" &
+    wait_for "$work/$name.out" "tick 00000002"
 }
 # The migrated guest goes on ticking on the target from where the source left it.
 check_continues() { # source target
@@ -61,4 +63,19 @@ wait "$source" || fail "the TLS source did not exit 0 after migrating"
 grep -q "mutual TLS (Tls13)" "$work/tls-target.log" || fail "the TLS target did not log a TLS 1.3 session"
 check_continues tls-source tls-target
 kill -TERM "$target"; wait "$target" || true
-echo "aot-smoke: snapshot, restore and live migration (plain and mutual TLS) work in the NativeAOT binary"
+mkdir "$work/images"
+head -c 1M /dev/urandom >"$work/disk.img"
+truncate -s 8M "$work/disk.img"
+start_target disk-target --disk-dir "$work/images" --paused --api-socket "$work/{name}.vm.sock" --control-socket "$work/daemon.sock"
+target=$!
+start_source disk-source --disk "$work/disk.img" --name smoke-vm
+source=$!
+"$vmm" ctl --socket "$work/disk-source.sock" migrate --to 127.0.0.1:$port --force --copy-disks >"$work/disk-migrate.out" || fail "storage migration failed"
+wait "$source" || fail "the source did not exit 0 after a storage migration"
+cmp "$work/disk.img" "$work/images/disk.img" || fail "the copied disk image differs"
+"$vmm" ctl --socket "$work/daemon.sock" list >"$work/list.out" || fail "the daemon did not list its VMs"
+grep -q '"name":"smoke-vm","migration":1,"state":"paused"' "$work/list.out" || fail "the daemon's list lacks the paused smoke-vm: $(cat "$work/list.out")"
+"$vmm" ctl --socket "$work/smoke-vm.vm.sock" resume >/dev/null || fail "the received VM did not resume"
+check_continues disk-source disk-target
+kill -TERM "$target"; wait "$target" || true
+echo "aot-smoke: snapshot, restore and live migration (plain, mutual TLS, with a disk copy) work in the NativeAOT binary"
