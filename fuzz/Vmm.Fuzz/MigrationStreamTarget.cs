@@ -100,14 +100,19 @@ public sealed class MigrationStreamTarget : IFuzzTarget
     {
         int count = random.Next(1, 5);
         var w = new MemoryStream();
+        var data = new MemoryStream();
         w.Write(BitConverter.GetBytes((uint)count));
+        // Sometimes a run of adjacent pages, which the receiver reads in one go.
+        ulong address = (ulong)random.NextInt64(0, (long)(memoryBytes >> 12)) << 12;
         for (int i = 0; i < count; i++)
         {
-            ulong address = (ulong)random.NextInt64(0, (long)(memoryBytes >> 12)) << 12;
+            if (random.Next(2) == 0) address = (ulong)random.NextInt64(0, (long)(memoryBytes >> 12)) << 12;
+            else if (i > 0) address += MigrationChannel.PageSize;
             bool zero = random.Next(3) == 0;
             w.Write(BitConverter.GetBytes(address | (zero ? MigrationChannel.ZeroPageFlag : 0)));
-            if (!zero) w.Write(Mutations.RandomBytes(random, MigrationChannel.PageSize));
+            if (!zero) data.Write(Mutations.RandomBytes(random, MigrationChannel.PageSize));
         }
+        data.WriteTo(w);
         return w.ToArray();
     }
 

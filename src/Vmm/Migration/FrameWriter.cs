@@ -13,7 +13,7 @@ internal sealed class FrameWriter : IDisposable
     private const int Buffers = 3;
 
     private readonly MigrationChannel _channel;
-    private readonly BlockingCollection<(byte[] Buffer, int Length)> _queued = new(Buffers);
+    private readonly BlockingCollection<(byte[] Buffer, int HeadLength, int DataLength)> _queued = new(Buffers);
     private readonly BlockingCollection<byte[]> _free = new(Buffers);
     private readonly Thread _thread;
     /// <summary>Guards <see cref="_inFlight"/>; pulsed when it reaches zero.</summary>
@@ -39,13 +39,18 @@ internal sealed class FrameWriter : IDisposable
         return buffer;
     }
 
-    /// <summary>Queues a built Pages frame (the first <paramref name="length"/> bytes of a rented buffer).</summary>
-    public void Submit(byte[] buffer, int length)
+    /// <summary>Queues a built Pages frame: in a rented buffer, its count and addresses
+    /// (<paramref name="headLength"/> bytes from the start) and its page data (<paramref name="dataLength"/> bytes
+    /// from <see cref="PageDataOffset"/>).</summary>
+    public void Submit(byte[] buffer, int headLength, int dataLength)
     {
         ThrowIfFailed();
         lock (_gate) _inFlight++;
-        _queued.Add((buffer, length));
+        _queued.Add((buffer, headLength, dataLength));
     }
+
+    /// <summary>Where page data starts in a buffer: after room for the count and every address a frame may hold.</summary>
+    public const int PageDataOffset = 4 + MigrationChannel.MaxPagesPerFrame * 8;
 
     /// <summary>Returns once every queued frame has been sent, so the caller may use the channel itself.</summary>
     public void Drain()
@@ -63,11 +68,11 @@ internal sealed class FrameWriter : IDisposable
 
     private void Run()
     {
-        foreach (var (buffer, length) in _queued.GetConsumingEnumerable())
+        foreach (var (buffer, headLength, dataLength) in _queued.GetConsumingEnumerable())
         {
             try
             {
-                if (_failure is null) _channel.Send(MigrationFrameType.Pages, buffer.AsSpan(0, length));
+                if (_failure is null) _channel.Send(MigrationFrameType.Pages, buffer.AsSpan(0, headLength), buffer.AsSpan(PageDataOffset, dataLength));
             }
             catch (Exception e)
             {

@@ -45,21 +45,25 @@ public sealed class MigrationChannel(Stream stream)
         _ => -1,
     };
 
-    public void Send(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    public void Send(MigrationFrameType type, ReadOnlySpan<byte> payload) => Send(type, payload, []);
+
+    /// <summary>Sends one frame whose payload is <paramref name="first"/> followed by <paramref name="second"/>.</summary>
+    public void Send(MigrationFrameType type, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
     {
         _sendHeader[0] = (byte)type;
-        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(1), (uint)payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(5), Crc32C.Compute(payload));
+        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(1), (uint)(first.Length + second.Length));
+        BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(5), ~Crc32C.Append(Crc32C.Append(~0u, first), second));
         try
         {
             stream.Write(_sendHeader);
-            stream.Write(payload);
+            stream.Write(first);
+            if (!second.IsEmpty) stream.Write(second);
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
             throw new MigrationException($"the connection failed while sending a {type} frame: {e.Message}", e);
         }
-        BytesSent += HeaderBytes + payload.Length;
+        BytesSent += HeaderBytes + first.Length + second.Length;
     }
 
     /// <summary>How a connection fails under a stream: a reset or timeout (IOException), a socket closed under

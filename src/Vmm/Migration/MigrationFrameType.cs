@@ -8,7 +8,9 @@ public enum MigrationFrameType : byte
     /// each vCPU showed its guest (a target whose KVM cannot offer it answers <see cref="Error"/>, before the source
     /// pauses), and whether its disks travel.</summary>
     Hello = 1,
-    /// <summary>A batch of pages: count, then per page its guest address (low bit set: a zero page, no data follows) and 4 KiB.</summary>
+    /// <summary>A batch of pages: count (4), then every page's guest address (8 each; low bit set: a zero page, no
+    /// data), then the 4 KiB of each page with data, in the same order. Addresses first: the target knows where
+    /// each page goes before its bytes arrive, and reads runs of adjacent pages straight into guest RAM.</summary>
     Pages = 2,
     /// <summary>The end of one copy pass (its number); the target answers <see cref="PassDone"/> once it has
     /// written every page of the pass.</summary>

@@ -20,6 +20,9 @@ public sealed class MigrationReceiver
     private readonly string? _diskDirectory;
     private byte[] _buffer = new byte[1 << 20];
     private ulong[][]? _written;
+    /// <summary>A Pages frame's count and addresses, and the addresses of its pages with data.</summary>
+    private readonly byte[] _entries = new byte[4 + MigrationChannel.MaxPagesPerFrame * 8];
+    private readonly ulong[] _dataPages = new ulong[MigrationChannel.MaxPagesPerFrame];
     private IncomingDiskImages? _disks;
 
     /// <param name="diskDirectory">Where copied disk images are written; null: this target takes only VMs whose
@@ -138,19 +141,21 @@ public sealed class MigrationReceiver
         return MigrationHello.Read(payload.ToArray());
     }
 
-    /// <summary>Reads a Pages frame straight into guest RAM: each page's bytes land in their page, with no
-    /// buffer in between (a corrupted frame is found at its end, and the whole migration is discarded then).</summary>
+    /// <summary>Reads a Pages frame straight into guest RAM: the addresses first, then each page's bytes land in
+    /// their page, with no buffer in between (a corrupted frame is found at its end, and the whole migration is
+    /// discarded then).</summary>
     private void WritePages(GuestMemory memory, MigrationChannel.PayloadReader payload)
     {
-        Span<byte> word = stackalloc byte[8];
         if (payload.Remaining < 4) throw new MigrationException("migration stream: Pages frame without a count");
-        payload.Read(word[..4], "page count");
-        uint count = BinaryPrimitives.ReadUInt32LittleEndian(word);
+        payload.Read(_entries.AsSpan(0, 4), "page count");
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(_entries);
         if (count > MigrationChannel.MaxPagesPerFrame) throw new MigrationException($"migration stream: {count} pages in one frame");
-        for (uint i = 0; i < count; i++)
+        var entries = _entries.AsSpan(0, (int)count * 8);
+        payload.Read(entries, "page addresses");
+        int dataPages = 0;
+        for (int i = 0; i < count; i++)
         {
-            payload.Read(word, "a page entry");
-            ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(word);
+            ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(entries[(8 * i)..]);
             ulong flags = entry & (MigrationChannel.PageSize - 1);
             ulong address = entry & ~(ulong)(MigrationChannel.PageSize - 1);
             if ((flags & ~MigrationChannel.ZeroPageFlag) != 0)
@@ -162,8 +167,18 @@ public sealed class MigrationReceiver
                 if (MarkWritten(memory, address, written: false)) page.Clear();
                 continue;
             }
-            payload.Read(page, "page data");
+            _dataPages[dataPages++] = address;
             MarkWritten(memory, address, written: true);
+        }
+        // Each run of adjacent pages is read in one go, straight into guest RAM.
+        for (int first = 0; first < dataPages;)
+        {
+            int run = 1;
+            while (first + run < dataPages && _dataPages[first + run] == _dataPages[first] + (ulong)run * MigrationChannel.PageSize
+                   && memory.IsRam(_dataPages[first], (ulong)(run + 1) * MigrationChannel.PageSize))
+                run++;
+            payload.Read(memory.GetSpan(_dataPages[first], run * MigrationChannel.PageSize), "page data");
+            first += run;
         }
         payload.Finish();
     }

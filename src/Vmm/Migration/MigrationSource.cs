@@ -252,43 +252,42 @@ public sealed class MigrationSource
     {
         var writer = _writer!;
         long sent = 0, zero = 0;
-        int count = 0, position = 4;
+        int count = 0, data = 0;
         byte[]? frame = null;
         foreach (ulong address in pages.Addresses())
         {
             frame ??= writer.Rent();
             var page = _memory.GetSpan(address, MigrationChannel.PageSize);
-            if (page.ContainsAnyExcept((byte)0))
+            bool hasData = page.ContainsAnyExcept((byte)0);
+            BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(4 + 8 * count), hasData ? address : address | MigrationChannel.ZeroPageFlag);
+            if (hasData)
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(position), address);
-                page.CopyTo(frame.AsSpan(position + 8));
-                position += 8 + MigrationChannel.PageSize;
+                page.CopyTo(frame.AsSpan(FrameWriter.PageDataOffset + data));
+                data += MigrationChannel.PageSize;
             }
             else
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(position), address | MigrationChannel.ZeroPageFlag);
-                position += 8;
                 zero++;
             }
             sent++;
             if (++count == MigrationChannel.MaxPagesPerFrame)
             {
-                Submit(writer, frame, count, position);
+                Submit(writer, frame, count, data);
                 frame = null;
                 count = 0;
-                position = 4;
+                data = 0;
             }
         }
-        if (count > 0) Submit(writer, frame!, count, position);
+        if (count > 0) Submit(writer, frame!, count, data);
         writer.Drain();
         _pagesSent += sent;
         return (sent, zero);
     }
 
-    private static void Submit(FrameWriter writer, byte[] frame, int count, int length)
+    private static void Submit(FrameWriter writer, byte[] frame, int count, int dataLength)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)count);
-        writer.Submit(frame, length);
+        writer.Submit(frame, 4 + 8 * count, dataLength);
     }
 
     private static Socket Connect(string host, int port, string target, TimeSpan timeout)

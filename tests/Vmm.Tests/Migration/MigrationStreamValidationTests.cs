@@ -49,12 +49,14 @@ public sealed class MigrationStreamValidationTests
         Span<byte> word = stackalloc byte[8];
         BinaryPrimitives.WriteUInt32LittleEndian(word, (uint)pages.Length);
         payload.Write(word[..4]);
-        foreach (var (entry, data) in pages)
+        // Every address first, then the data of the pages that have it.
+        foreach (var (entry, _) in pages)
         {
             BinaryPrimitives.WriteUInt64LittleEndian(word, entry);
             payload.Write(word);
-            if (data is not null) payload.Write(data);
         }
+        foreach (var (_, data) in pages)
+            if (data is not null) payload.Write(data);
         return Frame(MigrationFrameType.Pages, payload.ToArray());
     }
 
