@@ -13,7 +13,6 @@ internal sealed class DiskCopySender : IDisposable
     /// <summary>Per disk, its dirty map; null for a read-only disk (the guest cannot change it).</summary>
     private readonly DiskDirtyMap?[] _maps;
     private readonly List<long>[] _pending;
-    private readonly byte[] _frame = new byte[MigrationChannel.DiskDataHeaderBytes + MigrationChannel.MaxDiskDataBytes];
 
     /// <summary>Starts tracking what the guest changes: anything changed from here on is sent again.</summary>
     public DiskCopySender(IReadOnlyList<VirtioBlock> disks)
@@ -28,8 +27,9 @@ internal sealed class DiskCopySender : IDisposable
     /// <summary>Image bytes sent so far (data, not holes).</summary>
     public long BytesSent { get; private set; }
 
-    /// <summary>Sends every data extent of every image; returns the image bytes sent.</summary>
-    public long SendAllocated(MigrationChannel channel)
+    /// <summary>Sends every data extent of every image; returns the image bytes sent. Reading the next range
+    /// overlaps sending the one before (<see cref="FrameWriter"/>); all is sent when this returns.</summary>
+    public long SendAllocated(FrameWriter writer)
     {
         long before = BytesSent;
         for (int disk = 0; disk < _disks.Count; disk++)
@@ -37,9 +37,10 @@ internal sealed class DiskCopySender : IDisposable
             for (long at = 0; _disks[disk].NextDataExtent(at) is var (start, end); at = end)
             {
                 for (long offset = start; offset < end; offset += MigrationChannel.MaxDiskDataBytes)
-                    SendRange(channel, disk, offset, (int)Math.Min(MigrationChannel.MaxDiskDataBytes, end - offset), zeroAsHole: false);
+                    SendRange(writer, disk, offset, (int)Math.Min(MigrationChannel.MaxDiskDataBytes, end - offset), zeroAsHole: false);
             }
         }
+        writer.Drain();
         return BytesSent - before;
     }
 
@@ -60,7 +61,7 @@ internal sealed class DiskCopySender : IDisposable
     public long PendingBytes => _pending.Sum(blocks => (long)blocks.Count) * DiskDirtyMap.BlockBytes;
 
     /// <summary>Sends the collected blocks, contiguous ones together; returns the image bytes sent.</summary>
-    public long SendPending(MigrationChannel channel)
+    public long SendPending(FrameWriter writer)
     {
         long before = BytesSent;
         const int blocksPerFrame = MigrationChannel.MaxDiskDataBytes / DiskDirtyMap.BlockBytes;
@@ -73,35 +74,39 @@ internal sealed class DiskCopySender : IDisposable
                 while (i + run < blocks.Count && run < blocksPerFrame && blocks[i + run] == blocks[i] + run) run++;
                 long offset = blocks[i] * DiskDirtyMap.BlockBytes;
                 int length = (int)Math.Min((long)run * DiskDirtyMap.BlockBytes, _disks[disk].CapacityBytes - offset);
-                SendRange(channel, disk, offset, length, zeroAsHole: true);
+                SendRange(writer, disk, offset, length, zeroAsHole: true);
                 i += run;
             }
             blocks.Clear();
         }
+        writer.Drain();
         return BytesSent - before;
     }
 
     /// <summary>Reads one range and sends it: as data, or, when it reads as zeros, as a hole to punch (a later
     /// pass: the target may hold old data there) or as nothing at all (the first pass: the target's image
     /// starts as one hole).</summary>
-    private void SendRange(MigrationChannel channel, int disk, long offset, int length, bool zeroAsHole)
+    private void SendRange(FrameWriter writer, int disk, long offset, int length, bool zeroAsHole)
     {
-        var data = _frame.AsSpan(MigrationChannel.DiskDataHeaderBytes, length);
+        byte[] frame = writer.Rent();
+        var data = frame.AsSpan(FrameWriter.DataOffset, length);
         _disks[disk].ReadImage(offset, data);
-        if (!data.ContainsAnyExcept((byte)0))
+        BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)disk);
+        BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(4), offset);
+        if (data.ContainsAnyExcept((byte)0))
         {
-            if (!zeroAsHole) return;
-            Span<byte> zero = stackalloc byte[20];
-            BinaryPrimitives.WriteUInt32LittleEndian(zero, (uint)disk);
-            BinaryPrimitives.WriteInt64LittleEndian(zero[4..], offset);
-            BinaryPrimitives.WriteInt64LittleEndian(zero[12..], length);
-            channel.Send(MigrationFrameType.DiskZero, zero);
-            return;
+            writer.Submit(MigrationFrameType.DiskData, frame, MigrationChannel.DiskDataHeaderBytes, length);
+            BytesSent += length;
         }
-        BinaryPrimitives.WriteUInt32LittleEndian(_frame, (uint)disk);
-        BinaryPrimitives.WriteInt64LittleEndian(_frame.AsSpan(4), offset);
-        channel.Send(MigrationFrameType.DiskData, _frame.AsSpan(0, MigrationChannel.DiskDataHeaderBytes + length));
-        BytesSent += length;
+        else if (zeroAsHole)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(12), length);
+            writer.Submit(MigrationFrameType.DiskZero, frame, 20, 0);
+        }
+        else
+        {
+            writer.Return(frame);
+        }
     }
 
     public void Dispose()

@@ -2,9 +2,9 @@ using System.Collections.Concurrent;
 
 namespace Vmm.Migration;
 
-/// <summary>Overlaps building Pages frames with sending them: the migration thread scans guest RAM and copies
-/// pages into one buffer while this writer's thread checksums and writes (and, over TLS, encrypts) the one
-/// before. A few buffers circulate between the two. A send that fails (the connection broke, the socket was
+/// <summary>Overlaps building frames with sending them: the migration thread scans guest RAM and copies pages
+/// (or reads a disk image) into one buffer while this writer's thread checksums and writes (and, over TLS,
+/// encrypts) the one before. While it runs, every frame goes through it, so frames never interleave. A few buffers circulate between the two. A send that fails (the connection broke, the socket was
 /// closed under it) is kept and thrown to the migration thread at its next <see cref="Rent"/>,
 /// <see cref="Submit"/> or <see cref="Drain"/>; the writer then discards what is still queued, so neither
 /// side waits for the other forever.</summary>
@@ -13,7 +13,7 @@ internal sealed class FrameWriter : IDisposable
     private const int Buffers = 3;
 
     private readonly MigrationChannel _channel;
-    private readonly BlockingCollection<(byte[] Buffer, int HeadLength, int DataLength)> _queued = new(Buffers);
+    private readonly BlockingCollection<(MigrationFrameType Type, byte[] Buffer, int HeadLength, int DataLength)> _queued = new(Buffers);
     private readonly BlockingCollection<byte[]> _free = new(Buffers);
     private readonly Thread _thread;
     /// <summary>Guards <see cref="_inFlight"/>; pulsed when it reaches zero.</summary>
@@ -22,10 +22,10 @@ internal sealed class FrameWriter : IDisposable
     private volatile Exception? _failure;
     private bool _disposed;
 
-    public FrameWriter(MigrationChannel channel, int bufferBytes)
+    public FrameWriter(MigrationChannel channel)
     {
         _channel = channel;
-        for (int i = 0; i < Buffers; i++) _free.Add(new byte[bufferBytes]);
+        for (int i = 0; i < Buffers; i++) _free.Add(new byte[BufferBytes]);
         _thread = new Thread(Run) { Name = "migration-writer", IsBackground = true };
         _thread.Start();
     }
@@ -39,18 +39,23 @@ internal sealed class FrameWriter : IDisposable
         return buffer;
     }
 
-    /// <summary>Queues a built Pages frame: in a rented buffer, its count and addresses
-    /// (<paramref name="headLength"/> bytes from the start) and its page data (<paramref name="dataLength"/> bytes
-    /// from <see cref="PageDataOffset"/>).</summary>
-    public void Submit(byte[] buffer, int headLength, int dataLength)
+    /// <summary>Gives back a rented buffer that holds nothing to send.</summary>
+    public void Return(byte[] buffer) => _free.Add(buffer);
+
+    /// <summary>Queues a built frame: in a rented buffer, its head (a Pages frame's count and addresses, a disk
+    /// frame's disk and offset: <paramref name="headLength"/> bytes from the start) and its data
+    /// (<paramref name="dataLength"/> bytes from <see cref="DataOffset"/>).</summary>
+    public void Submit(MigrationFrameType type, byte[] buffer, int headLength, int dataLength)
     {
         ThrowIfFailed();
         lock (_gate) _inFlight++;
-        _queued.Add((buffer, headLength, dataLength));
+        _queued.Add((type, buffer, headLength, dataLength));
     }
 
-    /// <summary>Where page data starts in a buffer: after room for the count and every address a frame may hold.</summary>
-    public const int PageDataOffset = 4 + MigrationChannel.MaxPagesPerFrame * 8;
+    /// <summary>Where a frame's data starts in a buffer: after room for a Pages frame's count and every address it
+    /// may hold. A buffer holds 1 MiB of data after it: 256 pages, or one DiskData frame's image bytes.</summary>
+    public const int DataOffset = 4 + MigrationChannel.MaxPagesPerFrame * 8;
+    public const int BufferBytes = DataOffset + MigrationChannel.MaxPagesPerFrame * MigrationChannel.PageSize;
 
     /// <summary>Returns once every queued frame has been sent, so the caller may use the channel itself.</summary>
     public void Drain()
@@ -68,11 +73,11 @@ internal sealed class FrameWriter : IDisposable
 
     private void Run()
     {
-        foreach (var (buffer, headLength, dataLength) in _queued.GetConsumingEnumerable())
+        foreach (var (type, buffer, headLength, dataLength) in _queued.GetConsumingEnumerable())
         {
             try
             {
-                if (_failure is null) _channel.Send(MigrationFrameType.Pages, buffer.AsSpan(0, headLength), buffer.AsSpan(PageDataOffset, dataLength));
+                if (_failure is null) _channel.Send(type, buffer.AsSpan(0, headLength), buffer.AsSpan(DataOffset, dataLength));
             }
             catch (Exception e)
             {

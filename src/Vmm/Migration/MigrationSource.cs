@@ -75,7 +75,7 @@ public sealed class MigrationSource
             // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
             // would only add a copy of every page.
             channel = new MigrationChannel(stream);
-            _writer = writer = new FrameWriter(channel, MigrationChannel.MaxPayloadBytes(MigrationFrameType.Pages));
+            _writer = writer = new FrameWriter(channel);
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             if (_options.CopyDisks) disks = new DiskCopySender(_machine.Disks);
@@ -92,7 +92,7 @@ public sealed class MigrationSource
                 pass++;
                 var passTime = Stopwatch.StartNew();
                 long bytesBefore = channel.BytesSent;
-                long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(channel) : disks.SendPending(channel);
+                long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(writer) : disks.SendPending(writer);
                 var (pages, zeroPages) = SendPages(pending);
                 channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
                 channel.Flush();
@@ -140,7 +140,7 @@ public sealed class MigrationSource
             if (disks is not null)
             {
                 disks.CollectDirty();
-                finalDiskBytes = disks.SendPending(channel);
+                finalDiskBytes = disks.SendPending(writer);
             }
             var (finalPages, _) = SendPages(pending);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
@@ -262,7 +262,7 @@ public sealed class MigrationSource
             BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(4 + 8 * count), hasData ? address : address | MigrationChannel.ZeroPageFlag);
             if (hasData)
             {
-                page.CopyTo(frame.AsSpan(FrameWriter.PageDataOffset + data));
+                page.CopyTo(frame.AsSpan(FrameWriter.DataOffset + data));
                 data += MigrationChannel.PageSize;
             }
             else
@@ -287,7 +287,7 @@ public sealed class MigrationSource
     private static void Submit(FrameWriter writer, byte[] frame, int count, int dataLength)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)count);
-        writer.Submit(frame, 4 + 8 * count, dataLength);
+        writer.Submit(MigrationFrameType.Pages, frame, 4 + 8 * count, dataLength);
     }
 
     private static Socket Connect(string host, int port, string target, TimeSpan timeout)
