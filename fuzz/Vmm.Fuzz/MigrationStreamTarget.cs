@@ -18,13 +18,6 @@ public sealed class MigrationStreamTarget : IFuzzTarget
 {
     private const ulong MaxRamBytes = 64UL << 20;
     private static readonly Logger Quiet = new(TextWriter.Null, LogLevel.Error);
-    /// <summary>Where copied disk images go (storage migration); emptied after every input.</summary>
-    private static readonly Lazy<string> DiskDirectory = new(() =>
-    {
-        string directory = Directory.CreateTempSubdirectory("vmm-fuzz-disks-").FullName;
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => Directory.Delete(directory, recursive: true);
-        return directory;
-    });
 
     public string Name => "migration";
 
@@ -33,7 +26,10 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         if (input.IsEmpty) return "empty";
         byte[] stream = input[1..].ToArray();
         if ((input[0] & 1) != 0) RepairChecksums(stream);
-        var receiver = new MigrationReceiver(new InputStream(stream), Quiet, DiskDirectory.Value);
+        // Copied disk images (storage migration) go into a directory of this input's own: inputs may run at the
+        // same time (tests), and one's images must not collide with another's.
+        string disks = Directory.CreateTempSubdirectory("vmm-fuzz-disks-").FullName;
+        var receiver = new MigrationReceiver(new InputStream(stream), Quiet, disks);
         try
         {
             using var destination = receiver.Receive(description => new RamOnlyDestination(description));
@@ -51,7 +47,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         finally
         {
             // A failed migration leaves no image behind (checked by tests); a completed one leaves its copies.
-            foreach (string image in Directory.GetFiles(DiskDirectory.Value)) File.Delete(image);
+            Directory.Delete(disks, recursive: true);
         }
     }
 
