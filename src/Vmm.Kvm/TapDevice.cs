@@ -97,6 +97,16 @@ public sealed unsafe class TapDevice : IDisposable
         }
     }
 
+    /// <summary>Writes one frame (header + packet) from one buffer.</summary>
+    public void Write(ReadOnlySpan<byte> frame)
+    {
+        fixed (byte* bytes = frame)
+        {
+            var vector = new IoVec { Base = (nint)bytes, Length = (nuint)frame.Length };
+            Write(new ReadOnlySpan<IoVec>(in vector));
+        }
+    }
+
     public void Dispose() => _fd.Dispose();
 }
 

@@ -39,6 +39,8 @@ public sealed class Machine : IDisposable
     public DeviceBus IoPorts => _parts.IoPorts;
     public DeviceBus Mmio => _parts.Mmio;
     public Serial8250 Serial => _parts.Serial;
+    /// <summary>The guest's output to the outside world (console, network), held per epoch while replicated.</summary>
+    public GuestOutputGate Output => _parts.Output;
     /// <summary>How the kernel was loaded; null for a machine built to take a saved state.</summary>
     public BootSetup? Boot => _parts.Boot;
     /// <summary>Every device with state, in a fixed order: what snapshots, migration and replication save.</summary>

@@ -33,6 +33,25 @@ public static class MachineBuilder
         return Build(config, log, memoryImagePath ?? "");
     }
 
+    /// <summary>Builds a machine around RAM that already holds its guest's memory (a standby's last checkpoint),
+    /// for a restore. The machine owns <paramref name="memory"/> from here on, and releases it if building fails.</summary>
+    public static Machine ForRestore(MachineConfig config, Logger log, GuestMemory memory)
+    {
+        try
+        {
+            Validate(config, log);
+            var ranges = X86Layout.RamRanges(config.MemoryBytes);
+            if (!memory.Regions.Select(r => (r.GuestAddress, r.SizeBytes)).SequenceEqual(ranges))
+                throw new ConfigurationException($"the RAM held for the VM does not have the layout of {config.MemoryBytes >> 20} MiB");
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+        return Build(config, log, "", memory);
+    }
+
     private static void Validate(MachineConfig config, Logger log)
     {
         if (config.VcpuCount < 1)
@@ -49,7 +68,8 @@ public static class MachineBuilder
     }
 
     /// <param name="memoryImagePath">null: boot the kernel; "": zeroed RAM; otherwise RAM mapped from this image.</param>
-    private static Machine Build(MachineConfig config, Logger log, string? memoryImagePath)
+    /// <param name="adoptedMemory">RAM to use as it is (owned from here on), instead of allocating it.</param>
+    private static Machine Build(MachineConfig config, Logger log, string? memoryImagePath, GuestMemory? adoptedMemory = null)
     {
         bool booting = memoryImagePath is null;
         var owned = new Stack<IDisposable>();
@@ -58,6 +78,7 @@ public static class MachineBuilder
             owned.Push(disposable);
             return disposable;
         }
+        if (adoptedMemory is not null) Own(adoptedMemory);
         try
         {
             bool nested = config.NestedKvmHostOverride ?? NestedKvm.IsActiveOnThisHost();
@@ -87,7 +108,7 @@ public static class MachineBuilder
             vm.CreatePit2();
 
             var ranges = X86Layout.RamRanges(config.MemoryBytes);
-            var memory = Own(string.IsNullOrEmpty(memoryImagePath) ? GuestMemory.Allocate(ranges, config.HugePages) : GuestMemory.MapImage(ranges, memoryImagePath));
+            var memory = adoptedMemory ?? Own(string.IsNullOrEmpty(memoryImagePath) ? GuestMemory.Allocate(ranges, config.HugePages) : GuestMemory.MapImage(ranges, memoryImagePath));
             foreach (var region in memory.Regions)
                 vm.SetUserMemoryRegion(region.Slot, region.GuestAddress, region.SizeBytes, region.HostAddress);
 
@@ -96,7 +117,8 @@ public static class MachineBuilder
             var mmio = new DeviceBus("MMIO", log);
             // The device thread is a failure boundary: what escapes a handler stops this VM, not the process.
             var eventLoop = Own(new EventLoop(e => stop.Request(VmStop.FromFailure("device thread", e))));
-            var serial = new Serial8250(config.SerialOutput, new KvmInterruptLine(vm, Serial8250.Com1Irq));
+            var output = new GuestOutputGate();
+            var serial = new Serial8250(new GatedOutputStream(config.SerialOutput, output), new KvmInterruptLine(vm, Serial8250.Com1Irq));
             serial.OutputFailed += e => log.Warning($"guest console output failed ({e.Message}); further output is dropped");
             var (i8042, cmos) = AddLegacyDevices(ioPorts, vm, serial, stop, log);
 
@@ -110,7 +132,7 @@ public static class MachineBuilder
             }
             foreach (var network in config.Networks)
             {
-                virtio.Add($"virtio-net {network.TapName}", new VirtioNet(network), vm, mmio, eventLoop, memory, log);
+                virtio.Add($"virtio-net {network.TapName}", new VirtioNet(network, output), vm, mmio, eventLoop, memory, log);
                 log.Info($"virtio-net on TAP {network.TapName}, guest MAC {NetworkConfig.Format(network.Mac)}");
             }
             commandLine = $"{commandLine} {virtio.KernelCommandLine()}".Trim();
@@ -144,7 +166,7 @@ public static class MachineBuilder
             return new Machine(new MachineParts
             {
                 Config = config, Kvm = kvm, Vm = vm, Memory = memory, IoPorts = ioPorts, Mmio = mmio, EventLoop = eventLoop,
-                Virtio = virtio, Disks = disks, Serial = serial, Devices = [serial, i8042, cmos, .. virtio.Transports], Vcpus = vcpus,
+                Virtio = virtio, Disks = disks, Serial = serial, Output = output, Devices = [serial, i8042, cmos, .. virtio.Transports], Vcpus = vcpus,
                 VcpuCpuid = shownCpuid, DirtyRings = dirtyRings, Stop = stop, StateSupport = stateSupport, Boot = boot, HandleNestedEmulationFailures = workarounds,
             });
         }

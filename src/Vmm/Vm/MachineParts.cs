@@ -22,6 +22,8 @@ internal sealed class MachineParts : IDisposable
     /// <summary>The virtio-blk devices, in the order of <see cref="MachineConfig.Disks"/> (owned by <see cref="Virtio"/>).</summary>
     public required IReadOnlyList<Devices.Virtio.VirtioBlock> Disks { get; init; }
     public required Serial8250 Serial { get; init; }
+    /// <summary>What the guest sends outside (console, TAP frames) passes through it; replication holds it per epoch.</summary>
+    public required GuestOutputGate Output { get; init; }
     public required IReadOnlyList<IStatefulDevice> Devices { get; init; }
     public required List<KvmVcpu> Vcpus { get; init; }
     /// <summary>The CPUID each vCPU shows its guest, read back from KVM once it was set.</summary>

@@ -8,7 +8,7 @@ namespace Vmm.Devices.Virtio;
 /// <summary>virtio-net on a TAP device (virtio 1.2, section 5.1): one receive and one transmit queue,
 /// a MAC address and link status. Frames go between the TAP and guest buffers with readv/writev, the
 /// virtio-net header included (the TAP speaks the same header), so there is no copy in the VMM.</summary>
-public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
+public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IGuestOutputSink, IDisposable
 {
     public const int ReceiveQueue = 0, TransmitQueue = 1;
     public const ushort QueueSize = 256;
@@ -28,11 +28,16 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
 
     private readonly TapDevice _tap;
     private readonly IoVec[] _vectors = new IoVec[MaxSegments];
+    private const int MaxHeldFrameBytes = 128 << 10;
+
+    private readonly GuestOutputGate _output;
     private VirtioActivation? _activation;
 
-    public VirtioNet(NetworkConfig config)
+    /// <param name="output">Transmitted frames leave through it (held per epoch while the VM is replicated).</param>
+    public VirtioNet(NetworkConfig config, GuestOutputGate output)
     {
         Config = config;
+        _output = output;
         try
         {
             _tap = TapDevice.Open(config.TapName, HeaderBytes);
@@ -98,8 +103,15 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         {
             while (queue.TryPopChain(memory, out var chain))
             {
-                int count = Gather(memory, chain.ReadableSpan);
-                if (chain.ReadableBytes > HeaderBytes) _tap.Write(_vectors.AsSpan(0, count));
+                if (chain.ReadableBytes > HeaderBytes)
+                {
+                    if (_output.IsHolding)
+                    {
+                        // Longer than tun takes (64 KiB of TSO payload and headers): tun would refuse it, so it is dropped.
+                        if (chain.ReadableBytes <= MaxHeldFrameBytes) _output.Hold(this, CopyFrame(memory, chain.ReadableSpan, chain.ReadableBytes));
+                    }
+                    else _tap.Write(_vectors.AsSpan(0, Gather(memory, chain.ReadableSpan)));
+                }
                 queue.AddUsed(memory, chain.HeadIndex, 0);
             }
         }
@@ -156,6 +168,24 @@ public sealed class VirtioNet : IVirtioDevice, IVirtioBackendEvents, IDisposable
         for (int i = 0; i < count; i++) _vectors[i] = memory.ToIoVec(segments[i].Address, segments[i].Length);
         return count;
     }
+
+    /// <summary>A held frame must outlive its buffers: the guest reuses them as soon as they are used.</summary>
+    private static byte[] CopyFrame(GuestMemory memory, ReadOnlySpan<DescriptorSegment> segments, long bytes)
+    {
+        if (segments.Length > MaxSegments)
+            throw new VirtqueueException($"a network buffer of {segments.Length} segments exceeds the {MaxSegments} vmm supports");
+        var frame = new byte[bytes];
+        int at = 0;
+        foreach (var segment in segments)
+        {
+            memory.Read(segment.Address, frame.AsSpan(at, (int)segment.Length));
+            at += (int)segment.Length;
+        }
+        return frame;
+    }
+
+    /// <summary>A held frame's commit: it leaves for the TAP.</summary>
+    public void WriteNow(ReadOnlySpan<byte> frame) => _tap.Write(frame);
 
     private static void MarkReceived(GuestMemory memory, ReadOnlySpan<DescriptorSegment> segments, long length)
     {

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using Vmm.Devices;
 using Vmm.Devices.Virtio;
 using Vmm.Diagnostics;
 using Vmm.Memory;
@@ -38,7 +39,7 @@ public sealed class VirtioNetTests : IDisposable
 
     public VirtioNetTests()
     {
-        _net = new VirtioNet(new NetworkConfig(_tapName, GuestMac));
+        _net = new VirtioNet(new NetworkConfig(_tapName, GuestMac), new GuestOutputGate());
         _transport = new VirtioMmioTransport("virtio-net0", _net, _memory, _interrupt, new Logger(_log, LogLevel.Debug));
         _driver = new MmioDriver(_transport, _memory);
     }

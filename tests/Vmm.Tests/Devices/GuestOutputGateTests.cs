@@ -1,0 +1,128 @@
+using Vmm.Devices;
+using Xunit;
+
+namespace Vmm.Tests.Devices;
+
+public sealed class GuestOutputGateTests
+{
+    private sealed class RecordingSink : IGuestOutputSink
+    {
+        public List<string> Written { get; } = [];
+        public void WriteNow(ReadOnlySpan<byte> data) => Written.Add(System.Text.Encoding.ASCII.GetString(data));
+    }
+
+    private static void Write(GuestOutputGate gate, IGuestOutputSink sink, string text) => gate.Write(sink, System.Text.Encoding.ASCII.GetBytes(text));
+
+    [Fact]
+    public void WithoutReplication_OutputPassesStraightThrough()
+    {
+        var gate = new GuestOutputGate();
+        var sink = new RecordingSink();
+        Write(gate, sink, "a");
+        Assert.Equal(["a"], sink.Written);
+        Assert.Equal(0, gate.HeldBytes);
+    }
+
+    [Fact]
+    public void HeldOutput_LeavesOnlyWhenItsEpochIsCommitted_InOrder()
+    {
+        var gate = new GuestOutputGate();
+        var console = new RecordingSink();
+        var tap = new RecordingSink();
+        gate.StartHolding(1);
+        Write(gate, console, "e1-console");
+        Write(gate, tap, "e1-frame");
+        gate.Seal(1);
+        Write(gate, console, "e2-console");
+        Assert.Empty(console.Written);
+        Assert.Empty(tap.Written);
+        Assert.Equal(28, gate.HeldBytes);
+
+        gate.Release(1);
+        Assert.Equal(["e1-console"], console.Written);
+        Assert.Equal(["e1-frame"], tap.Written);
+        Assert.Equal(10, gate.HeldBytes);
+
+        gate.Seal(2);
+        gate.Release(2);
+        Assert.Equal(["e1-console", "e2-console"], console.Written);
+        Assert.Equal(0, gate.HeldBytes);
+        Assert.Equal(28, gate.ReleasedBytes);
+    }
+
+    [Fact]
+    public void ACommitOfAnEarlierEpoch_ReleasesNothingLater()
+    {
+        var gate = new GuestOutputGate();
+        var sink = new RecordingSink();
+        gate.StartHolding(5);
+        gate.Seal(5);
+        Write(gate, sink, "epoch 6");
+        gate.Release(5);
+        Assert.Empty(sink.Written);
+    }
+
+    [Fact]
+    public void StopHolding_ReleasesEverythingInOrder_ThenPassesThrough()
+    {
+        var gate = new GuestOutputGate();
+        var sink = new RecordingSink();
+        gate.StartHolding(1);
+        Write(gate, sink, "1");
+        gate.Seal(1);
+        Write(gate, sink, "2");
+        gate.StopHolding();
+        Write(gate, sink, "3");
+        Assert.Equal(["1", "2", "3"], sink.Written);
+        Assert.False(gate.IsHolding);
+    }
+
+    [Fact]
+    public void HeldOutputBeyondTheBound_IsDroppedAndCounted()
+    {
+        var gate = new GuestOutputGate();
+        var sink = new RecordingSink();
+        gate.StartHolding(1);
+        gate.Hold(sink, new byte[GuestOutputGate.MaxHeldBytes]);
+        gate.Hold(sink, new byte[10]);
+        Assert.Equal(GuestOutputGate.MaxHeldBytes, gate.HeldBytes);
+        Assert.Equal(10, gate.DroppedBytes);
+    }
+
+    [Fact]
+    public void ASinkThatFailsAtRelease_CountsAsDropped_AndTheRestStillLeaves()
+    {
+        var gate = new GuestOutputGate();
+        var broken = new BrokenSink();
+        var sink = new RecordingSink();
+        gate.StartHolding(1);
+        Write(gate, broken, "lost");
+        Write(gate, sink, "kept");
+        gate.Seal(1);
+        gate.Release(1);
+        Assert.Equal(["kept"], sink.Written);
+        Assert.Equal(4, gate.DroppedBytes);
+    }
+
+    private sealed class BrokenSink : IGuestOutputSink
+    {
+        public void WriteNow(ReadOnlySpan<byte> data) => throw new IOException("console gone");
+    }
+
+    [Fact]
+    public void TheGatedConsoleStream_HoldsBytesUntilTheCommit()
+    {
+        var gate = new GuestOutputGate();
+        var inner = new MemoryStream();
+        var stream = new GatedOutputStream(inner, gate);
+        stream.WriteByte((byte)'x');
+        Assert.Equal("x", System.Text.Encoding.ASCII.GetString(inner.ToArray()));
+        gate.StartHolding(1);
+        stream.WriteByte((byte)'y');
+        stream.Flush();
+        Assert.Equal("x", System.Text.Encoding.ASCII.GetString(inner.ToArray()));
+        gate.Seal(1);
+        gate.Release(1);
+        Assert.Equal("xy", System.Text.Encoding.ASCII.GetString(inner.ToArray()));
+    }
+}
