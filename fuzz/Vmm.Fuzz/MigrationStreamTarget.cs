@@ -36,7 +36,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
             receiver.ConfirmResumed();
             return null;
         }
-        catch (MigrationException refused) when (refused.InnerException is null or VmmException)
+        catch (MigrationException refused) when (refused.InnerException is null or VmmException or EndOfStreamException)
         {
             return refused.Message;
         }

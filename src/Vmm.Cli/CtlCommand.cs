@@ -86,6 +86,21 @@ public static class CtlCommand
                     // The VM reads the TLS files, from its own working directory.
                     if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
                     break;
+                case "replicate":
+                    if (options.Stop)
+                    {
+                        writer.WriteBoolean("stop", true);
+                        break;
+                    }
+                    if (options.To is null)
+                    {
+                        error = "replicate needs --to HOST:PORT (where 'vmm standby --listen' runs), or --stop";
+                        return null;
+                    }
+                    writer.WriteString("to", options.To);
+                    writer.WriteNumber("intervalMs", options.IntervalMs);
+                    if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
+                    break;
             }
             writer.WriteEndObject();
         }

@@ -8,13 +8,13 @@ public sealed class CtlOptions
     [Option("socket", Required = true, HelpText = "The VM's control socket.")]
     public string Socket { get; set; } = "";
 
-    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, or migrate --to HOST:PORT; list, against a migrate-receive daemon's --control-socket.")]
+    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, migrate --to HOST:PORT, replicate --to HOST:PORT (or replicate --stop); list, against a migrate-receive daemon's --control-socket; failover, against a standby's --api-socket.")]
     public string Command { get; set; } = "";
 
     [Value(1, MetaName = "path", HelpText = "snapshot: the directory to write the snapshot to.")]
     public string? Path { get; set; }
 
-    [Option("to", HelpText = "migrate: the target's address, HOST:PORT, where 'vmm migrate-receive --listen' runs.")]
+    [Option("to", HelpText = "migrate: the target's address, HOST:PORT, where 'vmm migrate-receive --listen' runs; replicate: the standby's, where 'vmm standby --listen' runs.")]
     public string? To { get; set; }
 
     [Option("downtime-ms", Default = 300, HelpText = "migrate: the longest pause the guest may see; the last copy starts once the dirty pages left can be sent in this time.")]
@@ -35,6 +35,12 @@ public sealed class CtlOptions
     [Option("copy-disks", HelpText = "migrate: copy the VM's disk images to the target while the guest runs (storage migration; the target needs --disk-dir). Without it both hosts must see the images at the same paths (shared storage).")]
     public bool CopyDisks { get; set; }
 
-    [Option("tls-dir", HelpText = "migrate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
+    [Option("interval-ms", Default = 100, HelpText = "replicate: how long each epoch runs; the guest's output waits about this long (plus the commit) before it leaves the host.")]
+    public int IntervalMs { get; set; } = 100;
+
+    [Option("stop", HelpText = "replicate: end the replication running; the standby discards its replica and the VM runs on here.")]
+    public bool Stop { get; set; }
+
+    [Option("tls-dir", HelpText = "migrate, replicate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
     public string? TlsDir { get; set; }
 }

@@ -12,6 +12,7 @@ public static class Program
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(CtlOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(MigrateReceiveOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StandbyOptions))]
     public static int Main(string[] args)
     {
         // The last failure boundary: an exception that escapes a command is a bug in vmm, reported as such.
@@ -34,12 +35,13 @@ public static class Program
             settings.CaseInsensitiveEnumValues = true;
             settings.AllowMultiInstance = true;
         });
-        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions), typeof(CtlOptions), typeof(MigrateReceiveOptions));
+        ParserResult<object> result = parser.ParseArguments(args, typeof(RunOptions), typeof(CtlOptions), typeof(MigrateReceiveOptions), typeof(StandbyOptions));
         return result switch
         {
             Parsed<object> { Value: RunOptions run } => RunCommand.Execute(run),
             Parsed<object> { Value: CtlOptions ctl } => CtlCommand.Execute(ctl),
             Parsed<object> { Value: MigrateReceiveOptions receive } => MigrateReceiveCommand.Execute(receive),
+            Parsed<object> { Value: StandbyOptions standby } => StandbyCommand.Execute(standby),
             NotParsed<object> notParsed => ReportParseErrors(notParsed),
             _ => ExitCodes.VmmError,
         };

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Vmm.Diagnostics;
 using Vmm.Migration;
+using Vmm.Replication;
 using Vmm.Vm;
 
 namespace Vmm.Control;
@@ -21,6 +22,8 @@ public sealed class ControlServer : IDisposable
     private readonly JsonLineServer _server;
     /// <summary>The pause, resume, snapshot or migration in progress, or null.</summary>
     private string? _operation;
+    /// <summary>The VM's replication to a standby, running or ended (its status stays visible), or null.</summary>
+    private ReplicationSource? _replication;
 
     private ControlServer(Machine machine, string path, Logger log)
     {
@@ -42,11 +45,11 @@ public sealed class ControlServer : IDisposable
     {
         if (JsonAnswers.Parse(request, out byte[] malformed) is not var (root, command)) return malformed;
         if (command == "status") return Status();
-        if (command is not ("pause" or "resume" or "snapshot" or "migrate"))
-            return JsonAnswers.Error($"unknown command '{command}' (expected status, pause, resume, snapshot or migrate)");
+        if (command is not ("pause" or "resume" or "snapshot" or "migrate" or "replicate"))
+            return JsonAnswers.Error($"unknown command '{command}' (expected status, pause, resume, snapshot, migrate or replicate)");
         // One at a time: a resume in the middle of a snapshot or a stop-and-copy would let the VM run here
         // while its memory is written out or its state goes to the target.
-        string operation = command == "migrate" ? "migration" : command;
+        string operation = command switch { "migrate" => "migration", "replicate" => "replication start", _ => command };
         if (Interlocked.CompareExchange(ref _operation, operation, null) is { } running)
             return JsonAnswers.Error(running == "migration" && command == "migrate" ? "a migration is already running" : $"a {running} is running; {command} waits until it has ended");
         try
@@ -58,13 +61,16 @@ public sealed class ControlServer : IDisposable
                     Snapshot(path);
                     break;
                 case "migrate":
+                    if (_replication is { IsActive: true }) return JsonAnswers.Error("the VM is replicated to a standby; stop that first (vmm ctl replicate --stop)");
                     return Migrate(root, progress, stop => afterAnswer(() => _machine.RequestStop(stop)));
+                case "replicate":
+                    return Replicate(root);
                 case "pause":
-                    _machine.Pause();
+                    using (_replication?.HoldEpochs()) _machine.Pause();
                     _log.Info("paused by the control socket");
                     break;
                 case "resume":
-                    _machine.Resume();
+                    using (_replication?.HoldEpochs()) _machine.Resume();
                     _log.Info("resumed by the control socket");
                     break;
             }
@@ -145,6 +151,32 @@ public sealed class ControlServer : IDisposable
         }
     }
 
+    /// <summary>Starts replicating to a standby and answers once the VM is protected (the first epoch committed
+    /// there), or why it is not; with <c>"stop":true</c>, ends the replication running.</summary>
+    private byte[] Replicate(JsonElement root)
+    {
+        if (JsonAnswers.Bool(root, "stop"))
+        {
+            if (_replication is not { IsActive: true } running) return JsonAnswers.Error("the VM is not being replicated");
+            running.Stop();
+            _log.Info("replication stopped by the control socket");
+            return Status();
+        }
+        if (_replication is { IsActive: true }) return JsonAnswers.Error($"the VM is replicated to {_replication.Status.Standby} already");
+        if (JsonAnswers.String(root, "to") is not { Length: > 0 } standby) return JsonAnswers.Error("replicate needs \"to\": the standby's HOST:PORT");
+        var options = new ReplicationOptions
+        {
+            Standby = standby,
+            IntervalMs = JsonAnswers.Int(root, "intervalMs") ?? 100,
+            TlsDirectory = JsonAnswers.String(root, "tlsDir"),
+        };
+        _log.Info($"replicating to {standby} (epochs of {options.IntervalMs} ms{(options.TlsDirectory is { } tls ? $", mutual TLS with {tls}" : "")})");
+        _replication?.Dispose();
+        var replication = _replication = ReplicationSource.Start(_machine, options, _log);
+        replication.WaitUntilProtected();
+        return Status();
+    }
+
     /// <summary>A client that stopped reading progress must not fail the migration itself.</summary>
     private static void TryWrite(Action<byte[]> write, byte[] line)
     {
@@ -155,6 +187,8 @@ public sealed class ControlServer : IDisposable
     /// <summary>Pauses a running VM for as long as the snapshot takes (a paused one stays paused).</summary>
     private void Snapshot(string path)
     {
+        // Epochs wait meanwhile: one ending in the middle would resume the VM under the snapshot.
+        using var epochs = _replication?.HoldEpochs();
         bool wasPaused = _machine.IsPaused;
         _machine.Pause();
         var started = DateTime.UtcNow;
@@ -177,9 +211,30 @@ public sealed class ControlServer : IDisposable
         writer.WriteNumber("vcpus", _machine.VcpuCount);
         writer.WriteNumber("memoryBytes", _machine.Memory.TotalBytes);
         writer.WriteNumber("uptimeMs", (long)_machine.Uptime.TotalMilliseconds);
+        if (_replication?.Status is { } replication)
+        {
+            writer.WriteStartObject("replication");
+            writer.WriteString("state", replication.State);
+            writer.WriteString("standby", replication.Standby);
+            writer.WriteNumber("epoch", replication.Epoch);
+            writer.WriteNumber("intervalMs", replication.IntervalMs);
+            writer.WriteNumber("pauseMs", Math.Round(replication.PauseMs, 2));
+            writer.WriteNumber("commitLatencyMs", Math.Round(replication.CommitLatencyMs, 2));
+            writer.WriteNumber("pagesLastEpoch", replication.PagesLastEpoch);
+            writer.WriteNumber("diskBytesLastEpoch", replication.DiskBytesLastEpoch);
+            writer.WriteNumber("outputHeldBytes", replication.OutputHeldBytes);
+            writer.WriteNumber("outputDroppedBytes", replication.OutputDroppedBytes);
+            writer.WriteNumber("lagMs", Math.Round(replication.LagMs, 1));
+            if (replication.Reason is { } reason) writer.WriteString("reason", reason);
+            writer.WriteEndObject();
+        }
     });
 
     /// <summary>Stops taking requests and returns once none is being served: a snapshot or migration in progress
     /// (which ends promptly when the VM has stopped) finishes before the caller releases the machine.</summary>
-    public void Dispose() => _server.Dispose();
+    public void Dispose()
+    {
+        _server.Dispose();
+        _replication?.Dispose();
+    }
 }

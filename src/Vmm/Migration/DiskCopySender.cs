@@ -27,9 +27,9 @@ internal sealed class DiskCopySender : IDisposable
     /// <summary>Image bytes sent so far (data, not holes).</summary>
     public long BytesSent { get; private set; }
 
-    /// <summary>Sends every data extent of every image; returns the image bytes sent. Reading the next range
-    /// overlaps sending the one before (<see cref="FrameWriter"/>); all is sent when this returns.</summary>
-    public long SendAllocated(FrameWriter writer)
+    /// <summary>Sends every data extent of every image; returns the image bytes sent. With a <see cref="FrameWriter"/>,
+    /// reading the next range overlaps sending the one before; the caller drains it.</summary>
+    public long SendAllocated(IFrameSink writer)
     {
         long before = BytesSent;
         for (int disk = 0; disk < _disks.Count; disk++)
@@ -40,7 +40,6 @@ internal sealed class DiskCopySender : IDisposable
                     SendRange(writer, disk, offset, (int)Math.Min(MigrationChannel.MaxDiskDataBytes, end - offset), zeroAsHole: false);
             }
         }
-        writer.Drain();
         return BytesSent - before;
     }
 
@@ -60,8 +59,9 @@ internal sealed class DiskCopySender : IDisposable
 
     public long PendingBytes => _pending.Sum(blocks => (long)blocks.Count) * DiskDirtyMap.BlockBytes;
 
-    /// <summary>Sends the collected blocks, contiguous ones together; returns the image bytes sent.</summary>
-    public long SendPending(FrameWriter writer)
+    /// <summary>Sends the collected blocks, contiguous ones together; returns the image bytes sent (the caller
+    /// drains a <see cref="FrameWriter"/>).</summary>
+    public long SendPending(IFrameSink writer)
     {
         long before = BytesSent;
         const int blocksPerFrame = MigrationChannel.MaxDiskDataBytes / DiskDirtyMap.BlockBytes;
@@ -79,14 +79,13 @@ internal sealed class DiskCopySender : IDisposable
             }
             blocks.Clear();
         }
-        writer.Drain();
         return BytesSent - before;
     }
 
     /// <summary>Reads one range and sends it: as data, or, when it reads as zeros, as a hole to punch (a later
     /// pass: the target may hold old data there) or as nothing at all (the first pass: the target's image
     /// starts as one hole).</summary>
-    private void SendRange(FrameWriter writer, int disk, long offset, int length, bool zeroAsHole)
+    private void SendRange(IFrameSink writer, int disk, long offset, int length, bool zeroAsHole)
     {
         byte[] frame = writer.Rent();
         var data = frame.AsSpan(FrameWriter.DataOffset, length);

@@ -8,7 +8,7 @@ namespace Vmm.Migration;
 /// closed under it) is kept and thrown to the migration thread at its next <see cref="Rent"/>,
 /// <see cref="Submit"/> or <see cref="Drain"/>; the writer then discards what is still queued, so neither
 /// side waits for the other forever.</summary>
-internal sealed class FrameWriter : IDisposable
+internal sealed class FrameWriter : IFrameSink, IDisposable
 {
     private const int Buffers = 3;
 

@@ -92,7 +92,7 @@ public sealed class IncomingDiskImages : IDisposable
     /// <summary>Writes a DiskData frame's bytes into its image.</summary>
     public void WriteData(ReadOnlySpan<byte> payload)
     {
-        var (image, offset) = Locate(payload, MigrationChannel.DiskDataHeaderBytes, payload.Length - MigrationChannel.DiskDataHeaderBytes, "DiskData");
+        var (image, offset) = LocateData(payload);
         try
         {
             RandomAccess.Write(image.File, payload[MigrationChannel.DiskDataHeaderBytes..], offset);
@@ -106,9 +106,7 @@ public sealed class IncomingDiskImages : IDisposable
     /// <summary>Makes a DiskZero frame's range a hole (or zeros, where holes cannot be punched).</summary>
     public void WriteZero(ReadOnlySpan<byte> payload)
     {
-        if (payload.Length != 20) throw new MigrationException($"migration stream: a DiskZero frame of {payload.Length} bytes (it takes 20)");
-        long length = BinaryPrimitives.ReadInt64LittleEndian(payload[12..]);
-        var (image, offset) = Locate(payload, 20, length, "DiskZero");
+        var (image, offset, length) = LocateZero(payload);
         int fd = (int)image.File.DangerousGetHandle();
         if (Libc.Fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, offset, length) == 0) return;
         try
@@ -121,6 +119,25 @@ public sealed class IncomingDiskImages : IDisposable
         {
             throw new MigrationException($"cannot write the disk image for {image.FinalPath}: {e.Message}", e);
         }
+    }
+
+    /// <summary>Checks a DiskData or DiskZero frame without writing it: a standby applies an epoch's frames only
+    /// once the whole epoch is in, and then nothing may fail half way.</summary>
+    public void Check(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    {
+        if (type == MigrationFrameType.DiskData) LocateData(payload);
+        else LocateZero(payload);
+    }
+
+    private (Image Image, long Offset) LocateData(ReadOnlySpan<byte> payload) =>
+        Locate(payload, MigrationChannel.DiskDataHeaderBytes, payload.Length - MigrationChannel.DiskDataHeaderBytes, "DiskData");
+
+    private (Image Image, long Offset, long Length) LocateZero(ReadOnlySpan<byte> payload)
+    {
+        if (payload.Length != 20) throw new MigrationException($"migration stream: a DiskZero frame of {payload.Length} bytes (it takes 20)");
+        long length = BinaryPrimitives.ReadInt64LittleEndian(payload[12..]);
+        var (image, offset) = Locate(payload, 20, length, "DiskZero");
+        return (image, offset, length);
     }
 
     /// <summary>The image and offset a frame names, with the range checked against the image's size.</summary>

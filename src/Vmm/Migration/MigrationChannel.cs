@@ -27,6 +27,8 @@ public sealed class MigrationChannel(Stream stream)
     public const int HeaderBytes = 9;
     // One each way: a writer thread may send while another thread reads.
     private readonly byte[] _sendHeader = new byte[HeaderBytes], _receiveHeader = new byte[HeaderBytes];
+    private const int SmallFrameBytes = 4096;
+    private readonly byte[] _smallFrame = new byte[HeaderBytes + SmallFrameBytes];
 
     public long BytesSent { get; private set; }
     public long BytesReceived { get; private set; }
@@ -41,7 +43,9 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.DiskZero => 20,
         MigrationFrameType.State => 64 << 20,
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
-        MigrationFrameType.Ready or MigrationFrameType.Resumed => 0,
+        MigrationFrameType.Resumed or MigrationFrameType.Heartbeat => 0,
+        MigrationFrameType.Ready => 4,
+        MigrationFrameType.EpochEnd or MigrationFrameType.EpochCommitted => 8,
         _ => -1,
     };
 
@@ -55,9 +59,22 @@ public sealed class MigrationChannel(Stream stream)
         BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(5), ~Crc32C.Append(Crc32C.Append(~0u, first), second));
         try
         {
-            stream.Write(_sendHeader);
-            stream.Write(first);
-            if (!second.IsEmpty) stream.Write(second);
+            int small = first.Length + second.Length;
+            if (small <= SmallFrameBytes)
+            {
+                // One write: a control frame split over segments waits for the peer's delayed ACK (Nagle, ~40 ms)
+                // where the socket has Nagle on.
+                _sendHeader.CopyTo(_smallFrame, 0);
+                first.CopyTo(_smallFrame.AsSpan(HeaderBytes));
+                second.CopyTo(_smallFrame.AsSpan(HeaderBytes + first.Length));
+                stream.Write(_smallFrame, 0, HeaderBytes + small);
+            }
+            else
+            {
+                stream.Write(_sendHeader);
+                stream.Write(first);
+                if (!second.IsEmpty) stream.Write(second);
+            }
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
@@ -69,6 +86,10 @@ public sealed class MigrationChannel(Stream stream)
     /// <summary>How a connection fails under a stream: a reset or timeout (IOException), a socket closed under
     /// a blocked call (ObjectDisposedException). Each becomes a <see cref="MigrationException"/> here, once.</summary>
     private static bool IsConnectionFailure(Exception e) => e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException;
+
+    /// <summary>Whether <paramref name="e"/>, thrown by this channel, says the connection ended or failed (rather than
+    /// that the peer sent something wrong).</summary>
+    public static bool IsConnectionLoss(Exception e) => e is MigrationException { InnerException: { } inner } && IsConnectionFailure(inner);
 
     public void SendText(MigrationFrameType type, string text)
     {
@@ -159,7 +180,7 @@ public sealed class MigrationChannel(Stream stream)
         }
         catch (EndOfStreamException)
         {
-            throw new MigrationException($"migration stream: the connection closed in the middle of a {what}");
+            throw new MigrationException($"migration stream: the connection closed in the middle of a {what}", new EndOfStreamException());
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {

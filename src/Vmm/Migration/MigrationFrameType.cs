@@ -24,9 +24,15 @@ public enum MigrationFrameType : byte
     DiskData = 6,
     /// <summary>A disk image range that reads as zeros (a hole is punched): disk index (4), offset (8), length (8).</summary>
     DiskZero = 7,
+    /// <summary>Either side, replication only: nothing else to say, and still here. Answered in kind.</summary>
+    Heartbeat = 8,
+    /// <summary>Replication: the end of an epoch (its number, 8 bytes): its pages, disk blocks and State came
+    /// before. The standby applies the epoch and answers <see cref="EpochCommitted"/>.</summary>
+    EpochEnd = 9,
 
     // Target to source.
-    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages.</summary>
+    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages. A standby adds its
+    /// failover timeout in milliseconds (4 bytes).</summary>
     Ready = 16,
     /// <summary>The VM runs on the target: the source may stop.</summary>
     Resumed = 17,
@@ -36,4 +42,7 @@ public enum MigrationFrameType : byte
     /// for it before the next decision, so the measured bandwidth is end to end, and no backlog of a pass
     /// still in socket buffers is left to drain while the VM is paused.</summary>
     PassDone = 19,
+    /// <summary>Replication: the standby holds the epoch (its number) in full, applied: the primary may release
+    /// that epoch's output.</summary>
+    EpochCommitted = 20,
 }

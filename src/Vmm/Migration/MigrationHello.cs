@@ -4,11 +4,12 @@ using Vmm.State;
 namespace Vmm.Migration;
 
 /// <summary>The first frame of a migration: magic, protocol version, the VM's name, the machine to build, and
-/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share. Read
-/// from a hostile peer: every field is checked.</summary>
-public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes)
+/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share, and
+/// whether this is a migration or the start of replication to a standby. Read from a hostile peer: every field is
+/// checked.</summary>
+public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes, bool Replication = false)
 {
-    private const byte FlagDisksCopied = 1;
+    private const byte FlagDisksCopied = 1, FlagReplication = 2;
 
     /// <summary>16 TiB: a bound on what a stream may ask a target to create, far above a raw image vmm serves.</summary>
     public const long MaxDiskBytes = 1L << 44;
@@ -22,7 +23,7 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
         w.WriteString(Name);
         Description.Write(w);
-        w.WriteUInt8(CopiesDisks ? FlagDisksCopied : (byte)0);
+        w.WriteUInt8((byte)((CopiesDisks ? FlagDisksCopied : 0) | (Replication ? FlagReplication : 0)));
         foreach (long bytes in CopiedDiskBytes ?? []) w.WriteUInt64((ulong)bytes);
         return w.ToArray();
     }
@@ -47,7 +48,7 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         if (!Vm.VmName.IsValid(name)) throw new MigrationException($"migration stream: '{name}' is not a VM name");
         var description = MachineDescription.Read(r);
         byte flags = r.ReadUInt8("Hello flags");
-        if ((flags & ~FlagDisksCopied) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
+        if ((flags & ~(FlagDisksCopied | FlagReplication)) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
         long[]? sizes = null;
         if ((flags & FlagDisksCopied) != 0)
         {
@@ -61,6 +62,6 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
             }
         }
         r.ExpectEnd("Hello frame");
-        return new MigrationHello(name, description, sizes);
+        return new MigrationHello(name, description, sizes, (flags & FlagReplication) != 0);
     }
 }

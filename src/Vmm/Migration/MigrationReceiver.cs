@@ -48,6 +48,7 @@ public sealed class MigrationReceiver
         try
         {
             var hello = ReadHello();
+            if (hello.Replication) throw new MigrationException("the source replicates its VM to a standby, and this is a migration target (replication goes to 'vmm standby')");
             var description = hello.Description;
             if (hello.CopiedDiskBytes is { } diskBytes)
             {
@@ -132,9 +133,12 @@ public sealed class MigrationReceiver
         }
     }
 
-    private MigrationHello ReadHello()
+    private MigrationHello ReadHello() => ReadHello(_channel, ref _buffer);
+
+    /// <summary>The first frame of a stream, a migration's or a replication's.</summary>
+    internal static MigrationHello ReadHello(MigrationChannel channel, ref byte[] buffer)
     {
-        var (type, payload) = _channel.Receive(ref _buffer);
+        var (type, payload) = channel.Receive(ref buffer);
         // A TLS source that refused this target's certificate says so in place of its Hello.
         if (type == MigrationFrameType.Abort) throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
         if (type != MigrationFrameType.Hello) throw new MigrationException($"migration stream: expected a Hello frame, got {type}");

@@ -217,7 +217,7 @@ public sealed class MigrationSource
 
     /// <summary>The connection broke: a target that refused the VM (busy, a page it would not take) said why
     /// before it closed, and the reason may still be waiting to be read.</summary>
-    private static string? TargetsLastWord(Socket socket, MigrationChannel channel)
+    internal static string? TargetsLastWord(Socket socket, MigrationChannel channel)
     {
         try
         {
@@ -236,7 +236,7 @@ public sealed class MigrationSource
         return null;
     }
 
-    private static void ExpectFrame(MigrationChannel channel, MigrationFrameType expected, string context)
+    internal static void ExpectFrame(MigrationChannel channel, MigrationFrameType expected, string context)
     {
         byte[] buffer = new byte[4096];
         var (type, payload) = channel.Receive(ref buffer);
@@ -245,52 +245,17 @@ public sealed class MigrationSource
         throw new MigrationException($"{context}: {detail}");
     }
 
-    /// <summary>Sends the pages in frames of up to <see cref="MigrationChannel.MaxPagesPerFrame"/>; an
-    /// all-zero page goes as its address alone. Frames are built here and sent by the <see cref="FrameWriter"/>
-    /// meanwhile; this returns once all are sent, so the caller may use the channel again.</summary>
+    /// <summary>Sends the pages (see <see cref="PageFrames"/>): frames are built here and sent by the
+    /// <see cref="FrameWriter"/> meanwhile; this returns once all are sent, so the caller may use the channel again.</summary>
     private (long Pages, long ZeroPages) SendPages(DirtyPages pages)
     {
-        var writer = _writer!;
-        long sent = 0, zero = 0;
-        int count = 0, data = 0;
-        byte[]? frame = null;
-        foreach (ulong address in pages.Addresses())
-        {
-            frame ??= writer.Rent();
-            var page = _memory.GetSpan(address, MigrationChannel.PageSize);
-            bool hasData = page.ContainsAnyExcept((byte)0);
-            BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(4 + 8 * count), hasData ? address : address | MigrationChannel.ZeroPageFlag);
-            if (hasData)
-            {
-                page.CopyTo(frame.AsSpan(FrameWriter.DataOffset + data));
-                data += MigrationChannel.PageSize;
-            }
-            else
-            {
-                zero++;
-            }
-            sent++;
-            if (++count == MigrationChannel.MaxPagesPerFrame)
-            {
-                Submit(writer, frame, count, data);
-                frame = null;
-                count = 0;
-                data = 0;
-            }
-        }
-        if (count > 0) Submit(writer, frame!, count, data);
-        writer.Drain();
-        _pagesSent += sent;
-        return (sent, zero);
+        var counts = PageFrames.Build(_writer!, _memory, pages);
+        _writer!.Drain();
+        _pagesSent += counts.Pages;
+        return counts;
     }
 
-    private static void Submit(FrameWriter writer, byte[] frame, int count, int dataLength)
-    {
-        BinaryPrimitives.WriteUInt32LittleEndian(frame, (uint)count);
-        writer.Submit(MigrationFrameType.Pages, frame, 4 + 8 * count, dataLength);
-    }
-
-    private static Socket Connect(string host, int port, string target, TimeSpan timeout)
+    internal static Socket Connect(string host, int port, string target, TimeSpan timeout)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -305,7 +270,7 @@ public sealed class MigrationSource
         catch (Exception e) when (e is SocketException or OperationCanceledException)
         {
             socket.Dispose();
-            throw new MigrationException($"cannot connect to the migration target {target}: {e.Message} (is 'vmm migrate-receive --listen' running there?)");
+            throw new MigrationException($"cannot connect to {target}: {e.Message} (is 'vmm migrate-receive --listen' or 'vmm standby --listen' running there?)");
         }
     }
 

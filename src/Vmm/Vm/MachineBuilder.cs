@@ -179,6 +179,14 @@ public static class MachineBuilder
 
     /// <summary>The table each vCPU is given: a saved VM's, once this host's KVM is found to offer everything it
     /// shows (the VM is refused otherwise, before anything is built); or one computed from what KVM supports.</summary>
+    /// <summary>Refuses, without building anything, a VM whose CPUID this host's KVM cannot offer (a standby
+    /// checks when replication starts, long before it would build the VM).</summary>
+    public static void CheckCpuid(MachineConfig config)
+    {
+        using var kvm = KvmSystem.Open();
+        CpuidForVcpus(kvm, config, kvm.GetSupportedCpuid());
+    }
+
     private static KvmCpuidEntry2[][] CpuidForVcpus(KvmSystem kvm, MachineConfig config, KvmCpuidEntry2[] supported)
     {
         KvmCpuidEntry2[][] tables;

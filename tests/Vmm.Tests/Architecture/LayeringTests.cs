@@ -27,8 +27,9 @@ public sealed class LayeringTests
         ["Vmm.State"] = 9,
         ["Vmm.Snapshot"] = 10,
         ["Vmm.Migration"] = 11,
-        ["Vmm.Control"] = 12,
-        ["Vmm.Cli"] = 13,
+        ["Vmm.Replication"] = 12,
+        ["Vmm.Control"] = 13,
+        ["Vmm.Cli"] = 14,
     };
 
     private static readonly Assembly[] VmmAssemblies =

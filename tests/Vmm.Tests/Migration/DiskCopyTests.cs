@@ -39,6 +39,7 @@ public sealed class DiskCopyTests : IDisposable
         using (var sender = new DiskCopySender([blk.Device]))
         {
             sender.SendAllocated(sending);
+            sending.Drain();
             Deliver(wire, images);
             for (int pass = 2; pass <= 4; pass++)
             {
@@ -46,11 +47,13 @@ public sealed class DiskCopyTests : IDisposable
                 writer.WaitForMoreRequests(20);
                 Assert.True(sender.CollectDirty() > 0, $"nothing dirty before pass {pass}");
                 sender.SendPending(sending);
+                sending.Drain();
                 Deliver(wire, images);
             }
             writer.Stop(); // the pause: no request runs any more
             sender.CollectDirty();
             sender.SendPending(sending);
+            sending.Drain();
             Deliver(wire, images);
         }
         images.Commit();

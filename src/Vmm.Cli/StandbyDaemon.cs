@@ -1,0 +1,364 @@
+using System.Diagnostics;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Vmm.Control;
+using Vmm.Diagnostics;
+using Vmm.Migration;
+using Vmm.Replication;
+using Vmm.Vm;
+
+namespace Vmm.Cli;
+
+/// <summary><c>vmm standby</c>: holds the last committed epoch of one replicated VM and resumes it when the primary
+/// dies. One replication stream at a time (a second is told the standby is busy). When the stream breaks or goes
+/// silent after an epoch committed, the standby waits until the primary has been silent for the failover timeout,
+/// runs the fence command, and only when that succeeds resumes the VM from the last committed epoch; without a fence
+/// command it waits for <c>vmm ctl failover</c>, and a fence that fails leaves the VM not running, for an operator.
+/// A primary that connects again meanwhile is evidently alive: its new stream replaces what was held. A stream that
+/// ends on purpose (the primary stopped replicating) or that this standby refuses leaves nothing to resume. Once
+/// resumed the VM runs in this process, its control socket at --api-socket, and the exit code is the VM's.</summary>
+internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener, MigrationTls? tls, Logger log)
+{
+    private readonly TimeSpan _failoverTimeout = TimeSpan.FromMilliseconds(options.FailoverTimeoutMs);
+    private readonly object _lock = new();
+    private readonly ManualResetEventSlim _finished = new();
+    /// <summary>What the standby is doing, for status and logs (guarded by <see cref="_lock"/>).</summary>
+    private string _phase = "waiting";
+    private StandbyReceiver? _receiver;
+    private string? _primary;
+    /// <summary>The checkpoint of a primary that was lost, not yet resumed (fencing failed, or none was configured).</summary>
+    private StandbyCheckpoint? _orphan;
+    private Machine? _machine;
+    private IDisposable? _control;
+    private Stream? _serialLog;
+    private int _exitCode = ExitCodes.GuestFinished;
+    private bool _fencing;
+    /// <summary>A replication stream is being taken in (from its accept to its end).</summary>
+    private bool _receiving;
+
+    public int Run()
+    {
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
+        if (options.ApiSocket is { } path) _control = StartSocket(path, p => JsonLineServer.Start(p, (request, _, _) => HandleControl(request), log, "standby-control"));
+        log.Info($"standby: waiting for a primary on {listener.LocalEndpoint} ({(tls is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}")}), failover after {options.FailoverTimeoutMs} ms of silence{(options.FenceCommand is null ? ", on 'vmm ctl failover' (no --fence-command)" : "")}");
+        new Thread(AcceptLoop) { Name = "standby-accept", IsBackground = true }.Start();
+        _finished.Wait();
+        listener.Stop();
+        lock (_lock)
+        {
+            _control?.Dispose();
+            _machine?.Dispose();
+            _serialLog?.Dispose();
+            _orphan?.Dispose();
+            _receiver?.Checkpoint?.Dispose();
+        }
+        return _exitCode;
+    }
+
+    private void OnSignal(PosixSignalContext context, int number)
+    {
+        context.Cancel = true;
+        lock (_lock)
+        {
+            _exitCode = ExitCodes.Signal(number);
+            if (_machine is { } machine) machine.RequestStop(VmStop.BySignal(context.Signal.ToString(), number));
+            else _finished.Set();
+        }
+    }
+
+    private void AcceptLoop()
+    {
+        while (true)
+        {
+            Socket connection;
+            try
+            {
+                connection = listener.AcceptSocket();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
+            {
+                if (_finished.IsSet) return;
+                log.Warning($"standby: accepting a connection failed ({e.Message}); still listening");
+                Thread.Sleep(100);
+                continue;
+            }
+            string? busy;
+            lock (_lock)
+            {
+                busy = _machine is not null ? "the VM runs here already"
+                    : _receiving ? $"it takes a replica from {_primary} already"
+                    : _fencing ? "it is fencing a lost primary" : null;
+                if (busy is null)
+                {
+                    _receiving = true;
+                    _phase = "receiving";
+                    _primary = connection.RemoteEndPoint?.ToString();
+                }
+            }
+            if (busy is not null)
+            {
+                log.Warning($"standby: refused a connection from {connection.RemoteEndPoint}: {busy}");
+                Task.Run(() => Refuse(connection, $"the standby is busy: {busy}"));
+                continue;
+            }
+            new Thread(() => Receive(connection)) { Name = "standby-receive", IsBackground = true }.Start();
+        }
+    }
+
+    private void Refuse(Socket connection, string why)
+    {
+        try
+        {
+            connection.SendTimeout = 1000;
+            using var stream = new NetworkStream(connection, ownsSocket: true);
+            var channel = new MigrationChannel(stream);
+            channel.SendText(MigrationFrameType.Error, why);
+            channel.Flush();
+        }
+        catch (MigrationException)
+        {
+            // It went away already.
+        }
+    }
+
+    /// <summary>One replication stream, from the Hello to its end; a failure boundary like a migration.</summary>
+    private void Receive(Socket connection)
+    {
+        string source = connection.RemoteEndPoint?.ToString() ?? "?";
+        StandbyOutcome outcome;
+        Stream? stream = null;
+        bool helloLate = false;
+        using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, MigrationDaemon.HelloDeadline, Timeout.InfiniteTimeSpan);
+        try
+        {
+            connection.NoDelay = true;
+            connection.ReceiveBufferSize = 4 << 20;
+            // A silent primary is a dead one: a read that waits this long ends the stream.
+            connection.ReceiveTimeout = connection.SendTimeout = options.FailoverTimeoutMs;
+            stream = IncomingMigrationStream.Open(connection, tls);
+            if (stream is SslStream session) log.Info($"standby: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
+            var receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout);
+            lock (_lock)
+            {
+                _receiver = receiver;
+                _primary = source;
+            }
+            outcome = receiver.Run(hello =>
+            {
+                helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
+                if (helloLate) throw new MigrationException($"no valid Hello within {MigrationDaemon.HelloDeadline.TotalSeconds:0} s");
+                MachineBuilder.CheckCpuid(hello.Description.ToConfig(HostSettings(Stream.Null, hello.Name)));
+                lock (_lock)
+                {
+                    // A primary that speaks again is alive: what was held of its last stream will never be resumed.
+                    if (_orphan is { } old)
+                    {
+                        log.Info($"standby: a primary connected again; the replica of {old.Name} at epoch {old.Epoch} is discarded");
+                        old.Dispose();
+                        _orphan = null;
+                    }
+                    _phase = "replicating";
+                }
+            });
+        }
+        catch (Exception e)
+        {
+            outcome = new StandbyOutcome(null, helloLate ? "no valid Hello in time" : e is VmmException ? e.Message : $"internal error in vmm: {e}");
+        }
+        finally
+        {
+            stream?.Dispose();
+            connection.Dispose();
+        }
+        var sinceHeard = _receiver?.SinceHeard ?? TimeSpan.Zero;
+        lock (_lock)
+        {
+            _receiver = null;
+            _receiving = false;
+            _orphan = outcome.Checkpoint;
+            _phase = _orphan is null ? "waiting" : "primary-lost";
+        }
+        if (outcome.Checkpoint is not { } checkpoint)
+        {
+            log.Info($"standby: replication from {source} ended: {outcome.Reason}; waiting for a primary");
+            return;
+        }
+        log.Warning($"standby: {outcome.Reason}; the replica of {checkpoint.Name} holds epoch {checkpoint.Epoch}, committed {checkpoint.Age.TotalMilliseconds:F0} ms ago");
+        // Silent for the whole timeout, counted from its last frame, not from when the connection broke.
+        var wait = _failoverTimeout - sinceHeard;
+        if (wait > TimeSpan.Zero) Thread.Sleep(wait);
+        if (options.FenceCommand is null)
+        {
+            log.Warning("standby: no --fence-command: the VM is resumed here on 'vmm ctl failover', once the primary is known to be dead");
+            return;
+        }
+        TryFailover(checkpoint, manual: false);
+    }
+
+    /// <summary>Fences the primary (when a fence command is set) and, only if that succeeds, resumes the VM.</summary>
+    private string? TryFailover(StandbyCheckpoint checkpoint, bool manual)
+    {
+        lock (_lock)
+        {
+            if (_orphan != checkpoint || _fencing || _machine is not null) return "the replica is no longer waiting for a failover";
+            _fencing = true;
+            _phase = "fencing";
+        }
+        var failingOver = Stopwatch.StartNew();
+        try
+        {
+            double fenceMs = 0;
+            if (options.FenceCommand is { } fence)
+            {
+                var fencing = Stopwatch.StartNew();
+                if (Fence(fence, checkpoint) is { } refusal)
+                {
+                    log.Error($"standby: fencing the primary failed ({refusal}); the VM is NOT resumed here (it may still run there). After making sure the primary is dead: vmm ctl --socket {options.ApiSocket ?? "API"} failover");
+                    lock (_lock) _phase = "fence-failed";
+                    return $"fencing the primary failed: {refusal}";
+                }
+                fenceMs = fencing.Elapsed.TotalMilliseconds;
+            }
+            else if (!manual)
+            {
+                return "no fence command";
+            }
+            var age = checkpoint.Age;
+            string name = checkpoint.Name;
+            long epoch = checkpoint.Epoch;
+            _serialLog = options.SerialLog is null ? null : OpenSerialLog(VmName.Expand(options.SerialLog, name));
+            var machine = checkpoint.Resume(HostSettings(_serialLog ?? Console.OpenStandardOutput(), name), log);
+            lock (_lock)
+            {
+                _orphan = null;
+                _machine = machine;
+                _phase = "running";
+            }
+            if (options.ApiSocket is { } path)
+            {
+                _control?.Dispose();
+                _control = StartSocket(path, p => ControlServer.Start(machine, p, log));
+            }
+            var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
+            log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms (fencing {fenceMs:F1} ms{(manual ? ", asked for by 'vmm ctl failover'" : "")})");
+            run.ContinueWith(t =>
+            {
+                VmStop stop = t.Result;
+                log.Info($"standby: VM {name} stopped: {stop.Description} (exit code {stop.ExitCode})");
+                lock (_lock) if (_exitCode == ExitCodes.GuestFinished) _exitCode = stop.ExitCode;
+                _finished.Set();
+            });
+            return null;
+        }
+        catch (Exception e)
+        {
+            string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
+            log.Error($"standby: resuming the VM failed: {why}");
+            lock (_lock) _phase = "failover-failed";
+            return $"resuming the VM failed: {why}";
+        }
+        finally
+        {
+            lock (_lock) _fencing = false;
+        }
+    }
+
+    /// <summary>Runs the fence command; null when it says the primary is fenced, otherwise why not.</summary>
+    private string? Fence(string command, StandbyCheckpoint checkpoint)
+    {
+        log.Info($"standby: fencing the primary: {command}");
+        var start = new ProcessStartInfo("/bin/sh", ["-c", command]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.Environment["VMM_VM_NAME"] = checkpoint.Name;
+        start.Environment["VMM_EPOCH"] = checkpoint.Epoch.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        start.Environment["VMM_PRIMARY"] = _primary ?? "";
+        try
+        {
+            using var process = Process.Start(start)!;
+            var output = process.StandardOutput.ReadToEndAsync();
+            var errors = process.StandardError.ReadToEndAsync();
+            if (!process.WaitForExit(TimeSpan.FromSeconds(options.FenceTimeoutS)))
+            {
+                process.Kill(entireProcessTree: true);
+                return $"it ran past --fence-timeout-s {options.FenceTimeoutS}";
+            }
+            process.WaitForExit();
+            string said = $"{output.Result}{errors.Result}".Trim();
+            if (said.Length > 0) log.Info($"standby: the fence command said: {said}");
+            return process.ExitCode == 0 ? null : $"it exited with {process.ExitCode}";
+        }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException or IOException)
+        {
+            return $"it could not run: {e.Message}";
+        }
+    }
+
+    private MachineConfig HostSettings(Stream serial, string name) =>
+        RunCommand.HostSettings(serial, options.NoNestedWorkarounds, dirtyRing: false, dirtyRingEntries: null) with { Name = name };
+
+    private byte[] HandleControl(ReadOnlySpan<byte> request)
+    {
+        if (JsonAnswers.Parse(request, out byte[] malformed) is not var (_, command)) return malformed;
+        switch (command)
+        {
+            case "status":
+                return Status();
+            case "failover":
+                StandbyCheckpoint? orphan;
+                lock (_lock)
+                {
+                    if (_receiver is { } receiver && receiver.SinceHeard < _failoverTimeout)
+                        return JsonAnswers.Error($"the primary {_primary} was heard from {receiver.SinceHeard.TotalMilliseconds:F0} ms ago: it is alive, so the VM is not resumed here");
+                    orphan = _orphan;
+                }
+                if (orphan is null) return JsonAnswers.Error("there is no replica waiting for a failover here");
+                return TryFailover(orphan, manual: true) is { } refusal ? JsonAnswers.Error(refusal) : Status();
+            default:
+                return JsonAnswers.Error($"unknown command '{command}' for a standby (expected status or failover)");
+        }
+    }
+
+    private byte[] Status() => JsonAnswers.Json(writer =>
+    {
+        lock (_lock)
+        {
+            var checkpoint = _orphan ?? _receiver?.Checkpoint;
+            writer.WriteBoolean("ok", true);
+            writer.WriteString("state", "standby");
+            writer.WriteString("phase", _phase);
+            if (_primary is not null) writer.WriteString("primary", _primary);
+            if (checkpoint is not null)
+            {
+                writer.WriteString("name", checkpoint.Name);
+                writer.WriteNumber("epoch", checkpoint.Epoch);
+                writer.WriteNumber("epochAgeMs", Math.Round(checkpoint.Age.TotalMilliseconds, 1));
+            }
+            if (_receiver is { } receiver) writer.WriteNumber("sinceHeardMs", Math.Round(receiver.SinceHeard.TotalMilliseconds, 1));
+        }
+    });
+
+    private static Stream OpenSerialLog(string path)
+    {
+        try
+        {
+            return new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 0);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
+        }
+    }
+
+    private static IDisposable StartSocket(string path, Func<string, IDisposable> start)
+    {
+        try
+        {
+            return start(path);
+        }
+        catch (Exception e) when (e is IOException or SocketException or UnauthorizedAccessException)
+        {
+            throw new ConfigurationException($"--api-socket {path}: {e.Message}");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+using CommandLine;
+
+namespace Vmm.Cli;
+
+[Verb("standby", HelpText = "Hold a hot standby of a VM replicated here by 'vmm ctl replicate', and resume it when its primary dies: after --failover-timeout-ms of silence, --fence-command must succeed first (without one, 'vmm ctl --socket API failover' resumes it).")]
+public sealed class StandbyOptions
+{
+    [Option("listen", Required = true, HelpText = "ADDRESS:PORT to take replication on, e.g. 0.0.0.0:7100; port 0 picks a free port (the log says which).")]
+    public string Listen { get; set; } = "";
+
+    [Option("disk-dir", Required = true, HelpText = "Where the replicated VM's disk images are kept, under their file names on the primary; an existing file is never replaced.")]
+    public string DiskDir { get; set; } = "";
+
+    [Option("tls-dir", HelpText = "Take replication over mutual TLS only (DIR/ca.pem, DIR/cert.pem, DIR/key.pem, as for migrate-receive).")]
+    public string? TlsDir { get; set; }
+
+    [Option("insecure", HelpText = "Without --tls-dir, listen on an address other than loopback anyway (a trusted network only).")]
+    public bool Insecure { get; set; }
+
+    [Option("fence-command", HelpText = "Run with /bin/sh -c once the primary is silent, before the VM is resumed here. Its job: make sure the primary is dead (power it off, kill it, cut it off). Exit 0 means fenced; anything else, or running past --fence-timeout-s, means the VM is not resumed. It sees VMM_VM_NAME, VMM_EPOCH and VMM_PRIMARY.")]
+    public string? FenceCommand { get; set; }
+
+    [Option("fence-timeout-s", Default = 60, HelpText = "How long the fence command may run.")]
+    public int FenceTimeoutS { get; set; } = 60;
+
+    [Option("failover-timeout-ms", Default = 1000, HelpText = "How long the primary may be silent before it counts as dead.")]
+    public int FailoverTimeoutMs { get; set; } = 1000;
+
+    [Option("api-socket", HelpText = "Serve a control socket here: status and failover while standing by, then the resumed VM's own control socket.")]
+    public string? ApiSocket { get; set; }
+
+    [Option("serial-log", HelpText = "Write the resumed guest's serial console here instead of stdout; {name} is replaced by the VM's name.")]
+    public string? SerialLog { get; set; }
+
+    [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not complete int3/fwait emulation failures.")]
+    public bool NoNestedWorkarounds { get; set; }
+
+    [Option('v', "verbose", HelpText = "Also log debug messages.")]
+    public bool Verbose { get; set; }
+}

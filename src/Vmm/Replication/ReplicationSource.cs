@@ -1,0 +1,346 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net.Security;
+using System.Net.Sockets;
+using Vmm.Diagnostics;
+using Vmm.Memory;
+using Vmm.Migration;
+using Vmm.State;
+using Vmm.Vm;
+
+namespace Vmm.Replication;
+
+/// <summary>The primary side of replication (Remus-style checkpointing) to a <c>vmm standby</c>. After a first
+/// full copy of RAM and disks while the guest runs, the VM runs in epochs: at each boundary the vCPUs and the
+/// device thread pause, the dirty pages, the changed disk blocks and the device and vCPU state are copied into a
+/// local staging buffer, the guest resumes at once, and then the epoch is sent. The standby applies it and says so;
+/// only then does the guest's output of that epoch (console bytes, TAP frames, held by the machine's
+/// <see cref="Vmm.Devices.GuestOutputGate"/>) leave this host. Replication runs on its own thread and is a failure
+/// boundary: whatever ends it (the standby lost, a bug) leaves the VM running here, unprotected, and says why in
+/// <see cref="Status"/>. Output held when the standby is lost leaves only once the standby would have failed over
+/// (twice its failover timeout after the last word from it): a standby fences this primary before it resumes, so
+/// nothing it might take back is released while it could still take over.</summary>
+public sealed class ReplicationSource : IDisposable
+{
+    private readonly Machine _machine;
+    private readonly ReplicationOptions _options;
+    private readonly Logger _log;
+    private readonly Thread _thread;
+    /// <summary>Held from an epoch's pause to its resume, and by control requests that pause or resume the VM
+    /// (<see cref="HoldEpochs"/>), so neither undoes the other's pause.</summary>
+    private readonly object _epochLock = new();
+    private readonly ManualResetEventSlim _protectedOrEnded = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly EpochStaging _staging = new();
+    private volatile ReplicationStatus _status;
+    private volatile Socket? _socket;
+    private Exception? _startFailure;
+    private TimeSpan _standbyFailoverTimeout;
+    /// <summary>When the standby last answered (ticks of <see cref="Stopwatch"/>).</summary>
+    private long _lastHeardTicks;
+    private long _lastCommittedCheckpointTicks;
+
+    private ReplicationSource(Machine machine, ReplicationOptions options, Logger log)
+    {
+        _machine = machine;
+        _options = options;
+        _log = log;
+        _status = new ReplicationStatus { State = "connecting", Standby = options.Standby, IntervalMs = options.IntervalMs };
+        _thread = new Thread(Run) { Name = "replication", IsBackground = true };
+    }
+
+    /// <summary>Starts replicating <paramref name="machine"/> on a thread of its own.</summary>
+    public static ReplicationSource Start(Machine machine, ReplicationOptions options, Logger log)
+    {
+        if (options.IntervalMs is < 5 or > 60_000) throw new ReplicationException($"an epoch interval of {options.IntervalMs} ms; it must be 5-60000");
+        if (!MigrationSource.TryParseEndpoint(options.Standby, out _, out _)) throw new ReplicationException($"'{options.Standby}' is not HOST:PORT");
+        var source = new ReplicationSource(machine, options, log);
+        source._thread.Start();
+        return source;
+    }
+
+    public ReplicationStatus Status
+    {
+        get
+        {
+            var status = _status;
+            var output = _machine.Output;
+            return status with
+            {
+                OutputHeldBytes = output.HeldBytes,
+                OutputDroppedBytes = output.DroppedBytes,
+                LagMs = status.Epoch == 0 ? 0 : Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastCommittedCheckpointTicks)).TotalMilliseconds,
+            };
+        }
+    }
+
+    /// <summary>Whether replication still runs (copying or protected).</summary>
+    public bool IsActive => _thread.IsAlive;
+
+    /// <summary>Waits until the standby has committed the first epoch: the VM is protected from then on. Throws a
+    /// <see cref="ReplicationException"/> saying why when replication ended before.</summary>
+    public void WaitUntilProtected()
+    {
+        _protectedOrEnded.Wait();
+        if (_startFailure is { } failure) throw failure as ReplicationException ?? new ReplicationException(failure.Message, failure);
+    }
+
+    /// <summary>Keeps epochs from pausing or resuming the VM while the caller does (a pause, resume or snapshot).</summary>
+    public EpochHold HoldEpochs() => new(_epochLock);
+
+    public readonly struct EpochHold : IDisposable
+    {
+        private readonly object _lock;
+        public EpochHold(object epochLock) { _lock = epochLock; Monitor.Enter(_lock); }
+        public void Dispose() => Monitor.Exit(_lock);
+    }
+
+    /// <summary>Ends replication on purpose: the standby is told (and discards its copy), the output held leaves,
+    /// and the VM runs on here. Returns once replication has ended.</summary>
+    public void Stop()
+    {
+        _stop.Cancel();
+        _thread.Join();
+    }
+
+    public void Dispose()
+    {
+        Stop();
+        _stop.Dispose();
+    }
+
+    private void Run()
+    {
+        using var ram = _machine.Memory.Lease();
+        bool toldStandby = false;
+        string? why = null;
+        DirtyPageTracker? tracker = null;
+        DiskCopySender? disks = null;
+        Stream? stream = null;
+        try
+        {
+            MigrationSource.TryParseEndpoint(_options.Standby, out string host, out int port);
+            using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
+            var socket = _socket = MigrationSource.Connect(host, port, _options.Standby, _options.IoTimeout);
+            using var onVmStop = _machine.Stopping.Register(socket.Dispose);
+            stream = tls?.AuthenticateTarget(socket, host) ?? new NetworkStream(socket, ownsSocket: false);
+            if (stream is SslStream session) _log.Info($"replication: mutual TLS ({session.SslProtocol}) with the standby {session.RemoteCertificate?.Subject}");
+            var channel = new MigrationChannel(stream);
+            SendHello(channel);
+            tracker = _machine.StartDirtyTracking();
+            disks = new DiskCopySender(_machine.Disks);
+            CopyEverything(channel, disks);
+            // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
+            socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
+            RunEpochs(channel, tracker, disks);
+        }
+        catch (Exception e)
+        {
+            why = _machine.StopReason is { } stop ? $"the VM stopped ({stop.Description})"
+                : _stop.IsCancellationRequested ? "stopped on the primary"
+                : e is StandbyGaveUpException ? e.Message
+                : e is VmmException ? e.Message
+                : $"internal error in vmm: {e}";
+            toldStandby = e is StandbyGaveUpException || TryAbort(stream, why);
+            if (_status.Epoch == 0) _startFailure = new ReplicationException($"replication to {_options.Standby} failed: {why}", e);
+        }
+        finally
+        {
+            _staging.Clear();
+            disks?.Dispose();
+            if (tracker is not null) _machine.StopDirtyTracking(tracker);
+            stream?.Dispose();
+            _socket?.Dispose();
+        }
+        ReleaseHeldOutput(toldStandby);
+        _status = _status with { State = "unprotected", Reason = why };
+        if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
+        _protectedOrEnded.Set();
+    }
+
+    private static MigrationTls LoadTls(string directory)
+    {
+        try
+        {
+            return MigrationTls.Load(directory);
+        }
+        catch (ConfigurationException e)
+        {
+            throw new ReplicationException(e.Message, e);
+        }
+    }
+
+    private void SendHello(MigrationChannel channel)
+    {
+        var description = MachineDescription.Of(_machine.Config) with { VcpuCpuid = _machine.VcpuCpuid };
+        var hello = new MigrationHello(_machine.Config.Name, description, _machine.Disks.Select(d => d.CapacityBytes).ToArray(), Replication: true);
+        channel.Send(MigrationFrameType.Hello, hello.ToBytes());
+        channel.Flush();
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby refused the VM: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
+        if (type != MigrationFrameType.Ready || payload.Length != 4) throw new ReplicationException($"the standby answered the Hello with {type}, not Ready: is it a 'vmm standby'?");
+        int failoverMs = BinaryPrimitives.ReadInt32LittleEndian(payload.Span);
+        if (failoverMs <= 0) throw new ReplicationException($"the standby gave a failover timeout of {failoverMs} ms");
+        _standbyFailoverTimeout = TimeSpan.FromMilliseconds(failoverMs);
+        Heard();
+    }
+
+    /// <summary>The first full copy, while the guest runs: every disk extent that holds data, every page that may.</summary>
+    private void CopyEverything(MigrationChannel channel, DiskCopySender disks)
+    {
+        _status = _status with { State = "copying" };
+        var copying = Stopwatch.StartNew();
+        long diskBytes;
+        long pages;
+        using (var writer = new FrameWriter(channel))
+        {
+            diskBytes = disks.SendAllocated(writer);
+            pages = PageFrames.Build(writer, _machine.Memory, DirtyPages.MayHoldData(_machine.Memory)).Pages;
+            writer.Drain();
+        }
+        channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(1));
+        channel.Flush();
+        MigrationSource.ExpectFrame(channel, MigrationFrameType.PassDone, "the standby did not take the first full copy");
+        Heard();
+        _log.Info($"replication: first full copy to {_options.Standby} in {copying.Elapsed.TotalMilliseconds:F0} ms ({pages} pages, {diskBytes >> 20} MiB of disk)");
+    }
+
+    private void RunEpochs(MigrationChannel channel, DirtyPageTracker tracker, DiskCopySender disks)
+    {
+        var interval = TimeSpan.FromMilliseconds(_options.IntervalMs);
+        var heartbeatEvery = _standbyFailoverTimeout / 3;
+        long epoch = 0;
+        var sinceEpoch = Stopwatch.StartNew();
+        while (true)
+        {
+            // Wait out the interval (none left when the last commit took longer); a long one is broken by heartbeats,
+            // so the standby never finds us silent.
+            do
+            {
+                var wait = interval - sinceEpoch.Elapsed;
+                if (wait > heartbeatEvery) wait = heartbeatEvery;
+                if (_stop.Token.WaitHandle.WaitOne(wait < TimeSpan.Zero ? TimeSpan.Zero : wait) || _machine.Stopping.IsCancellationRequested)
+                    throw new ReplicationException("stopped");
+                if (Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks)) >= heartbeatEvery) Heartbeat(channel);
+            }
+            while (sinceEpoch.Elapsed < interval);
+            sinceEpoch.Restart();
+            byte[] state;
+            long pages, diskBytes;
+            double pauseMs;
+            long checkpointTicks;
+            lock (_epochLock)
+            {
+                // Paused by the user: nothing changes, so there is nothing to checkpoint; only say we are here.
+                if (_machine.IsPaused)
+                {
+                    Heartbeat(channel);
+                    continue;
+                }
+                epoch++;
+                var pause = Stopwatch.StartNew();
+                _machine.Pause();
+                checkpointTicks = Stopwatch.GetTimestamp();
+                try
+                {
+                    var dirty = tracker.Collect();
+                    disks.CollectDirty();
+                    diskBytes = disks.SendPending(_staging);
+                    pages = PageFrames.Build(_staging, _machine.Memory, dirty).Pages;
+                    state = MachinePersistence.Save(_machine).ToBytes();
+                    // Output from here on belongs to the next epoch. Before the first checkpoint nothing could be
+                    // taken back (a standby without a committed epoch never resumes), so holding starts now.
+                    if (epoch == 1) _machine.Output.StartHolding(2);
+                    else _machine.Output.Seal(epoch);
+                }
+                finally
+                {
+                    _machine.Resume();
+                }
+                pauseMs = pause.Elapsed.TotalMilliseconds;
+            }
+            var committing = Stopwatch.StartNew();
+            _staging.SendAll(channel);
+            channel.Send(MigrationFrameType.State, state);
+            channel.Send(MigrationFrameType.EpochEnd, BitConverter.GetBytes(epoch));
+            channel.Flush();
+            ExpectCommitted(channel, epoch);
+            _machine.Output.Release(epoch);
+            Interlocked.Exchange(ref _lastCommittedCheckpointTicks, checkpointTicks);
+            _status = _status with
+            {
+                State = "protected", Epoch = epoch, PauseMs = pauseMs, CommitLatencyMs = committing.Elapsed.TotalMilliseconds,
+                PagesLastEpoch = pages, DiskBytesLastEpoch = diskBytes,
+            };
+            if (epoch == 1)
+            {
+                _log.Info($"replication: protected; epochs of {_options.IntervalMs} ms commit on {_options.Standby}");
+                _protectedOrEnded.Set();
+            }
+            _log.Debug($"replication: epoch {epoch} committed: pause {pauseMs:F2} ms, {pages} pages, {diskBytes >> 10} KiB of disk, commit {committing.Elapsed.TotalMilliseconds:F1} ms");
+        }
+    }
+
+    private void ExpectCommitted(MigrationChannel channel, long epoch)
+    {
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby gave up: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
+        if (type != MigrationFrameType.EpochCommitted || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
+            throw new ReplicationException($"the standby answered epoch {epoch} with {type}, not its commit");
+        Heard();
+    }
+
+    private void Heartbeat(MigrationChannel channel)
+    {
+        channel.Send(MigrationFrameType.Heartbeat, []);
+        channel.Flush();
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby gave up: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
+        if (type != MigrationFrameType.Heartbeat) throw new ReplicationException($"the standby answered a heartbeat with {type}");
+        Heard();
+    }
+
+    private void Heard() => Interlocked.Exchange(ref _lastHeardTicks, Stopwatch.GetTimestamp());
+
+    /// <summary>Tells the standby replication ends on purpose, so it discards its copy instead of failing over.</summary>
+    private bool TryAbort(Stream? stream, string why)
+    {
+        if (stream is null || _socket is not { Connected: true } socket) return false;
+        try
+        {
+            socket.SendTimeout = 1000;
+            var channel = new MigrationChannel(stream);
+            channel.SendText(MigrationFrameType.Abort, why);
+            channel.Flush();
+            return true;
+        }
+        catch (Exception e) when (e is MigrationException or SocketException or ObjectDisposedException or IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>A standby that knows replication ended will not resume the VM: what is held may leave now. One that
+    /// may still take over (silent, cut off) fences this host first, within its failover timeout: output leaves
+    /// only once that time has passed twice over since the standby last answered, and this primary still runs.</summary>
+    private void ReleaseHeldOutput(bool standbyKnows)
+    {
+        if (!_machine.Output.IsHolding) return;
+        if (!standbyKnows)
+        {
+            var wait = 2 * _standbyFailoverTimeout - Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
+            if (wait > TimeSpan.Zero)
+            {
+                _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more");
+                _machine.Stopping.WaitHandle.WaitOne(wait);
+            }
+        }
+        _machine.Output.StopHolding();
+    }
+
+    /// <summary>The standby said it ends replication (it refused or failed): it will not resume the VM.</summary>
+    private sealed class StandbyGaveUpException(string message) : VmmException(message);
+}

@@ -1,0 +1,225 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Text;
+using Vmm.Arch;
+using Vmm.Diagnostics;
+using Vmm.Memory;
+using Vmm.Migration;
+using Vmm.Serialization;
+using Vmm.State;
+using Vmm.Vm;
+
+namespace Vmm.Replication;
+
+/// <summary>The standby side of one replication stream: the first full copy goes straight into the RAM and disk
+/// images it holds; after it, each epoch's pages, disk blocks and state are checked as they arrive and kept aside,
+/// and applied only when the epoch's end arrives, so what it holds is always one whole committed epoch, RAM and disks
+/// alike. Then it says so and the primary releases that epoch's output. Everything read is hostile input: a frame
+/// that does not check out ends the stream with an error told to the primary (which then knows this standby will
+/// not take over), never a half-applied epoch.</summary>
+public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string diskDirectory, TimeSpan failoverTimeout)
+{
+    private byte[] _buffer = new byte[1 << 20];
+    private readonly List<(MigrationFrameType Type, byte[] Payload)> _epoch = [];
+    private long _epochBytes;
+    private long _lastHeardTicks = Stopwatch.GetTimestamp();
+
+    /// <summary>The VM being replicated here, once its Hello was accepted.</summary>
+    public StandbyCheckpoint? Checkpoint { get; private set; }
+
+    /// <summary>When the primary was last heard from.</summary>
+    public TimeSpan SinceHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
+
+    /// <summary>Receives until the stream ends. <paramref name="admit"/> refuses a VM this host will not hold (a name
+    /// in use, a CPUID its KVM cannot offer) by throwing.</summary>
+    public StandbyOutcome Run(Action<MigrationHello> admit)
+    {
+        try
+        {
+            var hello = MigrationReceiver.ReadHello(channel, ref _buffer);
+            if (!hello.Replication) throw new MigrationException("this is a standby, and the source migrates its VM (migrations go to 'vmm migrate-receive')");
+            if (hello.CopiedDiskBytes is not { } diskBytes) throw new MigrationException("migration stream: a replication Hello without its disk images");
+            admit(hello);
+            Checkpoint = Hold(hello, diskBytes);
+            channel.Send(MigrationFrameType.Ready, BitConverter.GetBytes((int)failoverTimeout.TotalMilliseconds));
+            channel.Flush();
+            log.Info($"standby: replicating VM {hello.Name} ({hello.Description.MemoryBytes >> 20} MiB, {hello.Description.Disks.Count} disks)");
+            ReceiveFirstCopy();
+            ReceiveEpochs(hello);
+        }
+        catch (PrimaryEndedException e)
+        {
+            Discard();
+            return new StandbyOutcome(null, $"the primary ended replication: {e.Message}");
+        }
+        catch (Exception e) when (MigrationChannel.IsConnectionLoss(e))
+        {
+            if (Checkpoint is not { Epoch: > 0 } checkpoint)
+            {
+                Discard();
+                return new StandbyOutcome(null, $"the primary was lost before the first epoch committed ({e.Message}); nothing to resume");
+            }
+            return new StandbyOutcome(checkpoint, $"the primary was lost: {e.Message}");
+        }
+        catch (Exception e)
+        {
+            string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
+            TryTellPrimary(e is VmmException ? e.Message : "internal error in vmm (see the standby's log)");
+            Discard();
+            return new StandbyOutcome(null, $"replication refused: {why}");
+        }
+        throw new UnreachableException();
+    }
+
+    private StandbyCheckpoint Hold(MigrationHello hello, IReadOnlyList<long> diskBytes)
+    {
+        if (HostMemory.Refusal(hello.Description.MemoryBytes, HostMemory.ReadMeminfo()) is { } refusal) throw new ConfigurationException(refusal);
+        var disks = IncomingDiskImages.Create(diskDirectory, hello.Description.Disks, diskBytes);
+        try
+        {
+            var description = hello.Description with { Disks = hello.Description.Disks.Select((d, i) => d with { Path = disks.FinalPaths[i] }).ToArray() };
+            var memory = GuestMemory.Allocate(X86Layout.RamRanges(hello.Description.MemoryBytes));
+            return new StandbyCheckpoint(hello.Name, description, memory, disks);
+        }
+        catch
+        {
+            disks.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The first full copy: nothing is committed yet, so it goes straight into RAM and the images.</summary>
+    private void ReceiveFirstCopy()
+    {
+        var checkpoint = Checkpoint!;
+        while (true)
+        {
+            var (type, payload) = Receive();
+            switch (type)
+            {
+                case MigrationFrameType.Pages:
+                    PagesFrames.Check(checkpoint.Memory, payload.Span);
+                    PagesFrames.Apply(checkpoint.Memory, payload.Span);
+                    break;
+                case MigrationFrameType.DiskData:
+                    checkpoint.Disks.WriteData(payload.Span);
+                    break;
+                case MigrationFrameType.DiskZero:
+                    checkpoint.Disks.WriteZero(payload.Span);
+                    break;
+                case MigrationFrameType.PassEnd when payload.Length == 4 && BinaryPrimitives.ReadInt32LittleEndian(payload.Span) == 1:
+                    channel.Send(MigrationFrameType.PassDone, payload.Span);
+                    channel.Flush();
+                    log.Debug($"standby: first full copy received ({channel.BytesReceived >> 20} MiB)");
+                    return;
+                default:
+                    throw new MigrationException($"migration stream: unexpected {type} frame in the first full copy");
+            }
+        }
+    }
+
+    private void ReceiveEpochs(MigrationHello hello)
+    {
+        var checkpoint = Checkpoint!;
+        // An epoch cannot hold more than every page and every disk block once: a bound on what a peer may make us keep.
+        long maxEpochBytes = (long)hello.Description.MemoryBytes * 2 + diskBytesBound(hello) + (64 << 20);
+        MachineState? state = null;
+        while (true)
+        {
+            var (type, payload) = Receive();
+            switch (type)
+            {
+                case MigrationFrameType.Heartbeat:
+                    channel.Send(MigrationFrameType.Heartbeat, []);
+                    channel.Flush();
+                    break;
+                case MigrationFrameType.Pages:
+                    PagesFrames.Check(checkpoint.Memory, payload.Span);
+                    Keep(type, payload, maxEpochBytes);
+                    break;
+                case MigrationFrameType.DiskData or MigrationFrameType.DiskZero:
+                    checkpoint.Disks.Check(type, payload.Span);
+                    Keep(type, payload, maxEpochBytes);
+                    break;
+                case MigrationFrameType.State:
+                    if (state is not null) throw new MigrationException("migration stream: two State frames in one epoch");
+                    state = MachineState.FromBytes(payload.ToArray());
+                    if (!state.Description.SameAs(hello.Description)) throw new StateFormatException("the epoch's state describes a different machine than the Hello did");
+                    break;
+                case MigrationFrameType.EpochEnd:
+                    long epoch = payload.Length == 8 ? BinaryPrimitives.ReadInt64LittleEndian(payload.Span) : -1;
+                    if (epoch != checkpoint.Epoch + 1) throw new MigrationException($"migration stream: epoch {epoch} ended after epoch {checkpoint.Epoch}");
+                    if (state is null) throw new MigrationException($"migration stream: epoch {epoch} ended without its state");
+                    Commit(epoch, state.WithDescription(checkpoint.Description));
+                    state = null;
+                    channel.Send(MigrationFrameType.EpochCommitted, payload.Span);
+                    channel.Flush();
+                    break;
+                case MigrationFrameType.Abort:
+                    throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
+                default:
+                    throw new MigrationException($"migration stream: unexpected {type} frame in an epoch");
+            }
+        }
+
+        static long diskBytesBound(MigrationHello hello) => hello.CopiedDiskBytes!.Sum();
+    }
+
+    private (MigrationFrameType Type, ReadOnlyMemory<byte> Payload) Receive()
+    {
+        var frame = channel.Receive(ref _buffer);
+        Interlocked.Exchange(ref _lastHeardTicks, Stopwatch.GetTimestamp());
+        return frame;
+    }
+
+    private void Keep(MigrationFrameType type, ReadOnlyMemory<byte> payload, long maxEpochBytes)
+    {
+        _epochBytes += payload.Length;
+        if (_epochBytes > maxEpochBytes) throw new MigrationException($"migration stream: an epoch of more than {maxEpochBytes >> 20} MiB");
+        _epoch.Add((type, payload.ToArray()));
+    }
+
+    /// <summary>Applies a whole epoch: every frame in it was checked on arrival, so only the host's disk can fail here
+    /// (and then the standby gives up rather than hold a torn checkpoint).</summary>
+    private void Commit(long epoch, MachineState state)
+    {
+        var checkpoint = Checkpoint!;
+        var committing = Stopwatch.StartNew();
+        foreach (var (type, payload) in _epoch)
+        {
+            switch (type)
+            {
+                case MigrationFrameType.Pages: PagesFrames.Apply(checkpoint.Memory, payload); break;
+                case MigrationFrameType.DiskData: checkpoint.Disks.WriteData(payload); break;
+                default: checkpoint.Disks.WriteZero(payload); break;
+            }
+        }
+        // The first commit names the images; from then on they always match the committed RAM.
+        if (checkpoint.Epoch == 0) checkpoint.Disks.Commit();
+        checkpoint.Commit(epoch, state);
+        log.Debug($"standby: epoch {epoch} committed ({_epoch.Count} frames, {_epochBytes >> 10} KiB) in {committing.Elapsed.TotalMilliseconds:F1} ms");
+        _epoch.Clear();
+        _epochBytes = 0;
+    }
+
+    private void Discard()
+    {
+        Checkpoint?.Dispose();
+        Checkpoint = null;
+    }
+
+    private void TryTellPrimary(string message)
+    {
+        try
+        {
+            channel.SendText(MigrationFrameType.Error, message);
+            channel.Flush();
+        }
+        catch (MigrationException)
+        {
+            // The primary is gone; it learns nothing more.
+        }
+    }
+
+    private sealed class PrimaryEndedException(string message) : VmmException(message);
+}

@@ -1,0 +1,115 @@
+using System.Net;
+using System.Net.Sockets;
+using Vmm.Diagnostics;
+using Vmm.Firmware;
+using Vmm.Migration;
+using Vmm.Replication;
+using Vmm.Tests.EndToEnd;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Replication;
+
+/// <summary>A primary and a standby in one process over loopback TCP (through a proxy that can cut the link): the
+/// quick check of epochs, commits and resuming the last committed one (the process tests run the real daemons).</summary>
+public sealed class InProcessReplicationTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-repl-").FullName;
+    private readonly StringWriter _logText = new();
+    private readonly Logger _log;
+
+    public InProcessReplicationTests() => _log = new Logger(TextWriter.Synchronized(_logText), LogLevel.Debug);
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private Machine StartCountingGuest()
+    {
+        string kernel = Path.Combine(_directory, "count.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
+        return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, Name = "counter" }, _log);
+    }
+
+    private static ulong Counter(GuestMemoryReader read) => read(FirmwareGuests.CounterAddress);
+    private delegate ulong GuestMemoryReader(ulong address);
+
+    /// <summary>One standby taking one stream on a port of its own; the outcome once the stream ends.</summary>
+    private (int Port, Task<StandbyOutcome> Outcome) StartStandby(Action<StandbyReceiver>? onStart = null)
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        var outcome = Task.Factory.StartNew(() =>
+        {
+            using var connection = listener.AcceptSocket();
+            listener.Stop();
+            connection.ReceiveTimeout = connection.SendTimeout = 5000;
+            using var stream = new NetworkStream(connection);
+            var receiver = new StandbyReceiver(new MigrationChannel(stream), _log, _directory + "/standby", TimeSpan.FromSeconds(1));
+            onStart?.Invoke(receiver);
+            return receiver.Run(_ => { });
+        }, TaskCreationOptions.LongRunning);
+        Directory.CreateDirectory(_directory + "/standby");
+        return (port, outcome);
+    }
+
+    private static void WaitFor(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
+            Thread.Sleep(10);
+        }
+    }
+
+    [Fact]
+    public async Task ThePrimaryLost_TheStandbyResumesTheLastCommittedEpoch_AndTheGuestCountsOn()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        using var link = new LinkCutProxy(port);
+        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = link.Address, IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        WaitFor(() => replication.Status.Epoch >= 5, "five epochs");
+        Assert.Equal("protected", replication.Status.State);
+
+        link.Close();
+        var ended = await outcome;
+        ulong onPrimary = primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        Assert.NotNull(ended.Checkpoint);
+        using var checkpoint = ended.Checkpoint!;
+        Assert.True(checkpoint.Epoch >= 5, $"epoch {checkpoint.Epoch}");
+        WaitFor(() => replication.Status.State == "unprotected", "the primary to notice");
+        Assert.Null(primary.StopReason);
+
+        using var standby = checkpoint.Resume(new MachineConfig { SerialOutput = Stream.Null, Name = checkpoint.Name }, _log);
+        ulong atResume = standby.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        Assert.InRange(atResume, 1UL, onPrimary);
+        var standbyRun = Task.Factory.StartNew(standby.Run, TaskCreationOptions.LongRunning);
+        WaitFor(() => standby.Memory.Read<ulong>(FirmwareGuests.CounterAddress) > atResume, "the guest to count on, on the standby");
+        standby.RequestStop(VmStop.Error("test over"));
+        primary.RequestStop(VmStop.Error("test over"));
+        await standbyRun;
+        await run;
+    }
+
+    [Fact]
+    public async Task ThePrimaryStopsReplicating_TheStandbyHoldsNothingToResume()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        replication.Stop();
+        var ended = await outcome;
+        Assert.Null(ended.Checkpoint);
+        Assert.Contains("the primary ended replication", ended.Reason);
+        Assert.Equal("unprotected", replication.Status.State);
+        Assert.False(primary.Output.IsHolding);
+        Assert.Empty(Directory.GetFiles(_directory + "/standby"));
+        primary.RequestStop(VmStop.Error("test over"));
+        await run;
+    }
+}
