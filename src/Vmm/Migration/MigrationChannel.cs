@@ -41,7 +41,9 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.DiskZero => 20,
         MigrationFrameType.State => 64 << 20,
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
-        MigrationFrameType.Ready or MigrationFrameType.Resumed => 0,
+        MigrationFrameType.Ready => MigrationJoin.TokenBytes,
+        MigrationFrameType.Join => MigrationJoin.Bytes,
+        MigrationFrameType.Resumed => 0,
         _ => -1,
     };
 

@@ -4,11 +4,15 @@ using Vmm.State;
 namespace Vmm.Migration;
 
 /// <summary>The first frame of a migration: magic, protocol version, the VM's name, the machine to build, and
-/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share. Read
-/// from a hostile peer: every field is checked.</summary>
-public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes)
+/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share, and how
+/// many connections the migration uses (more than one: the others join with the token of the target's Ready, see
+/// <see cref="MigrationJoin"/>). Read from a hostile peer: every field is checked.</summary>
+public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes, int Connections = 1)
 {
-    private const byte FlagDisksCopied = 1;
+    private const byte FlagDisksCopied = 1, FlagSeveralConnections = 2;
+
+    /// <summary>The most connections one migration may use: past a few per core, more only add threads.</summary>
+    public const int MaxConnections = 16;
 
     /// <summary>16 TiB: a bound on what a stream may ask a target to create, far above a raw image vmm serves.</summary>
     public const long MaxDiskBytes = 1L << 44;
@@ -22,8 +26,10 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
         w.WriteString(Name);
         Description.Write(w);
-        w.WriteUInt8(CopiesDisks ? FlagDisksCopied : (byte)0);
+        // One connection sets no flag, so a target from before several connections still takes it.
+        w.WriteUInt8((byte)((CopiesDisks ? FlagDisksCopied : 0) | (Connections > 1 ? FlagSeveralConnections : 0)));
         foreach (long bytes in CopiedDiskBytes ?? []) w.WriteUInt64((ulong)bytes);
+        if (Connections > 1) w.WriteUInt8((byte)Connections);
         return w.ToArray();
     }
 
@@ -47,7 +53,7 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         if (!Vm.VmName.IsValid(name)) throw new MigrationException($"migration stream: '{name}' is not a VM name");
         var description = MachineDescription.Read(r);
         byte flags = r.ReadUInt8("Hello flags");
-        if ((flags & ~FlagDisksCopied) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
+        if ((flags & ~(FlagDisksCopied | FlagSeveralConnections)) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
         long[]? sizes = null;
         if ((flags & FlagDisksCopied) != 0)
         {
@@ -60,7 +66,13 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
                 sizes[i] = (long)bytes;
             }
         }
+        int connections = 1;
+        if ((flags & FlagSeveralConnections) != 0)
+        {
+            connections = r.ReadUInt8("connection count");
+            if (connections is < 2 or > MaxConnections) throw new MigrationException($"migration stream: {connections} connections (2 to {MaxConnections} when the flag is set)");
+        }
         r.ExpectEnd("Hello frame");
-        return new MigrationHello(name, description, sizes);
+        return new MigrationHello(name, description, sizes, connections);
     }
 }
