@@ -258,7 +258,6 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                     if (Interlocked.Exchange(ref _onceClaimed, 1) == 1)
                         throw new MigrationException("this target takes one migration (--once) and is already taking one");
                     claimedOnce = true;
-                    StopListening();
                 }
                 lock (_running)
                 {
@@ -312,6 +311,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         }
         finally
         {
+            // Only now: until the migration is in, its further connections still have to reach the listener.
+            if (claimedOnce) StopListening();
             stream?.Dispose();
         }
     }
