@@ -21,7 +21,8 @@
 # figures.
 #
 # The last scenarios repeat two vmm-only ones over mutual TLS (scripts/tls-certs.sh certificates).
-# Usage: [RUNS=N] [SOURCE_OPTS=--dirty-ring] [SCENARIOS=regex] [IMAGE_DIR=DIR] bench/migration.sh
+# CONNECTIONS=N migrates vmm over N TCP connections (`vmm ctl migrate --connections N`, default 1).
+# Usage: [RUNS=N] [SOURCE_OPTS=--dirty-ring] [SCENARIOS=regex] [IMAGE_DIR=DIR] [CONNECTIONS=N] bench/migration.sh
 # (SCENARIOS=QEMU runs the two side-by-side scenarios only.)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,7 +90,7 @@ vmm_migrate() { # port [run options...] -- [ctl options...]
     local run_opts=() ctl_opts=()
     while (($#)) && [[ $1 != -- ]]; do run_opts+=("$1"); shift; done
     (($#)) && shift
-    ctl_opts=("$@")
+    ctl_opts=("$@" --connections "${CONNECTIONS:-1}")
     local target_opts=("${tls[@]}")
     [[ -n ${DISK_DIR:-} ]] && target_opts+=(--disk-dir "$DISK_DIR")
     "$vmm" migrate-receive --listen 127.0.0.1:$port --once "${target_opts[@]}" >"$out/target.out" 2>"$out/target.log" &

@@ -83,6 +83,7 @@ public static class CtlCommand
                     writer.WriteBoolean("force", options.Force);
                     writer.WriteBoolean("autoConverge", options.AutoConverge);
                     writer.WriteBoolean("copyDisks", options.CopyDisks);
+                    writer.WriteNumber("connections", options.Connections);
                     // The VM reads the TLS files, from its own working directory.
                     if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
                     break;

@@ -43,4 +43,7 @@ public sealed class CtlOptions
 
     [Option("tls-dir", HelpText = "migrate, replicate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
     public string? TlsDir { get; set; }
+
+    [Option("connections", Default = 1, HelpText = "migrate: how many TCP connections carry the pages and disk blocks (1 to 16), each sent and received on its own thread at both ends; the target must be a vmm that takes several.")]
+    public int Connections { get; set; } = 1;
 }

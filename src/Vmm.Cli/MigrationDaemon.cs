@@ -11,8 +11,9 @@ using Vmm.Vm;
 namespace Vmm.Cli;
 
 /// <summary>The migration target daemon behind <c>vmm migrate-receive</c>. Each connection is received on its
-/// own thread, up to <c>--max-incoming</c> at a time; a peer that has not sent a valid Hello within
-/// <see cref="HelloDeadline"/> is dropped, so a silent or slow connection holds no one up. Each VM that
+/// own thread, up to <c>--max-incoming</c> migrations at a time; a peer that has not sent a valid Hello (or Join,
+/// for one more connection of a migration under way) within <see cref="HelloDeadline"/> is dropped, so a silent or
+/// slow connection holds no one up, and at most <see cref="MaxAwaitingFirstFrame"/> per migration slot wait for theirs. Each VM that
 /// arrives runs in this process on its own threads. Every incoming migration is a failure boundary: whatever
 /// goes wrong in one (a hostile stream, a bug) discards that one and is logged; the daemon, its other
 /// migrations and the VMs it runs go on. VMs are known here by the name they travel with: at most one of each
@@ -22,7 +23,12 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
 {
     public static readonly TimeSpan HelloDeadline = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan SourceSilenceLimit = TimeSpan.FromSeconds(60);
+    /// <summary>Per --max-incoming slot, the connections that may wait for their first frame at once: every further
+    /// connection of a migration, as many as it may have, and no more threads than that for silent peers.</summary>
+    private const int MaxAwaitingFirstFrame = MigrationHello.MaxConnections;
 
+    private readonly MigrationJoins _joins = new();
+    private int _awaitingFirstFrame;
     private readonly List<ReceivedVm> _running = [];
     /// <summary>The names of the VMs running here or arriving (guarded by <see cref="_running"/>).</summary>
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
@@ -108,39 +114,69 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     private void Admit(Socket connection, int n)
     {
         string source = connection.RemoteEndPoint?.ToString() ?? "?";
-        if (Interlocked.Decrement(ref _freeSlots) < 0)
+        if (Interlocked.Increment(ref _awaitingFirstFrame) > options.MaxIncoming * MaxAwaitingFirstFrame)
         {
-            Interlocked.Increment(ref _freeSlots);
-            log.Warning($"migration {n} from {source} refused: {options.MaxIncoming} migrations are already coming in (--max-incoming)");
-            Task.Run(() => RefuseBusy(connection));
+            Interlocked.Decrement(ref _awaitingFirstFrame);
+            log.Warning($"connection {n} from {source} refused: {options.MaxIncoming * MaxAwaitingFirstFrame} connections are already waiting for their first frame");
+            Task.Run(() => RefuseBusy(connection, "connections are waiting to begin"));
             return;
         }
         lock (_incoming) _incoming.Add(connection);
         _receiving.AddCount();
         new Thread(() =>
         {
+            var slot = new MigrationSlot(this);
             try
             {
-                ReceiveOne(connection, n, source);
+                ReceiveOne(connection, n, source, slot);
             }
             finally
             {
                 lock (_incoming) _incoming.Remove(connection);
+                slot.FirstFrameRead();
                 CloseLeavingTheLastWord(connection);
-                Interlocked.Increment(ref _freeSlots);
+                slot.Release();
                 _receiving.Signal();
             }
         }) { Name = $"migration-{n}", IsBackground = true }.Start();
     }
 
-    private void RefuseBusy(Socket connection)
+    /// <summary>What one connection holds of the daemon's limits: a place among those waiting for their first frame
+    /// until it is read, and, once it is a Hello, one of the --max-incoming migration slots.</summary>
+    private sealed class MigrationSlot(MigrationDaemon daemon)
+    {
+        private bool _awaiting = true, _claimed;
+
+        public void FirstFrameRead()
+        {
+            if (!_awaiting) return;
+            _awaiting = false;
+            Interlocked.Decrement(ref daemon._awaitingFirstFrame);
+        }
+
+        public bool TryClaim()
+        {
+            FirstFrameRead();
+            if (Interlocked.Decrement(ref daemon._freeSlots) >= 0) return _claimed = true;
+            Interlocked.Increment(ref daemon._freeSlots);
+            return false;
+        }
+
+        public void Release()
+        {
+            if (_claimed) Interlocked.Increment(ref daemon._freeSlots);
+            _claimed = false;
+        }
+    }
+
+    private void RefuseBusy(Socket connection, string why)
     {
         connection.SendTimeout = 1000;
         try
         {
             using var stream = new NetworkStream(connection, ownsSocket: false);
             var channel = new MigrationChannel(stream);
-            channel.SendText(MigrationFrameType.Error, $"the target is busy: {options.MaxIncoming} migrations are already coming in; try again");
+            channel.SendText(MigrationFrameType.Error, $"the target is busy: {why}; try again");
             channel.Flush();
         }
         catch (MigrationException)
@@ -174,14 +210,14 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     }
 
     /// <summary>One incoming migration, from the Hello to a running VM (or its discarding).</summary>
-    private void ReceiveOne(Socket connection, int n, string source)
+    private void ReceiveOne(Socket connection, int n, string source, MigrationSlot slot)
     {
         log.Info($"migration {n}: connection from {source}");
         connection.NoDelay = true;
         connection.ReceiveBufferSize = 4 << 20;
         connection.ReceiveTimeout = connection.SendTimeout = (int)SourceSilenceLimit.TotalMilliseconds;
         bool helloLate = false;
-        // The TLS handshake and a whole Hello within the deadline, however slowly their bytes come: closing the
+        // The TLS handshake and a whole Hello (or Join) within the deadline, however slowly their bytes come: closing the
         // socket ends the read.
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, HelloDeadline, Timeout.InfiniteTimeSpan);
         Stream? stream = null;
@@ -195,7 +231,23 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             stream = IncomingMigrationStream.Open(connection, tls);
             if (stream is SslStream session) log.Info($"migration {n}: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
-            var receiver = new MigrationReceiver(stream, log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null);
+            var receiver = new MigrationReceiver(stream, log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null, _joins, connection);
+            bool hello = receiver.ReadHelloOrServeJoin(index =>
+            {
+                helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
+                slot.FirstFrameRead();
+                log.Info($"migration {n}: connection {index} of a migration under way");
+            });
+            if (!hello)
+            {
+                log.Debug($"migration {n}: that connection's part is done");
+                return;
+            }
+            if (!slot.TryClaim())
+            {
+                log.Warning($"migration {n} from {source} refused: {options.MaxIncoming} migrations are already coming in (--max-incoming)");
+                throw receiver.Refuse($"the target is busy: {options.MaxIncoming} migrations are already coming in; try again");
+            }
             destination = receiver.Receive((IncomingMachine incoming) =>
             {
                 var description = incoming.Description;
@@ -206,7 +258,6 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                     if (Interlocked.Exchange(ref _onceClaimed, 1) == 1)
                         throw new MigrationException("this target takes one migration (--once) and is already taking one");
                     claimedOnce = true;
-                    StopListening();
                 }
                 lock (_running)
                 {
@@ -260,6 +311,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         }
         finally
         {
+            // Only now: until the migration is in, its further connections still have to reach the listener.
+            if (claimedOnce) StopListening();
             stream?.Dispose();
         }
     }

@@ -8,7 +8,7 @@ namespace Vmm.Control;
 
 /// <summary>The VM's control socket: a unix socket taking one JSON request per line,
 /// <c>{"command":"status"|"pause"|"resume"}</c>, <c>{"command":"snapshot","path":DIR}</c> or
-/// <c>{"command":"migrate","to":"HOST:PORT","tlsDir":DIR,...}</c> (which first streams one <c>{"event":"pass",...}</c>
+/// <c>{"command":"migrate","to":"HOST:PORT","tlsDir":DIR,"connections":N,...}</c> (which first streams one <c>{"event":"pass",...}</c>
 /// line per copy pass), and answering one JSON line,
 /// <c>{"ok":true,...}</c> or <c>{"ok":false,"error":"..."}</c>. Requests are hostile input: anything
 /// malformed gets an error answer, never an exception in the VMM. Each request is a failure boundary: a
@@ -99,12 +99,15 @@ public sealed class ControlServer : IDisposable
             AutoConverge = JsonAnswers.Bool(root, "autoConverge"),
             CopyDisks = JsonAnswers.Bool(root, "copyDisks"),
             TlsDirectory = JsonAnswers.String(root, "tlsDir"),
+            Connections = JsonAnswers.Int(root, "connections") ?? 1,
         };
         if (options.DowntimeMs < 0 || options.TimeoutS < 0 || options.MaxPasses < 1)
             return JsonAnswers.Error("downtimeMs and timeoutS must not be negative, maxPasses at least 1");
+        if (options.Connections is < 1 or > MigrationHello.MaxConnections)
+            return JsonAnswers.Error($"connections must be 1 to {MigrationHello.MaxConnections}");
         try
         {
-            _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")}{(options.CopyDisks ? ", copying the disks" : "")}{(options.TlsDirectory is { } tls ? $", mutual TLS with {tls}" : "")})");
+            _log.Info($"migrating to {target} (downtime limit {options.DowntimeMs} ms{(options.TimeoutS > 0 ? $", timeout {options.TimeoutS} s" : "")}{(options.AutoConverge ? ", auto-converge" : "")}{(options.CopyDisks ? ", copying the disks" : "")}{(options.TlsDirectory is { } tls ? $", mutual TLS with {tls}" : "")}{(options.Connections > 1 ? $", {options.Connections} connections" : "")})");
             var report = MigrationSource.Migrate(_machine, options, pass =>
             {
                 _log.Info($"migration {pass}");

@@ -3,31 +3,31 @@ using System.Collections.Concurrent;
 namespace Vmm.Migration;
 
 /// <summary>Overlaps building frames with sending them: the migration thread scans guest RAM and copies pages
-/// (or reads a disk image) into one buffer while this writer's thread checksums and writes (and, over TLS,
-/// encrypts) the one before. While it runs, every frame goes through it, so frames never interleave. A few buffers circulate between the two. A send that fails (the connection broke, the socket was
+/// (or reads a disk image) into one buffer while this writer's threads checksum and write (and, over TLS,
+/// encrypt) the ones before. With several connections, one thread each, built frames go to them in turn. While it
+/// runs, every frame goes through it, so frames never interleave on a connection. A few buffers circulate between the two. A send that fails (the connection broke, the socket was
 /// closed under it) is kept and thrown to the migration thread at its next <see cref="Rent"/>,
 /// <see cref="Submit"/> or <see cref="Drain"/>; the writer then discards what is still queued, so neither
 /// side waits for the other forever.</summary>
 internal sealed class FrameWriter : IFrameSink, IDisposable
 {
-    private const int Buffers = 3;
-
-    private readonly MigrationChannel _channel;
-    private readonly BlockingCollection<(MigrationFrameType Type, byte[] Buffer, int HeadLength, int DataLength)> _queued = new(Buffers);
-    private readonly BlockingCollection<byte[]> _free = new(Buffers);
-    private readonly Thread _thread;
+    private readonly BlockingCollection<(MigrationFrameType Type, byte[] Buffer, int HeadLength, int DataLength)>[] _queued;
+    private readonly BlockingCollection<byte[]> _free = new();
+    private readonly Thread[] _threads;
+    private int _next;
     /// <summary>Guards <see cref="_inFlight"/>; pulsed when it reaches zero.</summary>
     private readonly object _gate = new();
     private int _inFlight;
     private volatile Exception? _failure;
     private bool _disposed;
 
-    public FrameWriter(MigrationChannel channel)
+    public FrameWriter(IReadOnlyList<MigrationChannel> channels)
     {
-        _channel = channel;
-        for (int i = 0; i < Buffers; i++) _free.Add(new byte[BufferBytes]);
-        _thread = new Thread(Run) { Name = "migration-writer", IsBackground = true };
-        _thread.Start();
+        // One buffer being sent on each connection, one being built, one waiting: each side always has work.
+        for (int i = 0; i < channels.Count + 2; i++) _free.Add(new byte[BufferBytes]);
+        _queued = channels.Select(_ => new BlockingCollection<(MigrationFrameType, byte[], int, int)>()).ToArray();
+        _threads = channels.Select((channel, i) => new Thread(() => Run(channel, _queued[i])) { Name = $"migration-writer-{i}", IsBackground = true }).ToArray();
+        foreach (var thread in _threads) thread.Start();
     }
 
     /// <summary>A buffer to build the next frame in; waits while all are queued for sending.</summary>
@@ -49,7 +49,8 @@ internal sealed class FrameWriter : IFrameSink, IDisposable
     {
         ThrowIfFailed();
         lock (_gate) _inFlight++;
-        _queued.Add((type, buffer, headLength, dataLength));
+        _queued[_next].Add((type, buffer, headLength, dataLength));
+        _next = (_next + 1) % _queued.Length;
     }
 
     /// <summary>Where a frame's data starts in a buffer: after room for a Pages frame's count and every address it
@@ -71,18 +72,18 @@ internal sealed class FrameWriter : IFrameSink, IDisposable
             throw failure as MigrationException ?? new MigrationException($"internal error in vmm while sending pages: {failure.Message}", failure);
     }
 
-    private void Run()
+    private void Run(MigrationChannel channel, BlockingCollection<(MigrationFrameType Type, byte[] Buffer, int HeadLength, int DataLength)> queued)
     {
-        foreach (var (type, buffer, headLength, dataLength) in _queued.GetConsumingEnumerable())
+        foreach (var (type, buffer, headLength, dataLength) in queued.GetConsumingEnumerable())
         {
             try
             {
-                if (_failure is null) _channel.Send(type, buffer.AsSpan(0, headLength), buffer.AsSpan(DataOffset, dataLength));
+                if (_failure is null) channel.Send(type, buffer.AsSpan(0, headLength), buffer.AsSpan(DataOffset, dataLength));
             }
             catch (Exception e)
             {
                 // A thread boundary: whatever the send threw ends this migration, never the process.
-                _failure = e;
+                Interlocked.CompareExchange(ref _failure, e, null);
             }
             _free.Add(buffer);
             lock (_gate)
@@ -90,15 +91,15 @@ internal sealed class FrameWriter : IFrameSink, IDisposable
         }
     }
 
-    /// <summary>Stops the writer once what is queued is sent (or discarded after a failure); the channel is the
+    /// <summary>Stops the writer once what is queued is sent (or discarded after a failure); the channels are the
     /// caller's alone again afterwards.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        _queued.CompleteAdding();
-        _thread.Join();
-        _queued.Dispose();
+        foreach (var queued in _queued) queued.CompleteAdding();
+        foreach (var thread in _threads) thread.Join();
+        foreach (var queued in _queued) queued.Dispose();
         _free.Dispose();
     }
 }

@@ -43,8 +43,9 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.DiskZero => 20,
         MigrationFrameType.State => 64 << 20,
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
+        MigrationFrameType.Ready => MigrationJoin.TokenBytes,
+        MigrationFrameType.Join => MigrationJoin.Bytes,
         MigrationFrameType.Resumed or MigrationFrameType.Heartbeat => 0,
-        MigrationFrameType.Ready => 4,
         MigrationFrameType.EpochEnd or MigrationFrameType.EpochCommitted => 8,
         _ => -1,
     };

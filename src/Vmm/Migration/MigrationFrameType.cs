@@ -13,7 +13,9 @@ public enum MigrationFrameType : byte
     /// each page goes before its bytes arrive, and reads runs of adjacent pages straight into guest RAM.</summary>
     Pages = 2,
     /// <summary>The end of one copy pass (its number); the target answers <see cref="PassDone"/> once it has
-    /// written every page of the pass.</summary>
+    /// written every page of the pass. With several connections it ends the pass on each, and the source starts
+    /// the next pass only once every connection said PassDone: a page sent again in a later pass, on another
+    /// connection, can never be overtaken by its older copy.</summary>
     PassEnd = 3,
     /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target makes copied disk images
     /// durable, restores and resumes.</summary>
@@ -24,15 +26,20 @@ public enum MigrationFrameType : byte
     DiskData = 6,
     /// <summary>A disk image range that reads as zeros (a hole is punched): disk index (4), offset (8), length (8).</summary>
     DiskZero = 7,
+    /// <summary>The first frame of one more connection of a migration under way (see <see cref="MigrationJoin"/>):
+    /// the token the target's <see cref="Ready"/> gave, and the connection's index. The target answers
+    /// <see cref="Ready"/> and the connection carries Pages, disk frames and PassEnd from then on.</summary>
+    Join = 8,
     /// <summary>Either side, replication only: nothing else to say, and still here. Answered in kind.</summary>
-    Heartbeat = 8,
+    Heartbeat = 10,
     /// <summary>Replication: the end of an epoch (its number, 8 bytes): its pages, disk blocks and State came
     /// before. The standby applies the epoch and answers <see cref="EpochCommitted"/>.</summary>
-    EpochEnd = 9,
+    EpochEnd = 11,
 
     // Target to source.
-    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages. A standby adds its
-    /// failover timeout in milliseconds (4 bytes).</summary>
+    /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages. When the Hello asked
+    /// for several connections, it carries the 16-byte token each further connection joins with; it also answers a
+    /// <see cref="Join"/> it took. A standby's carries its failover timeout in milliseconds (4 bytes).</summary>
     Ready = 16,
     /// <summary>The VM runs on the target: the source may stop.</summary>
     Resumed = 17,

@@ -4,12 +4,16 @@ using Vmm.State;
 namespace Vmm.Migration;
 
 /// <summary>The first frame of a migration: magic, protocol version, the VM's name, the machine to build, and
-/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share, and
-/// whether this is a migration or the start of replication to a standby. Read from a hostile peer: every field is
-/// checked.</summary>
-public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes, bool Replication = false)
+/// whether its disk images travel in the stream (and how large each is) or sit on storage both hosts share, how
+/// many connections the migration uses (more than one: the others join with the token of the target's Ready, see
+/// <see cref="MigrationJoin"/>), and whether this is a migration or the start of replication to a standby. Read from a
+/// hostile peer: every field is checked.</summary>
+public sealed record MigrationHello(string Name, MachineDescription Description, IReadOnlyList<long>? CopiedDiskBytes, int Connections = 1, bool Replication = false)
 {
-    private const byte FlagDisksCopied = 1, FlagReplication = 2;
+    private const byte FlagDisksCopied = 1, FlagSeveralConnections = 2, FlagReplication = 4;
+
+    /// <summary>The most connections one migration may use: past a few per core, more only add threads.</summary>
+    public const int MaxConnections = 16;
 
     /// <summary>16 TiB: a bound on what a stream may ask a target to create, far above a raw image vmm serves.</summary>
     public const long MaxDiskBytes = 1L << 44;
@@ -23,8 +27,10 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         w.WriteUInt32(MigrationChannel.ProtocolVersion);
         w.WriteString(Name);
         Description.Write(w);
-        w.WriteUInt8((byte)((CopiesDisks ? FlagDisksCopied : 0) | (Replication ? FlagReplication : 0)));
+        // One connection sets no flag, so a target from before several connections still takes it.
+        w.WriteUInt8((byte)((CopiesDisks ? FlagDisksCopied : 0) | (Connections > 1 ? FlagSeveralConnections : 0) | (Replication ? FlagReplication : 0)));
         foreach (long bytes in CopiedDiskBytes ?? []) w.WriteUInt64((ulong)bytes);
+        if (Connections > 1) w.WriteUInt8((byte)Connections);
         return w.ToArray();
     }
 
@@ -48,7 +54,7 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
         if (!Vm.VmName.IsValid(name)) throw new MigrationException($"migration stream: '{name}' is not a VM name");
         var description = MachineDescription.Read(r);
         byte flags = r.ReadUInt8("Hello flags");
-        if ((flags & ~(FlagDisksCopied | FlagReplication)) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
+        if ((flags & ~(FlagDisksCopied | FlagSeveralConnections | FlagReplication)) != 0) throw new MigrationException($"migration stream: unknown Hello flags 0x{flags:x2}");
         long[]? sizes = null;
         if ((flags & FlagDisksCopied) != 0)
         {
@@ -61,7 +67,13 @@ public sealed record MigrationHello(string Name, MachineDescription Description,
                 sizes[i] = (long)bytes;
             }
         }
+        int connections = 1;
+        if ((flags & FlagSeveralConnections) != 0)
+        {
+            connections = r.ReadUInt8("connection count");
+            if (connections is < 2 or > MaxConnections) throw new MigrationException($"migration stream: {connections} connections (2 to {MaxConnections} when the flag is set)");
+        }
         r.ExpectEnd("Hello frame");
-        return new MigrationHello(name, description, sizes, (flags & FlagReplication) != 0);
+        return new MigrationHello(name, description, sizes, connections, (flags & FlagReplication) != 0);
     }
 }

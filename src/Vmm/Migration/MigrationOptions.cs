@@ -20,4 +20,7 @@ public sealed record MigrationOptions
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Mutual TLS with the files of this directory (see <see cref="MigrationTls"/>); null: plain TCP.</summary>
     public string? TlsDirectory { get; init; }
+    /// <summary>How many TCP connections carry the passes (1 to <see cref="MigrationHello.MaxConnections"/>): each
+    /// has its own sending thread here and receiving thread at the target, so checksums, TLS and copies spread over cores.</summary>
+    public int Connections { get; init; } = 1;
 }

@@ -12,29 +12,65 @@ namespace Vmm.Migration;
 /// Everything read is checked (magic, version, frame lengths and checksums, page addresses inside RAM, disk
 /// ranges inside their images, frame order); on any failure (a bug included) the half-built machine and any
 /// partial image are discarded, the source is told why, and a <see cref="MigrationException"/> says it to the
-/// caller.</summary>
+/// caller. A migration may come over several connections: the one with the Hello, and others that join it
+/// (<see cref="MigrationJoins"/>, <see cref="JoiningConnections"/>); each is received on its own thread.</summary>
 public sealed class MigrationReceiver
 {
     private readonly MigrationChannel _channel;
     private readonly Logger _log;
     private readonly string? _diskDirectory;
+    private readonly MigrationJoins? _joins;
+    private readonly IDisposable _connection;
     private byte[] _buffer = new byte[1 << 20];
-    private ulong[][]? _written;
-    /// <summary>A Pages frame's count and addresses, and the addresses of its pages with data.</summary>
-    private readonly byte[] _entries = new byte[4 + MigrationChannel.MaxPagesPerFrame * 8];
-    private readonly ulong[] _dataPages = new ulong[MigrationChannel.MaxPagesPerFrame];
+    private MigrationHello? _hello;
     private IncomingDiskImages? _disks;
 
     /// <param name="diskDirectory">Where copied disk images are written; null: this target takes only VMs whose
     /// disks sit on shared storage.</param>
-    public MigrationReceiver(Stream stream, Logger log, string? diskDirectory = null)
+    /// <param name="joins">The migrations further connections may join; null: this target takes one connection per migration.</param>
+    /// <param name="connection">What closes the connection under a read that blocks (its socket); null: the stream.</param>
+    public MigrationReceiver(Stream stream, Logger log, string? diskDirectory = null, MigrationJoins? joins = null, IDisposable? connection = null)
     {
         _channel = new MigrationChannel(stream);
         _log = log;
         _diskDirectory = diskDirectory;
+        _joins = joins;
+        _connection = connection ?? stream;
     }
 
     public long BytesReceived => _channel.BytesReceived;
+
+    /// <summary>Reads the connection's first frame. A Hello begins a migration: returns true, and
+    /// <see cref="Receive{T}(Func{IncomingMachine, T})"/> goes on with it. A Join makes this connection one more of a
+    /// migration under way: <paramref name="joined"/> is called once it is taken, the connection carries that
+    /// migration's passes until it ends, and this returns false (or throws, failing that migration too).</summary>
+    public bool ReadHelloOrServeJoin(Action<int>? joined = null)
+    {
+        try
+        {
+            var (type, payload) = _channel.Receive(ref _buffer);
+            // A TLS source that refused this target's certificate says so in place of its Hello.
+            if (type == MigrationFrameType.Abort) throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
+            if (type == MigrationFrameType.Join && _joins is not null)
+            {
+                var join = MigrationJoin.Read(payload.Span);
+                var joining = _joins.Find(join);
+                joined?.Invoke(join.Index);
+                joining.Serve(join, _channel, _connection);
+                return false;
+            }
+            if (type != MigrationFrameType.Hello) throw new MigrationException($"migration stream: expected a Hello frame, got {type}");
+            _hello = MigrationHello.Read(payload.ToArray());
+            if (_hello.Replication) throw new MigrationException("the source replicates its VM to a standby, and this is a migration target (replication goes to 'vmm standby')");
+            if (_hello.Connections > 1 && _joins is null)
+                throw new MigrationException($"the source asks for {_hello.Connections} connections, and this target takes one per migration");
+            return true;
+        }
+        catch (Exception e)
+        {
+            throw Failed(e);
+        }
+    }
 
     /// <summary>Receives a VM, built from the source's description alone (its disks, if any, on shared storage).</summary>
     public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((IncomingMachine incoming) => build(incoming.Description));
@@ -44,11 +80,12 @@ public sealed class MigrationReceiver
     /// <see cref="ConfirmResumed"/>.</summary>
     public T Receive<T>(Func<IncomingMachine, T> build) where T : IMigrationDestination
     {
+        if (_hello is null && !ReadHelloOrServeJoin()) throw new InvalidOperationException("this connection joined another migration");
+        var hello = _hello!;
         T? machine = default;
+        JoiningConnections? joining = null;
         try
         {
-            var hello = ReadHello();
-            if (hello.Replication) throw new MigrationException("the source replicates its VM to a standby, and this is a migration target (replication goes to 'vmm standby')");
             var description = hello.Description;
             if (hello.CopiedDiskBytes is { } diskBytes)
             {
@@ -58,34 +95,39 @@ public sealed class MigrationReceiver
                 description = description with { Disks = description.Disks.Select((d, i) => d with { Path = _disks.FinalPaths[i] }).ToArray() };
             }
             machine = build(new IncomingMachine(hello.Name, description, _disks?.OpenPaths));
-            _channel.Send(MigrationFrameType.Ready, []);
+            var memory = machine.Memory;
+            var written = new WrittenPageMap(memory);
+            var passes = new IncomingPassReader(_channel, 0, memory, written, _disks, _log);
+            if (hello.Connections > 1)
+            {
+                joining = _joins!.Open(hello.Connections, _connection, (channel, index) => new IncomingPassReader(channel, index, memory, written, _disks, _log));
+                _channel.Send(MigrationFrameType.Ready, MigrationJoin.TokenToBytes(joining.Token));
+            }
+            else
+            {
+                _channel.Send(MigrationFrameType.Ready, []);
+            }
             _channel.Flush();
-            _written = machine.Memory.Regions.Select(r => new ulong[(r.SizeBytes / GuestMemoryRegion.PageSize + 63) / 64]).ToArray();
+            bool firstPassEnded = false;
             while (true)
             {
                 var frame = _channel.ReceiveHeader();
-                if (frame.Type == MigrationFrameType.Pages)
+                if (passes.TryTake(frame))
                 {
-                    WritePages(machine.Memory, _channel.OpenPayload(frame));
+                    if (frame.Type == MigrationFrameType.PassEnd && !firstPassEnded)
+                    {
+                        firstPassEnded = true;
+                        joining?.StopJoining();
+                    }
                     continue;
                 }
-                var type = frame.Type;
                 var payload = _channel.ReceivePayload(frame, ref _buffer);
-                switch (type)
+                switch (frame.Type)
                 {
-                    case MigrationFrameType.PassEnd:
-                        // Found by fuzzing: a shorter one made the read below throw, which no filter then caught.
-                        if (payload.Length != sizeof(int)) throw new MigrationException($"migration stream: a PassEnd frame of {payload.Length} bytes (its pass number takes 4)");
-                        _log.Debug($"migration: pass {BinaryPrimitives.ReadInt32LittleEndian(payload.Span)} received ({_channel.BytesReceived >> 20} MiB so far)");
-                        _channel.Send(MigrationFrameType.PassDone, payload.Span);
-                        _channel.Flush();
-                        break;
-                    case MigrationFrameType.DiskData or MigrationFrameType.DiskZero:
-                        if (_disks is null) throw new MigrationException($"migration stream: a {type} frame, and the Hello said the disks are not copied");
-                        if (type == MigrationFrameType.DiskData) _disks.WriteData(payload.Span);
-                        else _disks.WriteZero(payload.Span);
-                        break;
                     case MigrationFrameType.State:
+                        // The source sends it once every connection acknowledged the last pass: the others have nothing more to say.
+                        joining?.End();
+                        if (joining?.Failure is { } failed) throw failed;
                         var restoring = System.Diagnostics.Stopwatch.StartNew();
                         var state = MachineState.FromBytes(payload.ToArray());
                         if (_disks is not null)
@@ -103,17 +145,23 @@ public sealed class MigrationReceiver
                     case MigrationFrameType.Abort:
                         throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
                     default:
-                        throw new MigrationException($"migration stream: unexpected {type} frame");
+                        throw new MigrationException($"migration stream: unexpected {frame.Type} frame");
                 }
             }
         }
         catch (Exception e)
         {
+            // A further connection that failed closed this one: its failure is the reason.
+            var failure = joining?.Failure ?? e;
+            joining?.Fail(failure, failing: 0);
+            joining?.End();
             machine?.Dispose();
             _disks?.Dispose();
-            string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
-            TryTellSource(e is VmmException ? e.Message : "internal error in vmm (see the target's log)");
-            throw e as MigrationException ?? new MigrationException(why, e);
+            throw Failed(failure);
+        }
+        finally
+        {
+            if (joining is not null) _joins!.Close(joining);
         }
     }
 
@@ -133,9 +181,7 @@ public sealed class MigrationReceiver
         }
     }
 
-    private MigrationHello ReadHello() => ReadHello(_channel, ref _buffer);
-
-    /// <summary>The first frame of a stream, a migration's or a replication's.</summary>
+    /// <summary>The first frame of a replication stream, which takes no joins (a standby's).</summary>
     internal static MigrationHello ReadHello(MigrationChannel channel, ref byte[] buffer)
     {
         var (type, payload) = channel.Receive(ref buffer);
@@ -145,63 +191,15 @@ public sealed class MigrationReceiver
         return MigrationHello.Read(payload.ToArray());
     }
 
-    /// <summary>Reads a Pages frame straight into guest RAM: the addresses first, then each page's bytes land in
-    /// their page, with no buffer in between (a corrupted frame is found at its end, and the whole migration is
-    /// discarded then).</summary>
-    private void WritePages(GuestMemory memory, MigrationChannel.PayloadReader payload)
-    {
-        if (payload.Remaining < 4) throw new MigrationException("migration stream: Pages frame without a count");
-        payload.Read(_entries.AsSpan(0, 4), "page count");
-        uint count = BinaryPrimitives.ReadUInt32LittleEndian(_entries);
-        if (count > MigrationChannel.MaxPagesPerFrame) throw new MigrationException($"migration stream: {count} pages in one frame");
-        var entries = _entries.AsSpan(0, (int)count * 8);
-        payload.Read(entries, "page addresses");
-        int dataPages = 0;
-        for (int i = 0; i < count; i++)
-        {
-            ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(entries[(8 * i)..]);
-            ulong flags = entry & (MigrationChannel.PageSize - 1);
-            ulong address = entry & ~(ulong)(MigrationChannel.PageSize - 1);
-            if ((flags & ~MigrationChannel.ZeroPageFlag) != 0)
-                throw new MigrationException($"migration stream: page entry 0x{entry:x} has unknown flags");
-            var page = memory.GetSpan(address, MigrationChannel.PageSize);
-            if ((flags & MigrationChannel.ZeroPageFlag) != 0)
-            {
-                // RAM here starts zeroed: clearing a page never written would only allocate it.
-                if (MarkWritten(memory, address, written: false)) page.Clear();
-                continue;
-            }
-            _dataPages[dataPages++] = address;
-            MarkWritten(memory, address, written: true);
-        }
-        // Each run of adjacent pages is read in one go, straight into guest RAM.
-        for (int first = 0; first < dataPages;)
-        {
-            int run = 1;
-            while (first + run < dataPages && _dataPages[first + run] == _dataPages[first] + (ulong)run * MigrationChannel.PageSize
-                   && memory.IsRam(_dataPages[first], (ulong)(run + 1) * MigrationChannel.PageSize))
-                run++;
-            payload.Read(memory.GetSpan(_dataPages[first], run * MigrationChannel.PageSize), "page data");
-            first += run;
-        }
-        payload.Finish();
-    }
+    /// <summary>Refuses the migration whose Hello was read (the target is busy, say): tells the source why, and
+    /// returns the failure to throw.</summary>
+    public MigrationException Refuse(string why) => Failed(new MigrationException(why));
 
-    /// <summary>Records whether the page now holds data; returns whether it held data before.</summary>
-    private bool MarkWritten(GuestMemory memory, ulong address, bool written)
+    /// <summary>Tells the source why this connection failed, where it still can; returns the failure to throw.</summary>
+    private MigrationException Failed(Exception e)
     {
-        for (int i = 0; i < memory.Regions.Count; i++)
-        {
-            var region = memory.Regions[i];
-            if (!region.Contains(address, MigrationChannel.PageSize)) continue;
-            ulong page = (address - region.GuestAddress) / GuestMemoryRegion.PageSize;
-            ref ulong word = ref _written![i][page / 64];
-            ulong bit = 1UL << (int)(page % 64);
-            bool before = (word & bit) != 0;
-            word = written ? word | bit : word & ~bit;
-            return before;
-        }
-        return false;
+        TryTellSource(e is VmmException ? e.Message : "internal error in vmm (see the target's log)");
+        return e as MigrationException ?? new MigrationException(e is VmmException ? e.Message : $"internal error in vmm: {e}", e);
     }
 
     private void TryTellSource(string message)

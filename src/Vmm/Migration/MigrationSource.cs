@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
-using System.Net.Security;
 using System.Net.Sockets;
 using Vmm.Diagnostics;
 using Vmm.Memory;
@@ -18,7 +17,9 @@ namespace Vmm.Migration;
 /// after the target says the VM runs there; any failure before that resumes the VM here. A migration is a
 /// failure boundary: whatever goes wrong, a bug included, ends the migration, never the VM. When the VM
 /// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so. The
-/// connection is plain TCP, or mutual TLS with <see cref="MigrationOptions.TlsDirectory"/> (see <see cref="MigrationTls"/>).</summary>
+/// connection is plain TCP, or mutual TLS with <see cref="MigrationOptions.TlsDirectory"/> (see <see cref="MigrationTls"/>).
+/// With <see cref="MigrationOptions.Connections"/> above one, the built frames of each pass go out over that many
+/// connections in turn (<see cref="OutgoingConnections"/>); the state and the answers travel on the first.</summary>
 public sealed class MigrationSource
 {
     private const int InitialThrottlePercent = 20, ThrottleStepPercent = 10;
@@ -52,31 +53,29 @@ public sealed class MigrationSource
         bool pausedHere = false;
         if (!TryParseEndpoint(_options.Target, out string host, out int port))
             throw new MigrationException($"'{_options.Target}' is not HOST:PORT");
+        if (_options.Connections is < 1 or > MigrationHello.MaxConnections)
+            throw new MigrationException($"{_options.Connections} connections: a migration takes 1 to {MigrationHello.MaxConnections}");
         using var tls = LoadTls();
         // RAM stays mapped while pages are read from it, even if the VM ends meanwhile.
         using var ram = _memory.Lease();
-        using var socket = Connect(host, port, _options.Target, _options.IoTimeout);
-        // A VM that stops ends its migration: closing the socket ends a send or receive that blocks.
-        using var onVmStop = _machine.Stopping.Register(socket.Dispose);
+        using var connections = new OutgoingConnections(host, port, _options.Target, _options.IoTimeout, tls);
+        // A VM that stops ends its migration: closing the sockets ends a send or receive that blocks.
+        using var onVmStop = _machine.Stopping.Register(connections.CloseAll);
         bool timedOut = false;
-        // Without --force the time limit is hard: closing the socket ends a write (or a TLS handshake) that blocks.
+        // Without --force the time limit is hard: closing the sockets ends a write (or a TLS handshake) that blocks.
         using var deadline = _options.TimeoutS > 0 && !_options.Force
-            ? new Timer(_ => { timedOut = true; socket.Dispose(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
+            ? new Timer(_ => { timedOut = true; connections.CloseAll(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
             : null;
-        Stream? stream = null;
         MigrationChannel? channel = null;
         FrameWriter? writer = null;
         DirtyPageTracker? tracker = null;
         DiskCopySender? disks = null;
         try
         {
-            stream = tls?.AuthenticateTarget(socket, host) ?? new NetworkStream(socket, ownsSocket: false);
-            if (stream is SslStream session) _log.Info($"migration: mutual TLS ({session.SslProtocol}) with the target {session.RemoteCertificate?.Subject}");
-            // Unbuffered: frames are large (a 9-byte header, then up to 1 MiB written as one call), and a buffer
-            // would only add a copy of every page.
-            channel = new MigrationChannel(stream);
-            _writer = writer = new FrameWriter(channel);
-            SendHello(channel);
+            channel = connections.OpenMain(_log);
+            var token = SendHello(channel);
+            if (_options.Connections > 1) connections.Join(token, _options.Connections);
+            _writer = writer = new FrameWriter(connections.Channels);
             tracker = _machine.StartDirtyTracking();
             if (_options.CopyDisks) disks = new DiskCopySender(_machine.Disks);
             _log.Debug($"migration: dirty pages tracked with the {(tracker.UsesDirtyRing ? "dirty ring" : tracker.ManualProtect ? "dirty log (manual protect)" : "dirty log")}");
@@ -91,14 +90,12 @@ public sealed class MigrationSource
             {
                 pass++;
                 var passTime = Stopwatch.StartNew();
-                long bytesBefore = channel.BytesSent;
+                long bytesBefore = connections.BytesSent;
                 long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(writer) : disks.SendPending(writer);
                 var (pages, zeroPages) = SendPages(pending);
-                channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
-                channel.Flush();
-                ExpectFrame(channel, MigrationFrameType.PassDone, $"the target did not finish pass {pass}");
+                connections.EndPass(pass);
                 double seconds = passTime.Elapsed.TotalSeconds;
-                long passBytes = channel.BytesSent - bytesBefore;
+                long passBytes = connections.BytesSent - bytesBefore;
                 if (passBytes >= (1 << 20) || bandwidthBytesPerSecond == 0)
                     bandwidthBytesPerSecond = passBytes / Math.Max(seconds, 1e-6);
 
@@ -143,6 +140,8 @@ public sealed class MigrationSource
                 finalDiskBytes = disks.SendPending(writer);
             }
             var (finalPages, _) = SendPages(pending);
+            // The state goes on the first connection: the others must have landed all they carried before it.
+            if (connections.Channels.Count > 1) connections.EndPass(pass + 1);
             double pagesMs = downtime.Elapsed.TotalMilliseconds;
             MachinePersistence.FlushDevices(_machine);
             MachineState state = MachinePersistence.Save(_machine);
@@ -151,14 +150,14 @@ public sealed class MigrationSource
             channel.Send(MigrationFrameType.State, state.ToBytes());
             channel.Flush();
             double stateMs = downtime.Elapsed.TotalMilliseconds;
-            socket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
-            ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
+            connections.MainSocket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
+            OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
             downtime.Stop();
             _machine.StopDirtyTracking(tracker);
             if (tracker.UsesDirtyRing) _log.Debug($"migration: vCPUs found their dirty ring full {_machine.DirtyRingFullExits} times so far");
             _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages{(disks is null ? "" : $" and {finalDiskBytes >> 10} KiB of disk")} {pagesMs - pausedMs:F1} + " +
                       $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
-            return new MigrationReport(_options.Target, pass + 1, channel.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
+            return new MigrationReport(_options.Target, pass + 1, connections.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
                 downtime.Elapsed.TotalMilliseconds, forced, disks?.BytesSent ?? 0);
         }
         catch (Exception e)
@@ -167,7 +166,7 @@ public sealed class MigrationSource
             writer?.Dispose();
             string why = _machine.StopReason is { } stop ? $"the VM stopped during the migration ({stop.Description})"
                 : timedOut ? $"timed out after {_options.TimeoutS} s"
-                : e is MigrationException { InnerException: IOException or SocketException } && channel is not null && TargetsLastWord(socket, channel) is { } refusal ? $"the target refused: {refusal}"
+                : e is MigrationException { InnerException: IOException or SocketException } && channel is not null && connections.TargetsLastWord() is { } refusal ? $"the target refused: {refusal}"
                 : e is VmmException ? e.Message
                 : $"internal error in vmm: {e}";
             try
@@ -188,7 +187,6 @@ public sealed class MigrationSource
             disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
             writer?.Dispose();
-            stream?.Dispose();
         }
     }
 
@@ -205,44 +203,16 @@ public sealed class MigrationSource
         }
     }
 
-    private void SendHello(MigrationChannel channel)
+    /// <summary>Sends the Hello; returns the token further connections join with (with several).</summary>
+    private UInt128 SendHello(MigrationChannel channel)
     {
         // The CPUID the guest was shown goes along, so a target that cannot offer it refuses now, before the pause.
         var description = MachineDescription.Of(_machine.Config) with { VcpuCpuid = _machine.VcpuCpuid };
-        var hello = new MigrationHello(_machine.Config.Name, description, _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null);
+        var hello = new MigrationHello(_machine.Config.Name, description, _options.CopyDisks ? _machine.Disks.Select(d => d.CapacityBytes).ToArray() : null, _options.Connections);
         channel.Send(MigrationFrameType.Hello, hello.ToBytes());
         channel.Flush();
-        ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
-    }
-
-    /// <summary>The connection broke: a target that refused the VM (busy, a page it would not take) said why
-    /// before it closed, and the reason may still be waiting to be read.</summary>
-    internal static string? TargetsLastWord(Socket socket, MigrationChannel channel)
-    {
-        try
-        {
-            socket.ReceiveTimeout = 1000;
-            byte[] buffer = new byte[4096];
-            for (int frames = 0; frames < 64; frames++)
-            {
-                var (type, payload) = channel.Receive(ref buffer);
-                if (type == MigrationFrameType.Error) return System.Text.Encoding.UTF8.GetString(payload.Span);
-            }
-        }
-        catch (Exception e) when (e is MigrationException or SocketException or ObjectDisposedException)
-        {
-            // Nothing more to read.
-        }
-        return null;
-    }
-
-    internal static void ExpectFrame(MigrationChannel channel, MigrationFrameType expected, string context)
-    {
-        byte[] buffer = new byte[4096];
-        var (type, payload) = channel.Receive(ref buffer);
-        if (type == expected) return;
-        string detail = type == MigrationFrameType.Error ? System.Text.Encoding.UTF8.GetString(payload.Span) : $"unexpected {type} frame";
-        throw new MigrationException($"{context}: {detail}");
+        var ready = OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
+        return _options.Connections > 1 ? MigrationJoin.ReadToken(ready) : 0;
     }
 
     /// <summary>Sends the pages (see <see cref="PageFrames"/>): frames are built here and sent by the
@@ -253,25 +223,6 @@ public sealed class MigrationSource
         _writer!.Drain();
         _pagesSent += counts.Pages;
         return counts;
-    }
-
-    internal static Socket Connect(string host, int port, string target, TimeSpan timeout)
-    {
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        try
-        {
-            socket.SendBufferSize = 4 << 20;
-            socket.SendTimeout = socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
-            using var cancel = new CancellationTokenSource(timeout);
-            socket.ConnectAsync(host, port, cancel.Token).AsTask().GetAwaiter().GetResult();
-            return socket;
-        }
-        catch (Exception e) when (e is SocketException or OperationCanceledException)
-        {
-            socket.Dispose();
-            throw new MigrationException($"cannot connect to {target}: {e.Message} (is 'vmm migrate-receive --listen' or 'vmm standby --listen' running there?)");
-        }
     }
 
     /// <summary>HOST:PORT, with [IPv6]:PORT.</summary>

@@ -33,7 +33,6 @@ public sealed class ReplicationSource : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly EpochStaging _staging = new();
     private volatile ReplicationStatus _status;
-    private volatile Socket? _socket;
     private Exception? _startFailure;
     private TimeSpan _standbyFailoverTimeout;
     /// <summary>When the standby last answered (ticks of <see cref="Stopwatch"/>).</summary>
@@ -116,16 +115,15 @@ public sealed class ReplicationSource : IDisposable
         string? why = null;
         DirtyPageTracker? tracker = null;
         DiskCopySender? disks = null;
-        Stream? stream = null;
+        OutgoingConnections? connection = null;
         try
         {
             MigrationSource.TryParseEndpoint(_options.Standby, out string host, out int port);
             using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
-            var socket = _socket = MigrationSource.Connect(host, port, _options.Standby, _options.IoTimeout);
-            using var onVmStop = _machine.Stopping.Register(socket.Dispose);
-            stream = tls?.AuthenticateTarget(socket, host) ?? new NetworkStream(socket, ownsSocket: false);
-            if (stream is SslStream session) _log.Info($"replication: mutual TLS ({session.SslProtocol}) with the standby {session.RemoteCertificate?.Subject}");
-            var channel = new MigrationChannel(stream);
+            connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
+            var socket = connection.MainSocket;
+            using var onVmStop = _machine.Stopping.Register(connection.CloseAll);
+            var channel = connection.OpenMain(_log);
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             disks = new DiskCopySender(_machine.Disks);
@@ -141,7 +139,7 @@ public sealed class ReplicationSource : IDisposable
                 : e is StandbyGaveUpException ? e.Message
                 : e is VmmException ? e.Message
                 : $"internal error in vmm: {e}";
-            toldStandby = e is StandbyGaveUpException || TryAbort(stream, why);
+            toldStandby = e is StandbyGaveUpException || TryAbort(connection, why);
             if (_status.Epoch == 0) _startFailure = new ReplicationException($"replication to {_options.Standby} failed: {why}", e);
         }
         finally
@@ -149,8 +147,7 @@ public sealed class ReplicationSource : IDisposable
             _staging.Clear();
             disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
-            stream?.Dispose();
-            _socket?.Dispose();
+            connection?.Dispose();
         }
         ReleaseHeldOutput(toldStandby);
         _status = _status with { State = "unprotected", Reason = why };
@@ -193,7 +190,7 @@ public sealed class ReplicationSource : IDisposable
         var copying = Stopwatch.StartNew();
         long diskBytes;
         long pages;
-        using (var writer = new FrameWriter(channel))
+        using (var writer = new FrameWriter([channel]))
         {
             diskBytes = disks.SendAllocated(writer);
             pages = PageFrames.Build(writer, _machine.Memory, DirtyPages.MayHoldData(_machine.Memory)).Pages;
@@ -201,7 +198,7 @@ public sealed class ReplicationSource : IDisposable
         }
         channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(1));
         channel.Flush();
-        MigrationSource.ExpectFrame(channel, MigrationFrameType.PassDone, "the standby did not take the first full copy");
+        OutgoingConnections.ExpectFrame(channel, MigrationFrameType.PassDone, "the standby did not take the first full copy");
         Heard();
         _log.Info($"replication: first full copy to {_options.Standby} in {copying.Elapsed.TotalMilliseconds:F0} ms ({pages} pages, {diskBytes >> 20} MiB of disk)");
     }
@@ -306,13 +303,13 @@ public sealed class ReplicationSource : IDisposable
     private void Heard() => Interlocked.Exchange(ref _lastHeardTicks, Stopwatch.GetTimestamp());
 
     /// <summary>Tells the standby replication ends on purpose, so it discards its copy instead of failing over.</summary>
-    private bool TryAbort(Stream? stream, string why)
+    private static bool TryAbort(OutgoingConnections? connection, string why)
     {
-        if (stream is null || _socket is not { Connected: true } socket) return false;
+        if (connection is null || connection.Channels.Count == 0 || !connection.MainSocket.Connected) return false;
         try
         {
-            socket.SendTimeout = 1000;
-            var channel = new MigrationChannel(stream);
+            connection.MainSocket.SendTimeout = 1000;
+            var channel = connection.Main;
             channel.SendText(MigrationFrameType.Abort, why);
             channel.Flush();
             return true;

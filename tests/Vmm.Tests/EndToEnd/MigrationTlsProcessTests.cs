@@ -20,22 +20,26 @@ public sealed class MigrationTlsProcessTests(ITestOutputHelper output) : Migrati
         base.Dispose();
     }
 
-    [Fact]
-    public void MutualTls_GuestKeepsTickingOnTheTargetWithEveryPageIntact()
+    /// <summary>With several connections, each further one has its own TLS handshake and joins the first.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4)]
+    public void MutualTls_GuestKeepsTickingOnTheTargetWithEveryPageIntact(int connections)
     {
         var g = Guest();
         string socket = Path.Combine(_directory, "src.sock");
         var (target, listen) = StartTarget(extra: ["--tls-dir", _certificates.Good]);
         using var _ = target;
         using var source = StartSource(g, socket);
-        using var ctl = Migrate(socket, listen, "--force", "--tls-dir", _certificates.Good);
+        using var ctl = Migrate(socket, listen, "--force", "--tls-dir", _certificates.Good, "--connections", $"{connections}");
         var (ctlExit, sourceExit, targetExit) = WaitForAll(ctl, source, target);
 
         Assert.Equal(0, ctlExit);
         Assert.Contains("\"state\":\"migrated\"", ctl.Console);
         Assert.Equal(0, sourceExit);
         Assert.Contains("migration: mutual TLS (Tls13) with the target CN=vmm test host", source.Log);
-        Assert.Contains("migration 1: mutual TLS (Tls13) with CN=vmm test host", target.Log);
+        Assert.Equal(connections, System.Text.RegularExpressions.Regex.Count(target.Log, @"migration \d+: mutual TLS \(Tls13\) with CN=vmm test host"));
+        Assert.Equal(connections - 1, System.Text.RegularExpressions.Regex.Count(target.Log, @"connection \d of a migration under way"));
         Assert.Equal(GuestSuccess, targetExit);
         Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
     }

@@ -4,7 +4,9 @@ using System.Net.Sockets;
 namespace Vmm.Tests.EndToEnd;
 
 /// <summary>A TCP forwarder that damages a migration in transit: after <paramref name="afterBytes"/> bytes
-/// from the source it either flips one bit and forwards on, or cuts both connections.</summary>
+/// from the source it either flips one bit and forwards on, or cuts both connections. A migration over several
+/// connections is forwarded whole, and only the one accepted as <paramref name="faultyConnection"/> (0: the
+/// first, which carries the Hello) is damaged.</summary>
 public sealed class TcpFaultProxy : IDisposable
 {
     public enum Fault { FlipBit, Truncate }
@@ -12,17 +14,35 @@ public sealed class TcpFaultProxy : IDisposable
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
     private readonly Task _task;
 
-    public TcpFaultProxy(int targetPort, long afterBytes, Fault fault)
+    public TcpFaultProxy(int targetPort, long afterBytes, Fault fault, int faultyConnection = 0)
     {
         _listener.Start();
-        _task = Task.Run(() => Forward(targetPort, afterBytes, fault));
+        _task = Task.Run(() => AcceptAll(targetPort, afterBytes, fault, faultyConnection));
     }
 
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
 
-    private async Task Forward(int targetPort, long afterBytes, Fault fault)
+    private async Task AcceptAll(int targetPort, long afterBytes, Fault fault, int faultyConnection)
     {
-        using var source = await _listener.AcceptSocketAsync();
+        var forwarding = new List<Task>();
+        try
+        {
+            for (int n = 0; ; n++)
+            {
+                var source = await _listener.AcceptSocketAsync();
+                forwarding.Add(Forward(source, targetPort, n == faultyConnection ? afterBytes : long.MaxValue, fault));
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // The listener stopped.
+        }
+        await Task.WhenAll(forwarding);
+    }
+
+    private static async Task Forward(Socket accepted, int targetPort, long afterBytes, Fault fault)
+    {
+        using var source = accepted;
         using var target = new Socket(SocketType.Stream, ProtocolType.Tcp);
         await target.ConnectAsync(IPAddress.Loopback, targetPort);
         var back = CopyAsync(target, source, long.MaxValue, fault);

@@ -33,7 +33,7 @@ public sealed class DiskCopyTests : IDisposable
         blk.Start();
         using var images = IncomingDiskImages.Create(targetDirectory, [blk.Device.Config], [ImageBytes]);
         var wire = new MemoryStream();
-        using var sending = new FrameWriter(new MigrationChannel(wire));
+        using var sending = new FrameWriter([new MigrationChannel(wire)]);
 
         using var writer = new RateWriter(blk);
         using (var sender = new DiskCopySender([blk.Device]))

@@ -92,6 +92,47 @@ public sealed class MigrationStreamValidationTests
         Assert.Contains((byte)MigrationFrameType.Error, result.Answer);
     }
 
+    /// <summary>Runs a receiver that takes joins (<paramref name="joins"/>) on <paramref name="stream"/>'s first frame.</summary>
+    private (Exception? Failure, byte[] Answer) ReadFirstFrame(byte[] stream, MigrationJoins joins)
+    {
+        var answers = new MemoryStream();
+        var receiver = new MigrationReceiver(new DuplexStream(new MemoryStream(stream), answers), _log, joins: joins);
+        try
+        {
+            receiver.ReadHelloOrServeJoin();
+            return (null, answers.ToArray());
+        }
+        catch (Exception e)
+        {
+            return (e, answers.ToArray());
+        }
+    }
+
+    [Fact]
+    public void AJoinWithATokenNoMigrationHas_IsRefused() =>
+        AssertRefusedWith("a token no migration here has", ReadFirstFrame(Frame(MigrationFrameType.Join, new MigrationJoin(MigrationJoin.NewToken(), 1).ToBytes()), new MigrationJoins()));
+
+    [Fact]
+    public void AJoinInPlaceOfTheHello_AtATargetTakingOneConnection_IsRefused() =>
+        AssertRefusedWith("expected a Hello frame, got Join", Receive(Frame(MigrationFrameType.Join, new MigrationJoin(MigrationJoin.NewToken(), 1).ToBytes())));
+
+    [Fact]
+    public void AShortJoin_IsRefused() =>
+        AssertRefusedWith("a Join frame of 4 bytes", ReadFirstFrame(Frame(MigrationFrameType.Join, new byte[4]), new MigrationJoins()));
+
+    [Fact]
+    public void AHelloAskingForSeveralConnections_AtATargetTakingOne_IsRefused() =>
+        AssertRefusedWith("asks for 4 connections, and this target takes one per migration",
+            Receive(Frame(MigrationFrameType.Hello, new MigrationHello("test-vm", SmallVm, null, Connections: 4).ToBytes())));
+
+    [Fact]
+    public void AHelloAskingForMoreConnectionsThanAllowed_IsRefused()
+    {
+        byte[] hello = new MigrationHello("test-vm", SmallVm, null, Connections: 4).ToBytes();
+        hello[^1] = MigrationHello.MaxConnections + 1;
+        AssertRefusedWith($"{MigrationHello.MaxConnections + 1} connections (2 to {MigrationHello.MaxConnections}", ReadFirstFrame(Frame(MigrationFrameType.Hello, hello), new MigrationJoins()));
+    }
+
     [Fact]
     public void BadMagic_IsRefused() => AssertRefusedWith("bad magic", Receive(Hello(SmallVm, magic: "NOTVMMMI")));
 
