@@ -122,12 +122,16 @@ public sealed class ReplicationSource : IDisposable
             using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
             connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
             var socket = connection.MainSocket;
+            // A VM that stops during the first copy ends it at once (nothing is protected yet, nothing to tell). Once
+            // epochs run, a stop is noticed at the next epoch instead, over an intact connection: the standby must
+            // hear that the VM stopped on purpose, or it would fence this host and bring the VM back.
             using var onVmStop = _machine.Stopping.Register(connection.CloseAll);
             var channel = connection.OpenMain(_log);
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             disks = new DiskCopySender(_machine.Disks);
             CopyEverything(channel, disks);
+            onVmStop.Dispose();
             // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
             socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
             RunEpochs(channel, tracker, disks);

@@ -112,4 +112,19 @@ public sealed class InProcessReplicationTests : IDisposable
         primary.RequestStop(VmStop.Error("test over"));
         await run;
     }
+
+    [Fact]
+    public async Task TheVmStoppingOnThePrimary_TellsTheStandby_WhichHoldsNothingToResume()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        primary.RequestStop(VmStop.Error("the guest powered off"));
+        await run;
+        var ended = await outcome;
+        Assert.Null(ended.Checkpoint);
+        Assert.Contains("the VM stopped", ended.Reason);
+    }
 }

@@ -1,0 +1,172 @@
+using System.Buffers.Binary;
+using Vmm.Diagnostics;
+using Vmm.Memory;
+using Vmm.Migration;
+using Vmm.Replication;
+using Vmm.State;
+using Vmm.Tests.Migration;
+using Vmm.Vm;
+using Xunit;
+
+namespace Vmm.Tests.Replication;
+
+/// <summary>The standby treats the replication stream as hostile, and holds only whole committed epochs: an epoch
+/// cut off half way changes nothing it holds, and a malformed one ends the stream with an error to the primary and
+/// nothing to resume.</summary>
+public sealed class StandbyStreamValidationTests : IDisposable
+{
+    private static readonly MachineDescription SmallVm = new(64UL << 20, 1, [], []);
+    private const ulong PageA = 0x200000;
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-standby-").FullName;
+    private readonly Logger _log = new(TextWriter.Null, LogLevel.Debug);
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private static byte[] Frame(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    {
+        var stream = new MemoryStream();
+        new MigrationChannel(stream).Send(type, payload);
+        return stream.ToArray();
+    }
+
+    private static byte[] Hello(bool replication = true) =>
+        Frame(MigrationFrameType.Hello, new MigrationHello("test-vm", SmallVm, [], Replication: replication).ToBytes());
+
+    private static byte[] PageFrame(ulong address, byte fill)
+    {
+        var payload = new byte[4 + 8 + 4096];
+        BinaryPrimitives.WriteUInt32LittleEndian(payload, 1);
+        BinaryPrimitives.WriteUInt64LittleEndian(payload.AsSpan(4), address);
+        payload.AsSpan(12).Fill(fill);
+        return Frame(MigrationFrameType.Pages, payload);
+    }
+
+    private static byte[] Number(MigrationFrameType type, long value) => Frame(type, BitConverter.GetBytes(value));
+    private static byte[] PassEnd => Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(1));
+
+    private byte[] State()
+    {
+        using var machine = MachineBuilder.ForRestore(SmallVm.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log);
+        machine.Pause();
+        return Frame(MigrationFrameType.State, MachinePersistence.Save(machine).ToBytes());
+    }
+
+    private (StandbyOutcome Outcome, byte[] Answers) Receive(params byte[][] frames)
+    {
+        var answers = new MemoryStream();
+        var input = new MemoryStream(frames.SelectMany(f => f).ToArray());
+        var receiver = new StandbyReceiver(new MigrationChannel(new DuplexStream(input, answers)), _log, _directory, TimeSpan.FromSeconds(1));
+        return (receiver.Run(_ => { }), answers.ToArray());
+    }
+
+    private static List<MigrationFrameType> AnswerTypes(byte[] answers)
+    {
+        var channel = new MigrationChannel(new MemoryStream(answers));
+        var types = new List<MigrationFrameType>();
+        byte[] buffer = new byte[4096];
+        for (int read = 0; read < answers.Length;)
+        {
+            var (type, payload) = channel.Receive(ref buffer);
+            types.Add(type);
+            read += MigrationChannel.HeaderBytes + payload.Length;
+        }
+        return types;
+    }
+
+    private static byte PageByte(StandbyCheckpoint checkpoint)
+    {
+        // The checkpoint's RAM, through a machine built on it: what a failover would resume.
+        using var machine = checkpoint.Resume(new MachineConfig { SerialOutput = Stream.Null, Name = "test-vm" }, new Logger(TextWriter.Null, LogLevel.Error));
+        return machine.Memory.Read<byte>(PageA);
+    }
+
+    [Fact]
+    public void AnEpochCutOffHalfWay_LeavesTheLastCommittedOneWhole()
+    {
+        var (outcome, answers) = Receive(Hello(), PageFrame(PageA, 0x10), PassEnd,
+            PageFrame(PageA, 0x11), State(), Number(MigrationFrameType.EpochEnd, 1),
+            PageFrame(PageA, 0x12)); // epoch 2: its page is in, its end never comes
+        Assert.Contains("the primary was lost", outcome.Reason);
+        Assert.NotNull(outcome.Checkpoint);
+        using var checkpoint = outcome.Checkpoint!;
+        Assert.Equal(1, checkpoint.Epoch);
+        Assert.Equal([MigrationFrameType.Ready, MigrationFrameType.PassDone, MigrationFrameType.EpochCommitted], AnswerTypes(answers));
+        Assert.Equal(0x11, PageByte(checkpoint));
+    }
+
+    [Fact]
+    public void LostBeforeTheFirstCommit_NothingToResume_AndNoImageLeft()
+    {
+        var (outcome, _) = Receive(Hello(), PageFrame(PageA, 0x10), PassEnd, PageFrame(PageA, 0x11));
+        Assert.Null(outcome.Checkpoint);
+        Assert.Contains("before the first epoch committed", outcome.Reason);
+        Assert.Empty(Directory.GetFileSystemEntries(_directory));
+    }
+
+    [Theory]
+    [InlineData("epoch 2 first")]
+    [InlineData("no state")]
+    [InlineData("two states")]
+    [InlineData("page outside RAM")]
+    [InlineData("bad PassEnd")]
+    [InlineData("corrupted frame")]
+    public void AMalformedStream_IsRefused_ThePrimaryIsTold_AndNothingIsHeld(string fault)
+    {
+        byte[][] frames = fault switch
+        {
+            "epoch 2 first" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 2)],
+            "no state" => [Hello(), PassEnd, PageFrame(PageA, 1), Number(MigrationFrameType.EpochEnd, 1)],
+            "two states" => [Hello(), PassEnd, State(), State(), Number(MigrationFrameType.EpochEnd, 1)],
+            "page outside RAM" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), PageFrame(1UL << 40, 1)],
+            "bad PassEnd" => [Hello(), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(7))],
+            _ => [Hello(), PassEnd, Corrupt(PageFrame(PageA, 1))],
+        };
+        var (outcome, answers) = Receive(frames);
+        Assert.Null(outcome.Checkpoint);
+        Assert.Contains("replication refused", outcome.Reason);
+        Assert.Equal(MigrationFrameType.Error, AnswerTypes(answers)[^1]);
+        Assert.Empty(Directory.GetFileSystemEntries(_directory));
+    }
+
+    private static byte[] Corrupt(byte[] frame)
+    {
+        frame[^1] ^= 1;
+        return frame;
+    }
+
+    [Fact]
+    public void AMigration_IsRefusedByAStandby()
+    {
+        var (outcome, answers) = Receive(Hello(replication: false));
+        Assert.Null(outcome.Checkpoint);
+        Assert.Contains("this is a standby", outcome.Reason);
+        Assert.Equal([MigrationFrameType.Error], AnswerTypes(answers));
+    }
+
+    [Fact]
+    public void ThePrimaryEndingReplication_LeavesNothingToResume()
+    {
+        var (outcome, _) = Receive(Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1),
+            Frame(MigrationFrameType.Abort, "stopped on the primary"u8));
+        Assert.Null(outcome.Checkpoint);
+        Assert.Contains("the primary ended replication: stopped on the primary", outcome.Reason);
+        Assert.Empty(Directory.GetFileSystemEntries(_directory));
+    }
+
+    [Fact]
+    public void AHeartbeat_IsAnsweredInKind()
+    {
+        var (outcome, answers) = Receive(Hello(), PassEnd, Frame(MigrationFrameType.Heartbeat, []));
+        Assert.Null(outcome.Checkpoint);
+        Assert.Equal([MigrationFrameType.Ready, MigrationFrameType.PassDone, MigrationFrameType.Heartbeat], AnswerTypes(answers));
+    }
+
+    [Fact]
+    public void AReplication_IsRefusedByAMigrationTarget()
+    {
+        var answers = new MemoryStream();
+        var receiver = new MigrationReceiver(new DuplexStream(new MemoryStream(Hello()), answers), _log);
+        var failure = Assert.Throws<MigrationException>(() => receiver.Receive(d => new MachineDestination(MachineBuilder.ForRestore(d.ToConfig(new MachineConfig { SerialOutput = Stream.Null }), _log))));
+        Assert.Contains("replication goes to 'vmm standby'", failure.Message);
+    }
+}
