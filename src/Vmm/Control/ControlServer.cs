@@ -227,6 +227,8 @@ public sealed class ControlServer : IDisposable
             writer.WriteNumber("diskBytesLastEpoch", replication.DiskBytesLastEpoch);
             writer.WriteNumber("outputHeldBytes", replication.OutputHeldBytes);
             writer.WriteNumber("outputDroppedBytes", replication.OutputDroppedBytes);
+            writer.WriteNumber("outputDelayAverageMs", Math.Round(replication.OutputDelayAverageMs, 2));
+            writer.WriteNumber("outputDelayMaxMs", Math.Round(replication.OutputDelayMaxMs, 2));
             writer.WriteNumber("lagMs", Math.Round(replication.LagMs, 1));
             if (replication.Reason is { } reason) writer.WriteString("reason", reason);
             writer.WriteEndObject();

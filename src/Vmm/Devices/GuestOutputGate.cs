@@ -16,11 +16,12 @@ public sealed class GuestOutputGate
     public const long MaxHeldBytes = 64L << 20;
 
     private readonly object _lock = new();
-    private readonly Queue<(long Epoch, IGuestOutputSink Sink, byte[] Data)> _held = new();
+    private readonly Queue<(long Epoch, IGuestOutputSink Sink, byte[] Data, long HeldAtTicks)> _held = new();
     private volatile bool _holding;
     /// <summary>The epoch output now goes into; sealed ones are below it.</summary>
     private long _openEpoch;
     private long _heldBytes, _droppedBytes, _releasedBytes;
+    private long _releasedWrites, _delayTicksTotal, _delayTicksMax;
 
     /// <summary>Read without a lock by the device threads: a writer that sees true calls <see cref="Hold"/>, which
     /// checks again under the lock.</summary>
@@ -29,6 +30,18 @@ public sealed class GuestOutputGate
     public long HeldBytes { get { lock (_lock) return _heldBytes; } }
     public long DroppedBytes { get { lock (_lock) return _droppedBytes; } }
     public long ReleasedBytes { get { lock (_lock) return _releasedBytes; } }
+
+    /// <summary>How long released output waited, on average and at most since holding began: the latency output
+    /// commit adds to the guest's console and network output.</summary>
+    public (double AverageMs, double MaxMs) ReleaseDelay
+    {
+        get
+        {
+            lock (_lock)
+                return _releasedWrites == 0 ? (0, 0)
+                    : (_delayTicksTotal * 1000.0 / System.Diagnostics.Stopwatch.Frequency / _releasedWrites, _delayTicksMax * 1000.0 / System.Diagnostics.Stopwatch.Frequency);
+        }
+    }
 
     /// <summary>Sends <paramref name="data"/> now, or holds a copy until its epoch is committed.</summary>
     public void Write(IGuestOutputSink sink, ReadOnlySpan<byte> data)
@@ -57,7 +70,7 @@ public sealed class GuestOutputGate
                 _droppedBytes += data.Length;
                 return;
             }
-            _held.Enqueue((_openEpoch, sink, data));
+            _held.Enqueue((_openEpoch, sink, data, System.Diagnostics.Stopwatch.GetTimestamp()));
             _heldBytes += data.Length;
         }
     }
@@ -70,6 +83,7 @@ public sealed class GuestOutputGate
         {
             _openEpoch = firstEpoch;
             _holding = true;
+            _releasedWrites = _delayTicksTotal = _delayTicksMax = 0;
         }
     }
 
@@ -101,8 +115,12 @@ public sealed class GuestOutputGate
         }
     }
 
-    private void Send((long Epoch, IGuestOutputSink Sink, byte[] Data) item)
+    private void Send((long Epoch, IGuestOutputSink Sink, byte[] Data, long HeldAtTicks) item)
     {
+        long delay = System.Diagnostics.Stopwatch.GetTimestamp() - item.HeldAtTicks;
+        _releasedWrites++;
+        _delayTicksTotal += delay;
+        _delayTicksMax = Math.Max(_delayTicksMax, delay);
         _heldBytes -= item.Data.Length;
         try
         {

@@ -68,6 +68,8 @@ public sealed class ReplicationSource : IDisposable
             {
                 OutputHeldBytes = output.HeldBytes,
                 OutputDroppedBytes = output.DroppedBytes,
+                OutputDelayAverageMs = output.ReleaseDelay.AverageMs,
+                OutputDelayMaxMs = output.ReleaseDelay.MaxMs,
                 LagMs = status.Epoch == 0 ? 0 : Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastCommittedCheckpointTicks)).TotalMilliseconds,
             };
         }

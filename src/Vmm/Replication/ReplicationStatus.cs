@@ -19,6 +19,9 @@ public sealed record ReplicationStatus
     /// <summary>The guest's output (console bytes, network frames) waiting for its epoch's commit.</summary>
     public long OutputHeldBytes { get; init; }
     public long OutputDroppedBytes { get; init; }
+    /// <summary>How long the guest's released output was held, on average and at most: the latency replication adds to it.</summary>
+    public double OutputDelayAverageMs { get; init; }
+    public double OutputDelayMaxMs { get; init; }
     /// <summary>How far the standby's checkpoint is behind the running VM: the time since the last commit's checkpoint was taken.</summary>
     public double LagMs { get; init; }
     public string? Reason { get; init; }

@@ -48,6 +48,9 @@ public sealed class GuestOutputGateTests
         Assert.Equal(["e1-console", "e2-console"], console.Written);
         Assert.Equal(0, gate.HeldBytes);
         Assert.Equal(28, gate.ReleasedBytes);
+        var (average, max) = gate.ReleaseDelay;
+        Assert.InRange(average, 0, max);
+        Assert.True(max > 0);
     }
 
     [Fact]
