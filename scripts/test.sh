@@ -20,7 +20,7 @@ set +e; "$aot/vmm" run >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 2 ]] || { echo "test: the NativeAOT vmm exited $rc on a missing --kernel, expected 2" >&2; exit 1; }
 scripts/aot-smoke.sh "$aot/vmm"
 
-# Every fuzz target (virtqueue, migration stream, state, bzImage, ELF, options) over generated inputs,
+# Every fuzz target (virtqueue, migration stream, standby stream, state, bzImage, ELF, options) over generated inputs,
 # in-process, no fuzzer needed (fuzz/README.md).
 dotnet run --project fuzz/Vmm.Fuzz -c Release -- --smoke 20000
 

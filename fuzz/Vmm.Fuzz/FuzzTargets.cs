@@ -7,6 +7,7 @@ public static class FuzzTargets
     [
         new VirtqueueTarget(),
         new MigrationStreamTarget(),
+        new StandbyStreamTarget(),
         new StateTarget(),
         new KernelImageTarget(KernelImageTarget.Format.BzImage),
         new KernelImageTarget(KernelImageTarget.Format.Elf),

@@ -52,7 +52,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
     }
 
     /// <summary>Walks the frames and writes each one's correct CRC-32C into its header.</summary>
-    private static void RepairChecksums(byte[] stream)
+    internal static void RepairChecksums(byte[] stream)
     {
         for (int position = 0; position + 9 <= stream.Length;)
         {
@@ -92,7 +92,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         return output.ToArray();
     });
 
-    private static byte[] Pages(Random random, ulong memoryBytes)
+    internal static byte[] Pages(Random random, ulong memoryBytes)
     {
         int count = random.Next(1, 5);
         var w = new MemoryStream();
@@ -121,7 +121,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
     }
 
     /// <summary>The input to read; what the receiver answers goes nowhere.</summary>
-    private sealed class InputStream(byte[] input) : Stream
+    internal sealed class InputStream(byte[] input) : Stream
     {
         private readonly MemoryStream _input = new(input, writable: false);
         public override bool CanRead => true;

@@ -22,6 +22,9 @@ namespace Vmm.Replication;
 /// nothing it might take back is released while it could still take over.</summary>
 public sealed class ReplicationSource : IDisposable
 {
+    /// <summary>How often the log sums up the epochs (each one is logged at debug level).</summary>
+    private static readonly TimeSpan SummaryEvery = TimeSpan.FromSeconds(10);
+
     private readonly Machine _machine;
     private readonly ReplicationOptions _options;
     private readonly Logger _log;
@@ -215,6 +218,7 @@ public sealed class ReplicationSource : IDisposable
         var heartbeatEvery = _standbyFailoverTimeout / 3;
         long epoch = 0;
         var sinceEpoch = Stopwatch.StartNew();
+        var sinceSummary = Stopwatch.StartNew();
         while (true)
         {
             // Wait out the interval (none left when the last commit took longer); a long one is broken by heartbeats,
@@ -282,6 +286,13 @@ public sealed class ReplicationSource : IDisposable
                 _protectedOrEnded.Set();
             }
             _log.Debug($"replication: epoch {epoch} committed: pause {pauseMs:F2} ms, {pages} pages, {diskBytes >> 10} KiB of disk, commit {committing.Elapsed.TotalMilliseconds:F1} ms");
+            if (sinceSummary.Elapsed >= SummaryEvery)
+            {
+                var status = Status;
+                _log.Info($"replication: epoch {epoch} ({_options.IntervalMs} ms epochs) to {_options.Standby}: last pause {status.PauseMs:F2} ms, commit {status.CommitLatencyMs:F1} ms, " +
+                          $"{status.PagesLastEpoch} pages and {status.DiskBytesLastEpoch >> 10} KiB of disk, {status.OutputHeldBytes} bytes of output held, lag {status.LagMs:F0} ms");
+                sinceSummary.Restart();
+            }
         }
     }
 
