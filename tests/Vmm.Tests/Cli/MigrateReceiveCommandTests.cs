@@ -17,5 +17,5 @@ public sealed class MigrateReceiveCommandTests
     [InlineData("10.231.0.2", true)]
     [InlineData("::ffff:10.231.0.2", true)]
     public void OnlyLoopbackListenersAreUnreachableFromOtherHosts(string address, bool reachable) =>
-        Assert.Equal(reachable, MigrateReceiveCommand.ReachableFromOtherHosts(IPAddress.Parse(address)));
+        Assert.Equal(reachable, IncomingListener.ReachableFromOtherHosts(IPAddress.Parse(address)));
 }
