@@ -25,6 +25,8 @@ public sealed class ReplicationSource : IDisposable
     private readonly Machine _machine;
     private readonly ReplicationOptions _options;
     private readonly Logger _log;
+    /// <summary>How long a stopped VM's replication may take to tell the standby before its connection is cut.</summary>
+    private static readonly TimeSpan StoppedVmGrace = TimeSpan.FromSeconds(2);
     private readonly Thread _thread;
     /// <summary>Held from an epoch's pause to its resume, and by control requests that pause or resume the VM
     /// (<see cref="HoldEpochs"/>), so neither undoes the other's pause.</summary>
@@ -122,7 +124,10 @@ public sealed class ReplicationSource : IDisposable
             using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
             connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
             var socket = connection.MainSocket;
-            using var onVmStop = _machine.Stopping.Register(connection.CloseAll);
+            // A VM that stops is not lost: the standby must hear so (an Abort), or it would fence this host and resume
+            // the VM. The epoch loop notices the stop at once; only a send or read still blocked after the grace is cut.
+            using var cutOff = new Timer(_ => connection.CloseAll());
+            using var onVmStop = _machine.Stopping.Register(() => cutOff.Change(StoppedVmGrace, Timeout.InfiniteTimeSpan));
             var channel = connection.OpenMain(_log);
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
@@ -217,7 +222,7 @@ public sealed class ReplicationSource : IDisposable
             {
                 var wait = interval - sinceEpoch.Elapsed;
                 if (wait > heartbeatEvery) wait = heartbeatEvery;
-                if (_stop.Token.WaitHandle.WaitOne(wait < TimeSpan.Zero ? TimeSpan.Zero : wait) || _machine.Stopping.IsCancellationRequested)
+                if (WaitHandle.WaitAny([_stop.Token.WaitHandle, _machine.Stopping.WaitHandle], wait < TimeSpan.Zero ? TimeSpan.Zero : wait) != WaitHandle.WaitTimeout)
                     throw new ReplicationException("stopped");
                 if (Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks)) >= heartbeatEvery) Heartbeat(channel);
             }
