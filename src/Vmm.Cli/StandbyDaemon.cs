@@ -31,6 +31,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private StandbyCheckpoint? _orphan;
     private Machine? _machine;
     private IDisposable? _control;
+    /// <summary>The standby's control socket being replaced by the resumed VM's.</summary>
+    private Task _controlSwap = Task.CompletedTask;
     private Stream? _serialLog;
     private int _exitCode = ExitCodes.GuestFinished;
     private bool _fencing;
@@ -46,6 +48,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         new Thread(AcceptLoop) { Name = "standby-accept", IsBackground = true }.Start();
         _finished.Wait();
         listener.Stop();
+        _controlSwap.Wait();
         lock (_lock)
         {
             _control?.Dispose();
@@ -236,11 +239,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                 _machine = machine;
                 _phase = "running";
             }
-            if (options.ApiSocket is { } path)
-            {
-                _control?.Dispose();
-                _control = StartSocket(path, p => ControlServer.Start(machine, p, log));
-            }
+            // This may be the standby socket's own failover request, which its Dispose waits for: swap it on another thread.
+            if (options.ApiSocket is { } path) _controlSwap = Task.Run(() => SwapControlSocket(path, machine));
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
             log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms (fencing {fenceMs:F1} ms{(manual ? ", asked for by 'vmm ctl failover'" : "")})");
             run.ContinueWith(t =>
@@ -262,6 +262,19 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         finally
         {
             lock (_lock) _fencing = false;
+        }
+    }
+
+    private void SwapControlSocket(string path, Machine machine)
+    {
+        _control?.Dispose();
+        try
+        {
+            _control = StartSocket(path, p => ControlServer.Start(machine, p, log));
+        }
+        catch (ConfigurationException e)
+        {
+            log.Error($"standby: the resumed VM runs without a control socket: {e.Message}");
         }
     }
 
