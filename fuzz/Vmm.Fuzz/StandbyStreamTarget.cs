@@ -24,7 +24,7 @@ public sealed class StandbyStreamTarget : IFuzzTarget
         string disks = Directory.CreateTempSubdirectory("vmm-fuzz-standby-").FullName;
         try
         {
-            var receiver = new StandbyReceiver(new MigrationChannel(new MigrationStreamTarget.InputStream(stream)), Quiet, disks, TimeSpan.FromSeconds(1));
+            var receiver = new StandbyReceiver(new MigrationChannel(new MigrationStreamTarget.InputStream(stream)), Quiet, disks, TimeSpan.FromSeconds(1), TimeSpan.Zero);
             var outcome = receiver.Run(hello =>
             {
                 if (hello.Description.MemoryBytes > MaxRamBytes) throw new MigrationException("more RAM than the fuzz target holds");

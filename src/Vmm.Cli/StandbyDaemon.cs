@@ -14,7 +14,8 @@ namespace Vmm.Cli;
 /// dies. One replication stream at a time (a second is told the standby is busy). When the stream breaks or goes
 /// silent after an epoch committed, the standby waits until the primary has been silent for the failover timeout,
 /// runs the fence command, and only when that succeeds resumes the VM from the last committed epoch; without a fence
-/// command it waits for <c>vmm ctl failover</c>, and a fence that fails leaves the VM not running, for an operator.
+/// command it waits for <c>vmm ctl failover</c>, and a fence that fails leaves the VM not running until an operator who
+/// made sure the primary is dead says so with <c>vmm ctl failover</c>.
 /// A primary that connects again meanwhile is evidently alive: its new stream replaces what was held. A stream that
 /// ends on purpose (the primary stopped replicating) or that this standby refuses leaves nothing to resume. Once
 /// resumed the VM runs in this process, its control socket at --api-socket, and the exit code is the VM's.</summary>
@@ -31,6 +32,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private StandbyCheckpoint? _orphan;
     private Machine? _machine;
     private IDisposable? _control;
+    /// <summary>The standby's control socket being replaced by the resumed VM's.</summary>
+    private Task _controlSwap = Task.CompletedTask;
     private Stream? _serialLog;
     private int _exitCode = ExitCodes.GuestFinished;
     private bool _fencing;
@@ -46,6 +49,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         new Thread(AcceptLoop) { Name = "standby-accept", IsBackground = true }.Start();
         _finished.Wait();
         listener.Stop();
+        _controlSwap.Wait();
         lock (_lock)
         {
             _control?.Dispose();
@@ -139,7 +143,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             connection.ReceiveTimeout = connection.SendTimeout = options.FailoverTimeoutMs;
             stream = IncomingMigrationStream.Open(connection, tls);
             if (stream is SslStream session) log.Info($"standby: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
-            var receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout);
+            var receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout,
+                options.FenceCommand is null ? TimeSpan.Zero : TimeSpan.FromSeconds(options.FenceTimeoutS));
             lock (_lock)
             {
                 _receiver = receiver;
@@ -197,7 +202,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         TryFailover(checkpoint, manual: false);
     }
 
-    /// <summary>Fences the primary (when a fence command is set) and, only if that succeeds, resumes the VM.</summary>
+    /// <summary>Resumes the VM: on the primary's silence only once the fence command succeeds; on the operator's
+    /// <c>vmm ctl failover</c> (<paramref name="manual"/>) at once.</summary>
     private string? TryFailover(StandbyCheckpoint checkpoint, bool manual)
     {
         lock (_lock)
@@ -210,8 +216,11 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         try
         {
             double fenceMs = 0;
-            if (options.FenceCommand is { } fence)
+            // 'vmm ctl failover' is the operator's word that the primary is dead (as Pacemaker's stonith_admin --confirm):
+            // it is how a VM whose fencing failed gets resumed, so the fence that failed is not asked again.
+            if (!manual)
             {
+                if (options.FenceCommand is not { } fence) return "no fence command";
                 var fencing = Stopwatch.StartNew();
                 if (Fence(fence, checkpoint) is { } refusal)
                 {
@@ -220,10 +229,6 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                     return $"fencing the primary failed: {refusal}";
                 }
                 fenceMs = fencing.Elapsed.TotalMilliseconds;
-            }
-            else if (!manual)
-            {
-                return "no fence command";
             }
             var age = checkpoint.Age;
             string name = checkpoint.Name;
@@ -236,13 +241,10 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                 _machine = machine;
                 _phase = "running";
             }
-            if (options.ApiSocket is { } path)
-            {
-                _control?.Dispose();
-                _control = StartSocket(path, p => ControlServer.Start(machine, p, log));
-            }
+            // This may be the standby socket's own failover request, which its Dispose waits for: swap it on another thread.
+            if (options.ApiSocket is { } path) _controlSwap = Task.Run(() => SwapControlSocket(path, machine));
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
-            log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms (fencing {fenceMs:F1} ms{(manual ? ", asked for by 'vmm ctl failover'" : "")})");
+            log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms ({(manual ? "asked for by 'vmm ctl failover', not fenced here" : $"fencing {fenceMs:F1} ms")})");
             run.ContinueWith(t =>
             {
                 VmStop stop = t.Result;
@@ -262,6 +264,19 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         finally
         {
             lock (_lock) _fencing = false;
+        }
+    }
+
+    private void SwapControlSocket(string path, Machine machine)
+    {
+        _control?.Dispose();
+        try
+        {
+            _control = StartSocket(path, p => ControlServer.Start(machine, p, log));
+        }
+        catch (ConfigurationException e)
+        {
+            log.Error($"standby: the resumed VM runs without a control socket: {e.Message}");
         }
     }
 

@@ -17,7 +17,7 @@ public sealed class StandbyOptions
     [Option("insecure", HelpText = "Without --tls-dir, listen on an address other than loopback anyway (a trusted network only).")]
     public bool Insecure { get; set; }
 
-    [Option("fence-command", HelpText = "Run with /bin/sh -c once the primary is silent, before the VM is resumed here. Its job: make sure the primary is dead (power it off, kill it, cut it off). Exit 0 means fenced; anything else, or running past --fence-timeout-s, means the VM is not resumed. It sees VMM_VM_NAME, VMM_EPOCH and VMM_PRIMARY.")]
+    [Option("fence-command", HelpText = "Run with /bin/sh -c once the primary is silent, before the VM is resumed here. Its job: make sure the primary is dead (power it off, kill it, cut it off). Exit 0 means fenced; anything else, or running past --fence-timeout-s, means the VM is not resumed (until 'vmm ctl failover', the operator's word that the primary is dead). It sees VMM_VM_NAME, VMM_EPOCH and VMM_PRIMARY.")]
     public string? FenceCommand { get; set; }
 
     [Option("fence-timeout-s", Default = 60, HelpText = "How long the fence command may run.")]

@@ -28,6 +28,10 @@ public sealed class ReplicationSource : IDisposable
     private readonly Machine _machine;
     private readonly ReplicationOptions _options;
     private readonly Logger _log;
+    /// <summary>How long a stopped VM's replication may take to tell the standby before its connection is cut.</summary>
+    private static readonly TimeSpan StoppedVmGrace = TimeSpan.FromSeconds(2);
+    /// <summary>How long a standby has to answer an Abort (it discards its copy, then says so).</summary>
+    private static readonly TimeSpan AbortAnswerTimeout = TimeSpan.FromSeconds(1);
     private readonly Thread _thread;
     /// <summary>Held from an epoch's pause to its resume, and by control requests that pause or resume the VM
     /// (<see cref="HoldEpochs"/>), so neither undoes the other's pause.</summary>
@@ -38,6 +42,9 @@ public sealed class ReplicationSource : IDisposable
     private volatile ReplicationStatus _status;
     private Exception? _startFailure;
     private TimeSpan _standbyFailoverTimeout;
+    /// <summary>The longest the standby's fence command may run (zero: it has none, and resumes only when an operator
+    /// says the primary is dead).</summary>
+    private TimeSpan _standbyFenceTimeout;
     /// <summary>When the standby last answered (ticks of <see cref="Stopwatch"/>).</summary>
     private long _lastHeardTicks;
     private long _lastCommittedCheckpointTicks;
@@ -127,16 +134,15 @@ public sealed class ReplicationSource : IDisposable
             using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
             connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
             var socket = connection.MainSocket;
-            // A VM that stops during the first copy ends it at once (nothing is protected yet, nothing to tell). Once
-            // epochs run, a stop is noticed at the next epoch instead, over an intact connection: the standby must
-            // hear that the VM stopped on purpose, or it would fence this host and bring the VM back.
-            using var onVmStop = _machine.Stopping.Register(connection.CloseAll);
+            // A VM that stops is not lost: the standby must hear so (an Abort), or it would fence this host and resume
+            // the VM. The epoch loop notices the stop at once; only a send or read still blocked after the grace is cut.
+            using var cutOff = new Timer(_ => connection.CloseAll());
+            using var onVmStop = _machine.Stopping.Register(() => cutOff.Change(StoppedVmGrace, Timeout.InfiniteTimeSpan));
             var channel = connection.OpenMain(_log);
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             disks = new DiskCopySender(_machine.Disks);
             CopyEverything(channel, disks);
-            onVmStop.Dispose();
             // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
             socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
             RunEpochs(channel, tracker, disks);
@@ -185,10 +191,12 @@ public sealed class ReplicationSource : IDisposable
         byte[] buffer = new byte[4096];
         var (type, payload) = channel.Receive(ref buffer);
         if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby refused the VM: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
-        if (type != MigrationFrameType.Ready || payload.Length != 4) throw new ReplicationException($"the standby answered the Hello with {type}, not Ready: is it a 'vmm standby'?");
+        if (type != MigrationFrameType.Ready || payload.Length != 8) throw new ReplicationException($"the standby answered the Hello with {type}, not Ready: is it a 'vmm standby'?");
         int failoverMs = BinaryPrimitives.ReadInt32LittleEndian(payload.Span);
-        if (failoverMs <= 0) throw new ReplicationException($"the standby gave a failover timeout of {failoverMs} ms");
+        int fenceMs = BinaryPrimitives.ReadInt32LittleEndian(payload.Span[4..]);
+        if (failoverMs <= 0 || fenceMs < 0) throw new ReplicationException($"the standby gave a failover timeout of {failoverMs} ms and a fence timeout of {fenceMs} ms");
         _standbyFailoverTimeout = TimeSpan.FromMilliseconds(failoverMs);
+        _standbyFenceTimeout = TimeSpan.FromMilliseconds(fenceMs);
         Heard();
     }
 
@@ -227,7 +235,7 @@ public sealed class ReplicationSource : IDisposable
             {
                 var wait = interval - sinceEpoch.Elapsed;
                 if (wait > heartbeatEvery) wait = heartbeatEvery;
-                if (_stop.Token.WaitHandle.WaitOne(wait < TimeSpan.Zero ? TimeSpan.Zero : wait) || _machine.Stopping.IsCancellationRequested)
+                if (WaitHandle.WaitAny([_stop.Token.WaitHandle, _machine.Stopping.WaitHandle], wait < TimeSpan.Zero ? TimeSpan.Zero : wait) != WaitHandle.WaitTimeout)
                     throw new ReplicationException("stopped");
                 if (Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks)) >= heartbeatEvery) Heartbeat(channel);
             }
@@ -320,16 +328,26 @@ public sealed class ReplicationSource : IDisposable
     private void Heard() => Interlocked.Exchange(ref _lastHeardTicks, Stopwatch.GetTimestamp());
 
     /// <summary>Tells the standby replication ends on purpose, so it discards its copy instead of failing over.</summary>
+    /// <summary>Only an answer counts: an Abort written into a link that went silent never arrives, and that standby
+    /// will fence this host and resume the VM.</summary>
     private static bool TryAbort(OutgoingConnections? connection, string why)
     {
         if (connection is null || connection.Channels.Count == 0 || !connection.MainSocket.Connected) return false;
         try
         {
-            connection.MainSocket.SendTimeout = 1000;
+            connection.MainSocket.SendTimeout = connection.MainSocket.ReceiveTimeout = (int)AbortAnswerTimeout.TotalMilliseconds;
             var channel = connection.Main;
             channel.SendText(MigrationFrameType.Abort, why);
             channel.Flush();
-            return true;
+            byte[] buffer = new byte[4096];
+            // An epoch's commit may still be on its way; the answer to the Abort comes after it.
+            for (int frames = 0; frames < 4; frames++)
+            {
+                var (type, _) = channel.Receive(ref buffer);
+                if (type is MigrationFrameType.Heartbeat or MigrationFrameType.Error) return true;
+                if (type != MigrationFrameType.EpochCommitted) return false;
+            }
+            return false;
         }
         catch (Exception e) when (e is MigrationException or SocketException or ObjectDisposedException or IOException)
         {
@@ -345,7 +363,9 @@ public sealed class ReplicationSource : IDisposable
         if (!_machine.Output.IsHolding) return;
         if (!standbyKnows)
         {
-            var wait = 2 * _standbyFailoverTimeout - Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
+            // It starts fencing once we have been silent for its failover timeout, and the fence may run its whole
+            // timeout; one failover timeout more covers the resume and the clocks' drift.
+            var wait = 2 * _standbyFailoverTimeout + _standbyFenceTimeout - Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
             if (wait > TimeSpan.Zero)
             {
                 _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more");

@@ -17,7 +17,9 @@ namespace Vmm.Replication;
 /// alike. Then it says so and the primary releases that epoch's output. Everything read is hostile input: a frame
 /// that does not check out ends the stream with an error told to the primary (which then knows this standby will
 /// not take over), never a half-applied epoch.</summary>
-public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string diskDirectory, TimeSpan failoverTimeout)
+/// <param name="fenceTimeout">How long this standby's fence command may run (zero: none); the primary holds the
+/// guest's output that long beyond the failover timeout once it loses this standby.</param>
+public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string diskDirectory, TimeSpan failoverTimeout, TimeSpan fenceTimeout)
 {
     private byte[] _buffer = new byte[1 << 20];
     private readonly List<(MigrationFrameType Type, byte[] Payload)> _epoch = [];
@@ -41,7 +43,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             if (hello.CopiedDiskBytes is not { } diskBytes) throw new MigrationException("migration stream: a replication Hello without its disk images");
             admit(hello);
             Checkpoint = Hold(hello, diskBytes);
-            channel.Send(MigrationFrameType.Ready, BitConverter.GetBytes((int)failoverTimeout.TotalMilliseconds));
+            channel.Send(MigrationFrameType.Ready, [.. BitConverter.GetBytes((int)failoverTimeout.TotalMilliseconds), .. BitConverter.GetBytes((int)fenceTimeout.TotalMilliseconds)]);
             channel.Flush();
             log.Info($"standby: replicating VM {hello.Name} ({hello.Description.MemoryBytes >> 20} MiB, {hello.Description.Disks.Count} disks)");
             ReceiveFirstCopy();
@@ -50,6 +52,8 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         catch (PrimaryEndedException e)
         {
             Discard();
+            // The primary releases the guest's held output once it hears that this copy is gone.
+            TryAnswer(MigrationFrameType.Heartbeat, "");
             return new StandbyOutcome(null, $"the primary ended replication: {e.Message}");
         }
         catch (Exception e) when (MigrationChannel.IsConnectionLoss(e))
@@ -64,7 +68,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         catch (Exception e)
         {
             string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
-            TryTellPrimary(e is VmmException ? e.Message : "internal error in vmm (see the standby's log)");
+            TryAnswer(MigrationFrameType.Error, e is VmmException ? e.Message : "internal error in vmm (see the standby's log)");
             Discard();
             return new StandbyOutcome(null, $"replication refused: {why}");
         }
@@ -208,11 +212,11 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         Checkpoint = null;
     }
 
-    private void TryTellPrimary(string message)
+    private void TryAnswer(MigrationFrameType type, string message)
     {
         try
         {
-            channel.SendText(MigrationFrameType.Error, message);
+            channel.SendText(type, message);
             channel.Flush();
         }
         catch (MigrationException)

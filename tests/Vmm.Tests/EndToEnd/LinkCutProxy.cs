@@ -82,7 +82,8 @@ public sealed class LinkCutProxy : IDisposable
                 await to.SendAsync(buffer.AsMemory(0, read));
                 Interlocked.Add(ref _bytes, read);
             }
-            to.Shutdown(SocketShutdown.Send);
+            // A partitioned network does not carry the end of a stream either.
+            if (!_silent) to.Shutdown(SocketShutdown.Send);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or TimeoutException)
         {

@@ -14,9 +14,12 @@ public abstract class MigrationProcessTestBase(ITestOutputHelper output) : IDisp
     protected static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
     protected readonly string _directory = Directory.CreateTempSubdirectory("vmm-migp-").FullName;
     protected readonly List<string> _namespaces = [];
+    /// <summary>Every process the helpers started, killed at the end should a failed assertion leave it running.</summary>
+    private readonly List<RunningVmm> _started = [];
 
     public virtual void Dispose()
     {
+        foreach (var process in _started) process.Dispose();
         foreach (string ns in _namespaces) HostCommand.Run("ip", "netns", "del", ns);
         Directory.Delete(_directory, recursive: true);
     }
@@ -36,18 +39,24 @@ public abstract class MigrationProcessTestBase(ITestOutputHelper output) : IDisp
         string kernel = Path.Combine(_directory, $"dirty-{Path.GetFileNameWithoutExtension(socket)}.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
         ulong memoryMiB = (FirmwareGuests.DirtyingRegionAddress >> 20) + (ulong)g.RegionMiB + 16;
-        var source = new RunningVmm(["run", "-v", "--kernel", kernel, "--memory", $"{memoryMiB}M", "--api-socket", socket, .. dirtyRing ? ["--dirty-ring"] : Array.Empty<string>(), .. extra], wrapper);
+        var source = Started(new RunningVmm(["run", "-v", "--kernel", kernel, "--memory", $"{memoryMiB}M", "--api-socket", socket, .. dirtyRing ? ["--dirty-ring"] : Array.Empty<string>(), .. extra], wrapper));
         Assert.True(source.WaitForConsole("tick 00000003", Patience), $"the source guest did not start ticking\n{source}");
         return source;
     }
 
     /// <summary>A target daemon; on 127.0.0.1:0 it picks its own port, which its log names.</summary>
-    protected static (RunningVmm Target, string Address) StartTarget(string listen = "127.0.0.1:0", IReadOnlyList<string>? wrapper = null, bool once = true, params string[] extra)
+    protected (RunningVmm Target, string Address) StartTarget(string listen = "127.0.0.1:0", IReadOnlyList<string>? wrapper = null, bool once = true, params string[] extra)
     {
-        var target = new RunningVmm(["migrate-receive", "-v", "--listen", listen, .. once ? ["--once"] : Array.Empty<string>(), .. extra], wrapper);
+        var target = Started(new RunningVmm(["migrate-receive", "-v", "--listen", listen, .. once ? ["--once"] : Array.Empty<string>(), .. extra], wrapper));
         Match? listening = null;
         Assert.True(target.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for migrations on (\S+:\d+)")).Success, Patience), $"the target did not listen\n{target}");
         return (target, listening!.Groups[1].Value);
+    }
+
+    protected RunningVmm Started(RunningVmm process)
+    {
+        _started.Add(process);
+        return process;
     }
 
     protected static int PortOf(string address) => int.Parse(address[(address.LastIndexOf(':') + 1)..]);
@@ -82,6 +91,8 @@ public abstract class MigrationProcessTestBase(ITestOutputHelper output) : IDisp
     }
 
     protected void Show(string name, RunningVmm process) => output.WriteLine($"--- {name} ---\n{process}");
+
+    protected void Note(string line) => output.WriteLine(line);
 
     /// <summary>Waits for the migration request, then the source, then (unless told not to) the target to
     /// exit, writes what each printed to the test output, and returns their exit codes.</summary>

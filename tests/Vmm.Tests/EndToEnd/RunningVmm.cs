@@ -10,6 +10,7 @@ public sealed class RunningVmm : IDisposable
     private readonly Process _process;
     private readonly StringBuilder _console = new(), _log = new();
     private readonly Task _pumps;
+    private bool _disposed;
 
     public RunningVmm(IEnumerable<string> arguments, IReadOnlyList<string>? wrapper = null)
     {
@@ -69,8 +70,11 @@ public sealed class RunningVmm : IDisposable
             lock (into) into.Append(buffer, 0, read);
     }
 
+    /// <summary>Kills the process if it still runs; a second call does nothing (a test and its cleanup may both call it).</summary>
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         if (!_process.HasExited) Kill();
         _process.WaitForExit();
         _process.Dispose();

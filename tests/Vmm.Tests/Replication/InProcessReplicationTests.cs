@@ -44,7 +44,7 @@ public sealed class InProcessReplicationTests : IDisposable
             listener.Stop();
             connection.ReceiveTimeout = connection.SendTimeout = 5000;
             using var stream = new NetworkStream(connection);
-            var receiver = new StandbyReceiver(new MigrationChannel(stream), _log, _directory + "/standby", TimeSpan.FromSeconds(1));
+            var receiver = new StandbyReceiver(new MigrationChannel(stream), _log, _directory + "/standby", TimeSpan.FromSeconds(1), TimeSpan.Zero);
             onStart?.Invoke(receiver);
             return receiver.Run(_ => { });
         }, TaskCreationOptions.LongRunning);

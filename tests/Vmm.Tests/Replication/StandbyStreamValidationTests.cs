@@ -55,7 +55,7 @@ public sealed class StandbyStreamValidationTests : IDisposable
     {
         var answers = new MemoryStream();
         var input = new MemoryStream(frames.SelectMany(f => f).ToArray());
-        var receiver = new StandbyReceiver(new MigrationChannel(new DuplexStream(input, answers)), _log, _directory, TimeSpan.FromSeconds(1));
+        var receiver = new StandbyReceiver(new MigrationChannel(new DuplexStream(input, answers)), _log, _directory, TimeSpan.FromSeconds(1), TimeSpan.Zero);
         return (receiver.Run(_ => { }), answers.ToArray());
     }
 
@@ -146,8 +146,10 @@ public sealed class StandbyStreamValidationTests : IDisposable
     [Fact]
     public void ThePrimaryEndingReplication_LeavesNothingToResume()
     {
-        var (outcome, _) = Receive(Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1),
+        var (outcome, answers) = Receive(Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1),
             Frame(MigrationFrameType.Abort, "stopped on the primary"u8));
+        // Answered, once the copy is gone: only then may the primary let the guest's held output go.
+        Assert.Equal(MigrationFrameType.Heartbeat, AnswerTypes(answers)[^1]);
         Assert.Null(outcome.Checkpoint);
         Assert.Contains("the primary ended replication: stopped on the primary", outcome.Reason);
         Assert.Empty(Directory.GetFileSystemEntries(_directory));

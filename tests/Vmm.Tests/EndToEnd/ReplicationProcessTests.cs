@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Vmm.Firmware;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>High availability between real `vmm` processes: the checksum guest runs under `vmm run`, is replicated to
+/// a `vmm standby`, and then the primary dies, its standby dies, or the link between them is cut. The guest's console
+/// tells what happened: the primary lets out only what committed epochs printed, so what the test saw from the primary
+/// followed by what the resumed guest prints must be the console of a guest that never moved, minus at most the output
+/// of the epoch that committed on the standby as the primary died; nothing may be printed twice. Every negative check
+/// ("never resumed") comes after a positive event that decides it (the standby's fence failed), never after a sleep.</summary>
+[Trait("Category", "Process")]
+public sealed class ReplicationProcessTests(ITestOutputHelper output) : MigrationProcessTestBase(output)
+{
+    /// <summary>A fence command that cannot reach the primary's host.</summary>
+    private const string RefusingFence = "echo 'the power switch does not answer'; exit 1";
+
+    // 20 s of ticks: replication must get protected, and then the primary die, lose its standby or be cut off from
+    // it, while the guest still runs, on a slow host whose `vmm ctl` takes a second or more to start.
+    private static DirtyingGuestOptions ReplicatedGuest() => Guest(regionMiB: 32, dirtyMiBPerSecond: 50, ticks: 200);
+
+    [Fact]
+    public void PrimaryKilledAtARandomMoment_TheStandbyResumesTheLastCommittedEpoch_AndTheGuestFinishesThere()
+    {
+        int seed = Environment.GetEnvironmentVariable("VMM_TEST_SEED") is { } fixedSeed ? int.Parse(fixedSeed) : Random.Shared.Next();
+        int killAfterMs = new Random(seed).Next(0, 3000);
+        Note($"seed {seed}: the primary is killed {killAfterMs} ms after it is protected (VMM_TEST_SEED={seed} repeats this)");
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (standby, address, _) = StartStandby("standby", KillingFence(primary.Id));
+
+        Replicate(socket, address);
+        Thread.Sleep(killAfterMs);
+        Assert.False(primary.HasExited, $"the guest ended before the primary was killed\n{primary}");
+        primary.Kill();
+        primary.WaitForExit(Patience);
+        int? standbyExit = standby.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.Equal(GuestSuccess, standbyExit);
+        var resumed = Regex.Match(standby.Log, @"failover: VM \S+ resumed from epoch (\d+)");
+        Assert.True(resumed.Success, "the standby did not say which epoch it resumed");
+        long epoch = long.Parse(resumed.Groups[1].Value);
+        Assert.Matches($"the fence command said: fenced \\S+ at epoch {epoch}\n", standby.Log);
+        // Nothing the primary knew committed is lost: the standby resumed at least the last epoch the primary logged as
+        // committed (it may hold a later one: committed there as the primary died, before the primary heard or logged it).
+        var committed = Regex.Matches(primary.Log, @"epoch (\d+) committed");
+        long committedOnPrimary = committed.Count > 0 ? long.Parse(committed[^1].Groups[1].Value) : 0;
+        Assert.True(epoch >= committedOnPrimary, $"the standby resumed epoch {epoch}, but the primary had epoch {committedOnPrimary} committed");
+
+        AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
+    }
+
+    [Fact]
+    public void FenceCommandFails_NothingIsResumedAndTheReasonIsLogged_UntilTheOperatorFailsOver()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (standby, address, api) = StartStandby("standby", RefusingFence);
+
+        Replicate(socket, address);
+        primary.Kill();
+        Assert.True(standby.WaitFor((_, log) => log.Contains("fencing the primary failed"), Patience), $"the standby never fenced\n{standby}");
+        var status = Status(api);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.Equal("fence-failed", status.GetProperty("phase").GetString());
+        Assert.True(status.GetProperty("epoch").GetInt64() >= 1, status.ToString());
+        Assert.Contains("fencing the primary failed (it exited with 1)", standby.Log);
+        Assert.Contains("the fence command said: the power switch does not answer", standby.Log);
+        Assert.DoesNotContain("failover:", standby.Log);
+        Assert.Equal("", standby.Console);
+        Assert.False(standby.HasExited);
+
+        // The operator, who made sure the primary is dead, resumes the VM; the fence that could not reach it is not asked again.
+        using (var failover = new RunningVmm(["ctl", "--socket", api, "failover"]))
+            Assert.True(failover.WaitForExit(Patience) == 0, $"the operator's failover was refused\n{failover}\n{standby}");
+        int? standbyExit = standby.WaitForExit(Patience);
+        Show("standby after the failover", standby);
+
+        Assert.Equal(GuestSuccess, standbyExit);
+        Assert.Matches(@"failover: VM \S+ resumed from epoch \d+, .*asked for by 'vmm ctl failover'", standby.Log);
+        Assert.Single(Regex.Matches(standby.Log, "fencing the primary:"));
+        AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
+    }
+
+    [Fact]
+    public void LinkCut_WithAFenceThatRefuses_OnlyThePrimaryRunsAndItsGuestFinishes()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (standby, address, api) = StartStandby("standby", RefusingFence);
+        using var link = new LinkCutProxy(PortOf(address));
+
+        Replicate(socket, link.Address);
+        link.Silence();
+        // Both sides decide: the standby that it may not take over, the primary that it runs on unprotected.
+        Assert.True(standby.WaitFor((_, log) => log.Contains("fencing the primary failed"), Patience), $"the standby never fenced\n{standby}");
+        var unprotected = WaitForStatus(socket, s => ReplicationState(s) == "unprotected", "the primary giving up its standby");
+        Assert.Equal("fence-failed", Status(api).GetProperty("phase").GetString());
+        int? primaryExit = primary.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.False(string.IsNullOrEmpty(unprotected.GetProperty("replication").GetProperty("reason").GetString()), unprotected.ToString());
+        Assert.Equal(GuestSuccess, primaryExit);
+        Assert.Equal(ExpectedConsole(g), primary.Console);
+        Assert.DoesNotContain("failover:", standby.Log);
+        Assert.Equal("", standby.Console);
+    }
+
+    [Fact]
+    public void StandbyKilled_ThePrimaryRunsOnUnprotected_ThenReplicatesToANewStandby()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (first, firstAddress, _) = StartStandby("first", RefusingFence);
+
+        Replicate(socket, firstAddress);
+        first.Kill();
+        var unprotected = WaitForStatus(socket, s => ReplicationState(s) == "unprotected", "the primary giving up its standby");
+        Assert.False(string.IsNullOrEmpty(unprotected.GetProperty("replication").GetProperty("reason").GetString()), unprotected.ToString());
+        // The output held for the lost standby was let out, and what follows passes straight through.
+        WaitForMoreTicks(primary, 3);
+        Assert.Equal(0, Status(socket).GetProperty("replication").GetProperty("outputHeldBytes").GetInt64());
+
+        var (second, secondAddress, _) = StartStandby("second", RefusingFence);
+        Replicate(socket, secondAddress);
+        long epoch = WaitForStatus(socket, s => ReplicationState(s) == "protected", "protection by the second standby").GetProperty("replication").GetProperty("epoch").GetInt64();
+        WaitForStatus(socket, s => s.GetProperty("replication").GetProperty("epoch").GetInt64() >= epoch + 3, "epochs committing on the second standby");
+        int? primaryExit = primary.WaitForExit(Patience);
+        // The guest's end ends replication on purpose: the second standby discards its replica instead of failing over.
+        Assert.True(second.WaitFor((_, log) => log.Contains("the primary ended replication"), Patience), $"the second standby was not told\n{second}");
+        Show("primary", primary);
+        Show("second standby", second);
+
+        Assert.Equal(GuestSuccess, primaryExit);
+        Assert.Equal(ExpectedConsole(g), primary.Console);
+        Assert.DoesNotContain("failover:", second.Log);
+    }
+
+    [Fact]
+    public void MigrationAndReplicationEndpointsRefuseEachOther_AndAReplicatedVmDoesNotMigrate()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (_, targetAddress) = StartTarget(once: false);
+        var (standby, standbyAddress, _) = StartStandby("standby", RefusingFence);
+
+        Assert.Contains("this is a migration target", Refused("--socket", socket, "replicate", "--to", targetAddress));
+        Assert.Contains("this is a standby", Refused("--socket", socket, "migrate", "--to", standbyAddress));
+        Replicate(socket, standbyAddress);
+        Assert.Contains("the VM is replicated to a standby", Refused("--socket", socket, "migrate", "--to", targetAddress));
+        Assert.Equal("protected", ReplicationState(Status(socket)));
+        int? primaryExit = primary.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.Equal(GuestSuccess, primaryExit);
+        Assert.Equal(ExpectedConsole(g), primary.Console);
+    }
+
+    /// <summary>The primary's console followed by the resumed guest's is that of a guest that never moved, less at most
+    /// the output of the epoch that committed as the primary died: the primary let out only committed epochs' output,
+    /// so the resumed guest never prints again what it did. Its final check passed, so every page came across.</summary>
+    private static void AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(DirtyingGuestOptions g, RunningVmm primary, RunningVmm standby)
+    {
+        string expected = ExpectedConsole(g), seen = primary.Console, after = standby.Console;
+        Assert.StartsWith(seen, expected);
+        Assert.EndsWith(after, expected);
+        Assert.True(seen.Length + after.Length <= expected.Length, $"the resumed guest printed again {seen.Length + after.Length - expected.Length} bytes the primary had let out");
+        Assert.True(LastTick(seen) < FirstTick(after), $"the primary printed tick {LastTick(seen)}, the resumed guest began at tick {FirstTick(after)}");
+    }
+
+    /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
+    /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
+    /// timeout: 3 s keeps that short.</summary>
+    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string fenceCommand)
+    {
+        string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
+        string api = Path.Combine(_directory, $"{name}.sock");
+        var standby = Started(new RunningVmm(["standby", "-v", "--listen", "127.0.0.1:0", "--disk-dir", disks, "--failover-timeout-ms", "1000",
+                                              "--fence-timeout-s", "3", "--api-socket", api, "--fence-command", fenceCommand]));
+        Match? listening = null;
+        Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
+        return (standby, listening!.Groups[1].Value, api);
+    }
+
+    /// <summary>A fence command that kills the primary and returns once it is dead: gone, or a zombie its parent (this
+    /// test) has not reaped yet.</summary>
+    private string KillingFence(int primaryPid)
+    {
+        string script = Path.Combine(_directory, "fence.sh");
+        File.WriteAllText(script, $"""
+            kill -KILL {primaryPid} 2>/dev/null
+            while [ -e /proc/{primaryPid} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{primaryPid}/status 2>/dev/null; do sleep 0.05; done
+            echo "fenced $VMM_VM_NAME at epoch $VMM_EPOCH"
+            """);
+        return $"sh {script}";
+    }
+
+    /// <summary>Starts replicating; `vmm ctl replicate` answers once the first epoch is committed on the standby.</summary>
+    private static void Replicate(string socket, string standby)
+    {
+        using var ctl = new RunningVmm(["ctl", "--socket", socket, "replicate", "--to", standby, "--interval-ms", "100"]);
+        Assert.True(ctl.WaitForExit(Patience) == 0, $"replication to {standby} did not get protected\n{ctl}");
+    }
+
+    /// <summary>Runs a `vmm ctl` that must fail; what it printed.</summary>
+    private static string Refused(params string[] arguments)
+    {
+        using var ctl = new RunningVmm(["ctl", .. arguments]);
+        Assert.True(ctl.WaitForExit(Patience) == 1, $"vmm ctl {string.Join(' ', arguments)} was not refused\n{ctl}");
+        return ctl.Console;
+    }
+
+    private static JsonElement Status(string socket)
+    {
+        using var ctl = new RunningVmm(["ctl", "--socket", socket, "status"]);
+        Assert.True(ctl.WaitForExit(Patience) == 0, $"status failed\n{ctl}");
+        using var json = JsonDocument.Parse(ctl.Console);
+        return json.RootElement.Clone();
+    }
+
+    /// <summary>Asks for the status until <paramref name="holds"/> is true of it; that status.</summary>
+    private static JsonElement WaitForStatus(string socket, Func<JsonElement, bool> holds, string what)
+    {
+        var waiting = Stopwatch.StartNew();
+        while (true)
+        {
+            var status = Status(socket);
+            if (holds(status)) return status;
+            Assert.True(waiting.Elapsed < Patience, $"no {what}; the last status: {status}");
+            Thread.Sleep(200);
+        }
+    }
+
+    private static string ReplicationState(JsonElement status) =>
+        status.TryGetProperty("replication", out var replication) ? replication.GetProperty("state").GetString()! : "none";
+
+    /// <summary>The number of the first whole tick line (the console may begin in the middle of one).</summary>
+    private static int FirstTick(string console) =>
+        Regex.Match(console, @"tick ([0-9a-f]{8})\n") is { Success: true } tick ? Convert.ToInt32(tick.Groups[1].Value, 16) : int.MaxValue;
+}
