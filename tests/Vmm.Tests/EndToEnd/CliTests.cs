@@ -117,7 +117,7 @@ public sealed class CliTests : IDisposable
         var missingFile = VmmProcess.Run(["run", "--kernel", "/nonexistent/vmlinux"], Timeout);
 
         Assert.Equal(ExitCodes.VmmError, missingOption.ExitCode);
-        Assert.Contains("--kernel is required (or --restore DIR to continue a snapshot)", missingOption.Log);
+        Assert.Contains("--kernel is required (or --restore DIR to continue a snapshot, or --config FILE)", missingOption.Log);
         Assert.Equal(ExitCodes.VmmError, missingFile.ExitCode);
         Assert.Contains("kernel file /nonexistent/vmlinux does not exist", missingFile.Log);
     }
