@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using Vmm.Arch;
@@ -81,6 +82,10 @@ public static class VmConfigFile
 
     private static JsonDocument ParseJson(ReadOnlyMemory<byte> json)
     {
+        // JsonDocument checks a string's UTF-8 only when the string is read, and then throws an
+        // InvalidOperationException; a file that is not text is refused here, where it is clear what is wrong.
+        if (FirstInvalidUtf8Byte(json.Span) is { } invalid)
+            throw new ConfigurationException($"not UTF-8 text: byte {invalid + 1} is not part of a UTF-8 character");
         try
         {
             return JsonDocument.Parse(json, Depth);
@@ -96,6 +101,16 @@ public static class VmConfigFile
                 ? $"not valid JSON at line {line + 1}, byte {e.BytePositionInLine + 1}: {reason}"
                 : $"not valid JSON: {reason}");
         }
+    }
+
+    private static int? FirstInvalidUtf8Byte(ReadOnlySpan<byte> text)
+    {
+        for (int offset = 0; offset < text.Length;)
+        {
+            if (Rune.DecodeFromUtf8(text[offset..], out _, out int length) != OperationStatus.Done) return offset;
+            offset += length;
+        }
+        return null;
     }
 
     private static ulong ReadMemory(ConfigJsonObject root)

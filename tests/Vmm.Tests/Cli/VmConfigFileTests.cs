@@ -163,6 +163,16 @@ public sealed class VmConfigFileTests : IDisposable
     }
 
     [Fact]
+    public void BytesThatAreNotUtf8_AreRefusedWithTheirPosition()
+    {
+        byte[] json = [.. Encoding.UTF8.GetBytes("{\"kernel\": \"bz"), 0xeb, .. Encoding.UTF8.GetBytes("Image\"}")];
+
+        var e = Assert.Throws<ConfigurationException>(() => VmConfigFile.Parse(json, _directory));
+
+        Assert.Equal("not UTF-8 text: byte 15 is not part of a UTF-8 character", e.Message);
+    }
+
+    [Fact]
     public void Read_NamesTheFileInItsErrors()
     {
         string file = InDirectory("vm.json");
