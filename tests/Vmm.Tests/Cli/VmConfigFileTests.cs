@@ -1,4 +1,6 @@
 using System.Text;
+using System.Text.Json;
+using CsCheck;
 using Vmm.Cli;
 using Vmm.Devices.Virtio;
 using Vmm.Vm;
@@ -99,6 +101,86 @@ public sealed class VmConfigFileTests : IDisposable
         byte[] mac = Parse("""{"kernel": "bzImage", "nets": [{"tap": "tap0"}]}""").Networks[0].Mac;
 
         Assert.Equal(0x02, mac[0] & 0x03);
+    }
+
+    /// <summary>Any VM written as a file the way a tool would write it (any order of fields, relative or absolute
+    /// paths, memory as text or bytes, any command line) reads back as that VM.</summary>
+    [Fact]
+    public void AnyVm_WrittenAsAFile_ReadsBackTheSame()
+    {
+        var names = Gen.Select(Gen.Char.AlphaNumeric, Gen.Char["abcXYZ019._-"].Array[0, 63], (first, rest) => first + new string(rest));
+        var commandLines = Gen.Char["az09 =,.-\"\\/\n\té€"].Array[0, 60].Select(c => new string(c));
+        var disks = Gen.Select(Gen.Int[0, 2], Gen.Bool, Gen.Char.AlphaNumeric.Array[0, 20].Null(), (count, readOnly, id) => (count, readOnly, id))
+            .Select(d => (IReadOnlyList<BlockDiskConfig>)[.. new[] { "root.img", "data.img" }.Take(d.count).Select((file, i) => new BlockDiskConfig(InDirectory(file), d.readOnly && i == 0, d.id is { Length: > 0 } ? new string(d.id) : null))]);
+        var nets = Gen.Byte.Array[6].Array[0, 3].Select(macs => (IReadOnlyList<NetworkConfig>)[.. macs.Select((mac, i) => new NetworkConfig($"tap{i}", [(byte)(mac[0] & 0xfe), .. mac[1..]]))]);
+        var vms = Gen.Select(names, commandLines, Gen.Int[16, 1 << 16], Gen.Int[1, 32], disks, nets, Gen.Int[0, 20].Nullable(), Gen.Bool.Array[4])
+            .Select((name, cmdline, memoryMiB, cpus, disks, nets, ringShift, flags) => new VmDefinition
+            {
+                Name = name, KernelPath = InDirectory("bzImage"), InitrdPath = flags[0] ? InDirectory("initramfs.cpio") : null, CommandLine = cmdline,
+                MemoryBytes = (ulong)memoryMiB << 20, VcpuCount = cpus, Disks = disks, Networks = nets,
+                ApiSocketPath = flags[1] ? InDirectory("api.sock") : null, SerialLogPath = flags[1] ? null : InDirectory("console.log"),
+                DirtyRing = ringShift is not null, DirtyRingEntries = ringShift is { } shift ? 1 << shift : null, HugePages = flags[2], NestedKvmWorkarounds = flags[3],
+            });
+
+        Gen.Select(vms, Gen.Bool, Gen.Int).Sample((vm, relative, order) =>
+        {
+            var read = Parse(AsFile(vm, relative, new Random(order)));
+            Assert.Equal(Describe(vm), Describe(read));
+        }, iter: 300);
+    }
+
+    /// <summary>The file a tool would write for <paramref name="vm"/>, its fields in a random order.</summary>
+    private string AsFile(VmDefinition vm, bool relativePaths, Random order)
+    {
+        string PathOf(string path) => relativePaths ? Path.GetRelativePath(_directory, path) : path;
+        var fields = new List<Action<Utf8JsonWriter>>
+        {
+            w => w.WriteString("name", vm.Name),
+            w => w.WriteString("kernel", PathOf(vm.KernelPath)),
+            w => w.WriteString("initrd", vm.InitrdPath is null ? null : PathOf(vm.InitrdPath)),
+            w => w.WriteString("cmdline", vm.CommandLine),
+            w => { if (vm.MemoryBytes % (1 << 30) == 0) w.WriteString("memory", $"{vm.MemoryBytes >> 30}G"); else w.WriteNumber("memory", vm.MemoryBytes); },
+            w => w.WriteNumber("cpus", vm.VcpuCount),
+            w => w.WriteString("apiSocket", vm.ApiSocketPath is null ? null : PathOf(vm.ApiSocketPath)),
+            w => w.WriteString("serialLog", vm.SerialLogPath is null ? null : PathOf(vm.SerialLogPath)),
+            w => w.WriteBoolean("dirtyRing", vm.DirtyRing),
+            w => { if (vm.DirtyRingEntries is { } entries) w.WriteNumber("dirtyRingEntries", entries); },
+            w => w.WriteBoolean("hugepages", vm.HugePages),
+            w => w.WriteBoolean("nestedWorkarounds", vm.NestedKvmWorkarounds),
+            w =>
+            {
+                w.WriteStartArray("disks");
+                foreach (var disk in vm.Disks)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("path", PathOf(disk.Path));
+                    w.WriteBoolean("readOnly", disk.ReadOnly);
+                    if (disk.Id is not null) w.WriteString("id", disk.Id);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            },
+            w =>
+            {
+                w.WriteStartArray("nets");
+                foreach (var net in vm.Networks)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("mac", NetworkConfig.Format(net.Mac));
+                    w.WriteString("tap", net.TapName);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            },
+        };
+        var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            writer.WriteStartObject();
+            foreach (var field in fields.OrderBy(_ => order.Next())) field(writer);
+            writer.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
     [Theory]
