@@ -5,7 +5,7 @@
 #
 #   fuzz/afl.sh TARGET [SECONDS] [OUTPUT_DIR]
 #
-# TARGET: virtqueue, migration, state, bzimage, elf or options. SECONDS: 600 by default.
+# TARGET: virtqueue, migration, standby, state, bzimage, elf, options or config. SECONDS: 600 by default.
 # Findings land in OUTPUT_DIR (default /tmp/vmm-afl/TARGET); reproduce a crash with
 #   dotnet run --project fuzz/Vmm.Fuzz -c Release -- --replay TARGET OUTPUT_DIR/findings/default/crashes/FILE
 set -euo pipefail

@@ -12,6 +12,7 @@ public static class FuzzTargets
         new KernelImageTarget(KernelImageTarget.Format.BzImage),
         new KernelImageTarget(KernelImageTarget.Format.Elf),
         new OptionsTarget(),
+        new ConfigFileTarget(),
     ];
 
     public static IFuzzTarget? Find(string name) => All.FirstOrDefault(t => t.Name == name);

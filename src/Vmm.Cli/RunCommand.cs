@@ -1,13 +1,12 @@
 using System.Runtime.InteropServices;
 using Vmm.Diagnostics;
-using Vmm.Memory;
 using Vmm.Snapshot;
 using Vmm.State;
 using Vmm.Vm;
 
 namespace Vmm.Cli;
 
-/// <summary><c>vmm run</c>: builds the VM from the options, wires the terminal and signals, runs it, and
+/// <summary><c>vmm run</c>: builds the VM from the options (or a config file, or a snapshot), wires the terminal and signals, runs it, and
 /// turns how it stopped into the exit code.</summary>
 public static class RunCommand
 {
@@ -16,86 +15,40 @@ public static class RunCommand
     public static int Execute(RunOptions options)
     {
         var log = Logger.Stderr(options.Verbose ? LogLevel.Debug : LogLevel.Info);
-        if (options.Name is { } given && !VmName.IsValid(given))
+        try
         {
-            log.Error($"--name '{given}' is not a VM name: 1 to {VmName.MaxLength} letters, digits, '.', '_' or '-', starting with a letter or digit");
+            if (options.Config is not null) return Boot(FromConfigFile(options), log);
+            if (options.Restore is not null) return Restore(options, log);
+            return Boot(options.ToVmDefinition(), log);
+        }
+        catch (ConfigurationException e)
+        {
+            log.Error(e.Message);
             return ExitCodes.VmmError;
         }
-        if (options.Restore is not null) return Restore(options, log);
-        if (options.Kernel is null)
-        {
-            log.Error("--kernel is required (or --restore DIR to continue a snapshot)");
-            return ExitCodes.VmmError;
-        }
-        if (options.DirtyRingEntries is not null && !options.DirtyRing)
-        {
-            log.Error("--dirty-ring-entries sizes the rings of --dirty-ring, which is not given");
-            return ExitCodes.VmmError;
-        }
-        if (!MemorySize.TryParse(options.Memory ?? "256M", out ulong memoryBytes, out string error))
-        {
-            log.Error($"--memory: {error}");
-            return ExitCodes.VmmError;
-        }
-
-        var disks = new List<Devices.Virtio.BlockDiskConfig>();
-        foreach (string text in options.Disks)
-        {
-            if (!Devices.Virtio.BlockDiskConfig.TryParse(text, out var disk, out string diskError))
-            {
-                log.Error(diskError);
-                return ExitCodes.VmmError;
-            }
-            disks.Add(disk!);
-        }
-
-        var networks = new List<Devices.Virtio.NetworkConfig>();
-        foreach (string text in options.Networks)
-        {
-            if (!Devices.Virtio.NetworkConfig.TryParse(text, out var network, out string netError))
-            {
-                log.Error(netError);
-                return ExitCodes.VmmError;
-            }
-            networks.Add(network!);
-        }
-
-        return RunMachine(options, log, serial => MachineBuilder.Boot(new MachineConfig
-        {
-            Name = options.Name ?? VmName.Derive(options.Kernel),
-            KernelPath = options.Kernel,
-            InitrdPath = options.Initrd,
-            CommandLine = options.CommandLine ?? MachineConfig.DefaultCommandLine,
-            MemoryBytes = memoryBytes,
-            VcpuCount = options.Cpus ?? 1,
-            Disks = disks,
-            Networks = networks,
-            SerialOutput = serial,
-            NestedKvmWorkarounds = !options.NoNestedWorkarounds,
-            HugePages = options.HugePages,
-            DirtyRing = options.DirtyRing,
-            DirtyRingEntries = options.DirtyRingEntries,
-        }, log));
     }
+
+    /// <summary><c>vmm run --config FILE</c>: the file describes the whole VM, so an option that does too is
+    /// refused rather than left to win or lose against it silently.</summary>
+    private static VmDefinition FromConfigFile(RunOptions options)
+    {
+        string[] conflicting = [.. options.GivenMachineOptions(), .. options.GivenHostOptions()];
+        if (conflicting.Length > 0)
+            throw new ConfigurationException($"--config describes the whole VM; {string.Join(", ", conflicting)} cannot be given with it (only -v can)");
+        return VmConfigFile.Read(options.Config!);
+    }
+
+    private static int Boot(VmDefinition vm, Logger log) =>
+        RunMachine(vm.SerialLogPath, vm.ApiSocketPath, log, serial => MachineBuilder.Boot(vm.ToMachineConfig(serial), log));
 
     /// <summary><c>vmm run --restore DIR</c>: the machine comes from the snapshot, so the options that
     /// describe one are refused rather than silently ignored.</summary>
     private static int Restore(RunOptions options, Logger log)
     {
-        string[] conflicting = [
-            .. options.Kernel is null ? Array.Empty<string>() : ["--kernel"],
-            .. options.Initrd is null ? Array.Empty<string>() : ["--initrd"],
-            .. options.CommandLine is null ? Array.Empty<string>() : ["--cmdline"],
-            .. options.Memory is null ? Array.Empty<string>() : ["--memory"],
-            .. options.Cpus is null ? Array.Empty<string>() : ["--cpus"],
-            .. options.Disks.Any() ? ["--disk"] : Array.Empty<string>(),
-            .. options.Networks.Any() ? ["--net"] : Array.Empty<string>(),
-        ];
+        string[] conflicting = [.. options.GivenMachineOptions()];
         if (conflicting.Length > 0)
-        {
-            log.Error($"--restore takes the machine from the snapshot; {string.Join(", ", conflicting)} cannot be given with it");
-            return ExitCodes.VmmError;
-        }
+            throw new ConfigurationException($"--restore takes the machine from the snapshot; {string.Join(", ", conflicting)} cannot be given with it");
+        string name = options.Name is null ? VmName.Derive(options.Restore) : VmName.Check(options.Name, "--name");
         MachineState state;
         string memoryPath;
         try
@@ -107,9 +60,9 @@ public static class RunCommand
             log.Error($"--restore {options.Restore}: {e.Message}");
             return ExitCodes.VmmError;
         }
-        return RunMachine(options, log, serial =>
+        return RunMachine(options.SerialLog, options.ApiSocket, log, serial =>
         {
-            var settings = HostSettings(serial, options.NoNestedWorkarounds, options.DirtyRing, options.DirtyRingEntries) with { Name = options.Name ?? VmName.Derive(options.Restore) };
+            var settings = HostSettings(serial, options.NoNestedWorkarounds, options.DirtyRing, options.DirtyRingEntries) with { Name = name };
             var machine = MachineBuilder.ForRestore(state.Description.ToConfig(settings), log, memoryPath);
             try
             {
@@ -134,16 +87,16 @@ public static class RunCommand
         DirtyRingEntries = dirtyRingEntries,
     };
 
-    private static int RunMachine(RunOptions options, Logger log, Func<Stream, Machine> build)
+    private static int RunMachine(string? serialLogPath, string? apiSocketPath, Logger log, Func<Stream, Machine> build)
     {
         Stream? serialLog = null;
         try
         {
-            serialLog = options.SerialLog is null ? null : OpenSerialLog(options.SerialLog);
+            serialLog = serialLogPath is null ? null : OpenSerialLog(serialLogPath);
             using var machine = build(serialLog ?? Console.OpenStandardOutput());
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => StopBySignal(c, machine, "SIGINT", SigInt));
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => StopBySignal(c, machine, "SIGTERM", SigTerm));
-            using var control = options.ApiSocket is null ? null : StartControl(machine, options.ApiSocket, log);
+            using var control = apiSocketPath is null ? null : StartControl(machine, apiSocketPath, log);
             using var terminal = TerminalInput.Start(machine);
             VmStop stop = machine.Run();
             terminal?.Dispose();

@@ -1,10 +1,16 @@
 using CommandLine;
+using Vmm.Devices.Virtio;
+using Vmm.Memory;
+using Vmm.Vm;
 
 namespace Vmm.Cli;
 
 [Verb("run", HelpText = "Boot a Linux kernel (bzImage or ELF vmlinux) in a new VM, console on the terminal.")]
 public sealed class RunOptions
 {
+    [Option("config", HelpText = "Boot the VM described in this JSON file (README: \"Config file\"; docs/vm-config.schema.json). It describes the whole VM, so of the other options only -v can be given with it.")]
+    public string? Config { get; set; }
+
     [Option("name", HelpText = "The VM's name, for tools: vmm ctl status shows it, and it travels with the VM when it migrates (a target's --api-socket and --serial-log can use it). 1 to 64 letters, digits, '.', '_' or '-'. Default: the kernel's (or snapshot's) file name and a short random suffix.")]
     public string? Name { get; set; }
 
@@ -52,4 +58,59 @@ public sealed class RunOptions
 
     [Option('v', "verbose", HelpText = "Also log debug messages (e.g. each unclaimed port or MMIO address, once).")]
     public bool Verbose { get; set; }
+
+    /// <summary>The options given that describe the machine itself, which a snapshot or a config file describes instead.</summary>
+    public IEnumerable<string> GivenMachineOptions()
+    {
+        if (Kernel is not null) yield return "--kernel";
+        if (Initrd is not null) yield return "--initrd";
+        if (CommandLine is not null) yield return "--cmdline";
+        if (Memory is not null) yield return "--memory";
+        if (Cpus is not null) yield return "--cpus";
+        if (Disks.Any()) yield return "--disk";
+        if (Networks.Any()) yield return "--net";
+    }
+
+    /// <summary>The options given that say how this host runs the VM (a config file says that too).</summary>
+    public IEnumerable<string> GivenHostOptions()
+    {
+        if (Name is not null) yield return "--name";
+        if (Restore is not null) yield return "--restore";
+        if (ApiSocket is not null) yield return "--api-socket";
+        if (SerialLog is not null) yield return "--serial-log";
+        if (DirtyRing) yield return "--dirty-ring";
+        if (DirtyRingEntries is not null) yield return "--dirty-ring-entries";
+        if (HugePages) yield return "--hugepages";
+        if (NoNestedWorkarounds) yield return "--no-nested-workarounds";
+    }
+
+    /// <summary>The VM these options describe to boot; a bad value is a <see cref="ConfigurationException"/> naming the option.</summary>
+    public VmDefinition ToVmDefinition()
+    {
+        if (Kernel is null) throw new ConfigurationException("--kernel is required (or --restore DIR to continue a snapshot, or --config FILE)");
+        if (DirtyRingEntries is not null && !DirtyRing)
+            throw new ConfigurationException("--dirty-ring-entries sizes the rings of --dirty-ring, which is not given");
+        ulong memoryBytes = MachineConfig.DefaultMemoryBytes;
+        if (Memory is not null && !MemorySize.TryParse(Memory, out memoryBytes, out string error))
+            throw new ConfigurationException($"--memory: {error}");
+        var disks = Disks.Select(text => BlockDiskConfig.TryParse(text, out var disk, out string diskError) ? disk! : throw new ConfigurationException(diskError));
+        var networks = Networks.Select(text => NetworkConfig.TryParse(text, out var network, out string netError) ? network! : throw new ConfigurationException(netError));
+        return new VmDefinition
+        {
+            Name = Name is null ? VmName.Derive(Kernel) : VmName.Check(Name, "--name"),
+            KernelPath = Kernel,
+            InitrdPath = Initrd,
+            CommandLine = CommandLine ?? MachineConfig.DefaultCommandLine,
+            MemoryBytes = memoryBytes,
+            VcpuCount = Cpus ?? 1,
+            Disks = [.. disks],
+            Networks = [.. networks],
+            ApiSocketPath = ApiSocket,
+            SerialLogPath = SerialLog,
+            DirtyRing = DirtyRing,
+            DirtyRingEntries = DirtyRingEntries,
+            HugePages = HugePages,
+            NestedKvmWorkarounds = !NoNestedWorkarounds,
+        };
+    }
 }

@@ -16,8 +16,6 @@ public sealed record MachineDescription(ulong MemoryBytes, int VcpuCount, IReadO
 {
     private const int MaxDevices = 64;
     private const int MaxPathBytes = 4096;
-    /// <summary>IFNAMSIZ - 1.</summary>
-    private const int MaxTapNameBytes = 15;
 
     /// <summary>1 TiB: far above what vmm's memory layout places, and a bound on what a stream may ask for.</summary>
     public const ulong MaxMemoryBytes = 1UL << 40;
@@ -75,7 +73,7 @@ public sealed record MachineDescription(ulong MemoryBytes, int VcpuCount, IReadO
         var networks = new NetworkConfig[r.ReadCount("network count", MaxDevices)];
         for (int i = 0; i < networks.Length; i++)
         {
-            string tap = CheckedText(r.ReadString("TAP name", MaxTapNameBytes), "TAP name");
+            string tap = CheckedText(r.ReadString("TAP name", NetworkConfig.MaxTapNameBytes), "TAP name");
             byte[] mac = r.ReadBytes("MAC address", 6);
             if (mac.Length != 6) throw new StateFormatException("MAC address: not 6 bytes");
             networks[i] = new NetworkConfig(tap, mac);

@@ -9,6 +9,7 @@ public sealed record MachineConfig
     /// reset through the keyboard controller (vmm's way to end the VM), and an immediate reset on panic
     /// so a dead guest does not hang the VMM.</summary>
     public const string DefaultCommandLine = "console=ttyS0 reboot=k panic=-1 i8042.noaux";
+    public const ulong DefaultMemoryBytes = 256UL << 20;
 
     /// <summary>What tools call the VM (<see cref="VmName"/>); it travels with it when it migrates.</summary>
     public string Name { get; init; } = "vm";
@@ -16,7 +17,7 @@ public sealed record MachineConfig
     public string? KernelPath { get; init; }
     public string? InitrdPath { get; init; }
     public string CommandLine { get; init; } = DefaultCommandLine;
-    public ulong MemoryBytes { get; init; } = 256UL << 20;
+    public ulong MemoryBytes { get; init; } = DefaultMemoryBytes;
     public int VcpuCount { get; init; } = 1;
     /// <summary>virtio-blk disks, in the order the guest sees them (vda, vdb, ...).</summary>
     public IReadOnlyList<Devices.Virtio.BlockDiskConfig> Disks { get; init; } = [];

@@ -117,7 +117,7 @@ public sealed class CliTests : IDisposable
         var missingFile = VmmProcess.Run(["run", "--kernel", "/nonexistent/vmlinux"], Timeout);
 
         Assert.Equal(ExitCodes.VmmError, missingOption.ExitCode);
-        Assert.Contains("--kernel is required (or --restore DIR to continue a snapshot)", missingOption.Log);
+        Assert.Contains("--kernel is required (or --restore DIR to continue a snapshot, or --config FILE)", missingOption.Log);
         Assert.Equal(ExitCodes.VmmError, missingFile.ExitCode);
         Assert.Contains("kernel file /nonexistent/vmlinux does not exist", missingFile.Log);
     }
@@ -149,6 +149,60 @@ public sealed class CliTests : IDisposable
         Assert.Contains("unknown command", unknown);
         Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
         Assert.False(File.Exists(socket));
+    }
+
+    private string ConfigFile(string json)
+    {
+        string path = Path.Combine(_directory, "vm.json");
+        File.WriteAllText(path, json);
+        return path;
+    }
+
+    [Fact]
+    public void RunConfig_BootsTheVmInTheFile_WithItsNameOnItsApiSocket()
+    {
+        string kernel = Path.GetFileName(Image(FirmwareGuests.SpinForever()));
+        string socket = Path.Combine(_directory, "web1.sock");
+        string status = "";
+        // Relative paths: the file's directory, not the test's working directory.
+        var result = VmmProcess.Run(["run", "--config", ConfigFile($$"""{"name": "web1", "kernel": "{{kernel}}", "apiSocket": "web1.sock"}""")], Timeout,
+            terminateWhen: (_, elapsed) =>
+            {
+                if (!File.Exists(socket)) return elapsed > TimeSpan.FromSeconds(30);
+                status = VmmProcess.Run(["ctl", "--socket", socket, "status"], Timeout).Console;
+                return true;
+            });
+
+        Assert.Contains("\"name\":\"web1\"", status);
+        Assert.Contains("\"state\":\"running\"", status);
+        Assert.Equal(ExitCodes.Signal(15), result.ExitCode);
+    }
+
+    [Fact]
+    public void RunConfig_SendsTheConsoleToTheFilesSerialLog_AndExitsAsTheGuestDoes()
+    {
+        string kernel = Path.GetFileName(Image(FirmwareGuests.PrintThenReset("from a config file\n")));
+        var result = VmmProcess.Run(["run", "-v", "--config", ConfigFile($$"""{"kernel": "{{kernel}}", "serialLog": "console.log", "memory": "64M"}""")], Timeout);
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal("", result.Console);
+        Assert.Equal("from a config file\n", File.ReadAllText(Path.Combine(_directory, "console.log")));
+    }
+
+    [Fact]
+    public void RunConfig_RefusesABadFieldOrAnOptionBesideIt_WithExitCode2()
+    {
+        string kernel = Path.GetFileName(Image(FirmwareGuests.PrintThenReset("never\n")));
+        string file = ConfigFile($$"""{"kernel": "{{kernel}}", "disks": [{"path": "none.img"}]}""");
+
+        var badField = VmmProcess.Run(["run", "--config", file], Timeout);
+        var withOption = VmmProcess.Run(["run", "--config", file, "--kernel", kernel, "--api-socket", "x.sock"], Timeout);
+
+        Assert.Equal(ExitCodes.VmmError, badField.ExitCode);
+        Assert.Contains($"vmm: error: --config {file}: disks[0].path: {_directory}/none.img does not exist", badField.Log);
+        Assert.Equal(ExitCodes.VmmError, withOption.ExitCode);
+        Assert.Contains("--config describes the whole VM; --kernel, --api-socket cannot be given with it (only -v can)", withOption.Log);
+        Assert.Equal("", badField.Console + withOption.Console);
     }
 
     [Fact]

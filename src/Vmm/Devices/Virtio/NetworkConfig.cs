@@ -5,6 +5,9 @@ namespace Vmm.Devices.Virtio;
 /// <summary>One <c>--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]</c>.</summary>
 public sealed record NetworkConfig(string TapName, byte[] Mac)
 {
+    /// <summary>IFNAMSIZ - 1: the kernel's limit on an interface name.</summary>
+    public const int MaxTapNameBytes = 15;
+
     public static bool TryParse(string text, out NetworkConfig? network, out string error)
     {
         network = null;
@@ -16,7 +19,7 @@ public sealed record NetworkConfig(string TapName, byte[] Mac)
             if (part.StartsWith("tap=", StringComparison.Ordinal) && part.Length > 4) tap = part[4..];
             else if (part.StartsWith("mac=", StringComparison.Ordinal))
             {
-                mac = ParseMac(part[4..]);
+                mac = TryParseMac(part[4..]);
                 if (mac is null)
                 {
                     error = $"--net '{text}': '{part[4..]}' is not a unicast MAC address like 02:00:00:00:00:01";
@@ -49,7 +52,8 @@ public sealed record NetworkConfig(string TapName, byte[] Mac)
 
     public static string Format(ReadOnlySpan<byte> mac) => string.Join(':', mac.ToArray().Select(b => b.ToString("x2")));
 
-    private static byte[]? ParseMac(string text)
+    /// <summary>A unicast MAC address written as six hex octets, <c>02:00:00:00:00:01</c>; null when it is not one.</summary>
+    public static byte[]? TryParseMac(string text)
     {
         string[] octets = text.Split(':');
         if (octets.Length != 6) return null;
