@@ -63,5 +63,12 @@ internal sealed class GuestNetworkNamespace : IDisposable
         return process;
     }
 
-    public void Dispose() => HostCommand.Run("ip", "netns", "del", Name);
+    /// <summary>Ends what still runs inside (the test's listeners and relays, a vmm a failed assertion left behind),
+    /// which would otherwise keep the namespace and its TAP alive, then deletes it.</summary>
+    public void Dispose()
+    {
+        foreach (string pid in HostCommand.Run("ip", "netns", "pids", Name).Output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            if (int.TryParse(pid, out _)) HostCommand.Run("kill", "-KILL", pid);
+        HostCommand.Run("ip", "netns", "del", Name);
+    }
 }
