@@ -18,28 +18,16 @@ namespace Vmm.Tests.EndToEnd;
 [Collection(LinuxGuests.Collection)]
 public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
 {
-    private const string HostAddress = "192.168.250.1", GuestAddress = "192.168.250.2", Tap = "vmmtap0", GuestMac = "02:00:00:00:02:02";
+    private const string HostAddress = GuestNetworkNamespace.HostAddress, GuestAddress = GuestNetworkNamespace.GuestAddress;
     private const int NetconsolePort = 6666, GuestTcpPort = 7000, HostTcpPort = 7001;
-    private readonly string _namespace = $"vmm-e2e-{Environment.ProcessId}";
     private readonly string _directory = Directory.CreateTempSubdirectory("vmm-net-").FullName;
 
-    public void Dispose()
-    {
-        HostCommand.Run("ip", "netns", "del", _namespace);
-        Directory.Delete(_directory, recursive: true);
-    }
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
 
     [Fact]
     public void GuestKernel_ConfiguresItsAddressAnswersPingsAndSendsItsLogOverUdp()
     {
-        HostCommand.Checked("ip", "netns", "add", _namespace);
-        InNamespace("ip", "link", "set", "lo", "up");
-        InNamespace("ip", "tuntap", "add", "dev", Tap, "mode", "tap");
-        InNamespace("ip", "addr", "add", $"{HostAddress}/24", "dev", Tap);
-        InNamespace("ip", "link", "set", Tap, "up");
-        // The host knows the guest's MAC from the start: its ARP requests would otherwise have to be answered by
-        // an emulated kernel within the host's own three-second neighbour deadline, which a busy host can miss.
-        InNamespace("ip", "neigh", "replace", GuestAddress, "lladdr", GuestMac, "dev", Tap, "nud", "permanent");
+        using var net = GuestNetworkNamespace.Create("vmm-e2e");
         string root = Path.Combine(_directory, "root.ext4");
         HostCommand.Checked("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), root);
 
@@ -47,17 +35,16 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
         string payload = Path.Combine(_directory, "payload.bin"), returned = Path.Combine(_directory, "returned.bin");
         File.WriteAllBytes(payload, RandomNumberGenerator.GetBytes(256 * 1024));
 
-        using var listener = StartInNamespace(out var received, "socat", "-u", $"UDP-RECV:{NetconsolePort}", "STDOUT");
-        using var tcpReceiver = userSpaceRuns ? StartInNamespace(out _, "socat", "-u", $"TCP-LISTEN:{HostTcpPort},reuseaddr", $"CREATE:{returned}") : null;
+        using var listener = net.Start(out var received, "socat", "-u", $"UDP-RECV:{NetconsolePort}", "STDOUT");
+        using var tcpReceiver = userSpaceRuns ? net.Start(out _, "socat", "-u", $"TCP-LISTEN:{HostTcpPort},reuseaddr", $"CREATE:{returned}") : null;
         Process? tcpSender = null;
         string init = userSpaceRuns ? "/net-init" : "/bin/spin";
         string ping = "";
         int pings = 0;
         var result = VmmProcess.Run(
-            ["run", "--kernel", GuestImages.Vmlinux, "--memory", "256M", "--disk", root, "--net", $"tap={Tap},mac={GuestMac}",
+            ["run", "--kernel", GuestImages.Vmlinux, "--memory", "256M", "--disk", root, "--net", GuestNetworkNamespace.NetOption,
              "--cmdline", $"{MachineConfig.DefaultCommandLine} loglevel=7 root=/dev/vda rw init={init} " +
-                          $"ip={GuestAddress}::{HostAddress}:255.255.255.0:guest:eth0:off " +
-                          $"netconsole=6665@{GuestAddress}/eth0,{NetconsolePort}@{HostAddress}/"],
+                          GuestNetworkNamespace.KernelOptions(NetconsolePort)],
             TimeSpan.FromMinutes(20),
             terminateWhen: (console, elapsed) =>
             {
@@ -66,14 +53,14 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
                 if (!Answered(ping) && pings < 20 && console.Contains($"Run {init} as init process"))
                 {
                     pings++;
-                    ping = InNamespace("ping", "-c", "3", "-W", "10", GuestAddress);
+                    ping = net.Run("ping", "-c", "3", "-W", "10", GuestAddress);
                     if (userSpaceRuns && tcpSender is null)
-                        tcpSender = StartInNamespace(out _, "socat", "-u", $"OPEN:{payload}", $"TCP:{GuestAddress}:{GuestTcpPort},retry=60,interval=1");
+                        tcpSender = net.Start(out _, "socat", "-u", $"OPEN:{payload}", $"TCP:{GuestAddress}:{GuestTcpPort},retry=60,interval=1");
                 }
                 // Where user space runs, init ends the VM itself after the round trip.
                 return !userSpaceRuns && (Answered(ping) || pings == 20);
             },
-            wrapper: ["ip", "netns", "exec", _namespace]);
+            wrapper: net.Wrapper);
         // The netconsole line left the guest before the ping was answered; give the listener time to print it.
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (DateTime.UtcNow < deadline && !ReceivedContains(received, $"Run {init} as init process")) Thread.Sleep(50);
@@ -112,17 +99,4 @@ public sealed class LinuxNetworkTests(ITestOutputHelper output) : IDisposable
     {
         lock (received) return received.ToString().Contains(text);
     }
-
-    /// <summary>Starts a command inside the namespace, collecting its standard output.</summary>
-    private Process StartInNamespace(out StringBuilder stdout, params string[] command)
-    {
-        var text = new StringBuilder();
-        var process = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", _namespace, .. command]) { RedirectStandardOutput = true })!;
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (text) text.AppendLine(e.Data); };
-        process.BeginOutputReadLine();
-        stdout = text;
-        return process;
-    }
-
-    private string InNamespace(params string[] command) => HostCommand.Run(["ip", "netns", "exec", _namespace, .. command]).Output;
 }
