@@ -29,11 +29,12 @@ start_source() { # name [run options...]
     "$vmm" run --kernel "$work/guest.elf" --memory 48M --api-socket "$work/$name.sock" "$@" >"$work/$name.out" 2>"$work/$name.log" &
     wait_for "$work/$name.out" "tick 00000002"
 }
-# The migrated guest goes on ticking on the target from where the source left it.
+# The migrated guest goes on ticking on the target from where the source left it. The source may have printed
+# part of a line when it paused (the target prints the rest), so the tick awaited is two past its last whole one.
 check_continues() { # source target
     local last next
-    last=$(grep tick "$work/$1.out" | tail -n1 | cut -d' ' -f2)
-    next=$(printf 'tick %08x' $(( 16#$last + 1 )))
+    last=$(grep -a '^tick [0-9a-f]\{8\}$' "$work/$1.out" | tail -n1 | cut -d' ' -f2)
+    next=$(printf 'tick %08x' $(( 16#$last + 2 )))
     wait_for "$work/$2.out" "$next"
 }
 

@@ -135,7 +135,9 @@ public sealed class ReplicationSource : IDisposable
             connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
             var socket = connection.MainSocket;
             // A VM that stops is not lost: the standby must hear so (an Abort), or it would fence this host and resume
-            // the VM. The epoch loop notices the stop at once; only a send or read still blocked after the grace is cut.
+            // the VM. The epoch loop notices the stop at once. During the first copy (long writes, a 30 s timeout) a send
+            // still blocked after the grace is cut; from the epochs on, every send and read ends within the socket's
+            // timeout, and cutting one that is merely slow (a loaded host) would turn a clean stop into a failover.
             using var cutOff = new Timer(_ => connection.CloseAll());
             using var onVmStop = _machine.Stopping.Register(() => cutOff.Change(StoppedVmGrace, Timeout.InfiniteTimeSpan));
             var channel = connection.OpenMain(_log);
@@ -143,6 +145,7 @@ public sealed class ReplicationSource : IDisposable
             tracker = _machine.StartDirtyTracking();
             disks = new DiskCopySender(_machine.Disks);
             CopyEverything(channel, disks);
+            onVmStop.Dispose();
             // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
             socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
             RunEpochs(channel, tracker, disks);

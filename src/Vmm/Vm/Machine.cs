@@ -107,11 +107,19 @@ public sealed class Machine : IDisposable
                 IsPaused = true;
                 return;
             }
+            // A stop that came after the check above released the gate before this pause asked: it would wait for
+            // vCPUs that exit rather than park.
+            if (StopReason is { } stopping)
+            {
+                _pauseGate.Release();
+                throw new VmOperationException($"the VM has stopped ({stopping.Description})");
+            }
             foreach (var runner in _runners) runner.Kick();
             var waited = System.Diagnostics.Stopwatch.StartNew();
             if (!_pauseGate.WaitUntilParked(_runners.Count, limit))
             {
                 _pauseGate.Release();
+                if (StopReason is { } stopped) throw new VmOperationException($"the VM has stopped ({stopped.Description})");
                 throw new VmOperationException($"the vCPUs did not stop within {limit.TotalSeconds:0.###} s (one may be waiting for a device); the VM runs on");
             }
             if (!_parts.EventLoop.Pause(TimeSpan.FromTicks(Math.Max(0, (limit - waited.Elapsed).Ticks))))

@@ -24,7 +24,8 @@ internal sealed class VcpuPauseGate
         }
     }
 
-    /// <summary>Waits until <paramref name="vcpuCount"/> vCPUs are parked for the current pause.</summary>
+    /// <summary>Waits until <paramref name="vcpuCount"/> vCPUs are parked for the current pause; false when they are
+    /// not in time, or when the pause was released meanwhile (the VM stopping: its vCPUs exit instead of parking).</summary>
     public bool WaitUntilParked(int vcpuCount, TimeSpan timeout)
     {
         var deadline = DateTime.UtcNow + timeout;
@@ -32,6 +33,7 @@ internal sealed class VcpuPauseGate
         {
             while (_parked < vcpuCount)
             {
+                if (!_pauseRequested) return false;
                 var left = deadline - DateTime.UtcNow;
                 if (left <= TimeSpan.Zero || !Monitor.Wait(_lock, left)) return _parked >= vcpuCount;
             }
