@@ -8,7 +8,7 @@ public sealed class CtlOptions
     [Option("socket", Required = true, HelpText = "The VM's control socket.")]
     public string Socket { get; set; } = "";
 
-    [Value(0, Required = true, MetaName = "command", HelpText = "status, pause, resume, snapshot DIR, migrate --to HOST:PORT, replicate --to HOST:PORT (or replicate --stop); list, against a migrate-receive daemon's --control-socket; failover, against a standby's --api-socket.")]
+    [Value(0, Required = true, MetaName = "command", HelpText = "status, stop, pause, resume, snapshot DIR, migrate --to HOST:PORT, replicate --to HOST:PORT (or replicate --stop); list, against a migrate-receive daemon's --control-socket; failover, against a standby's --api-socket.")]
     public string Command { get; set; } = "";
 
     [Value(1, MetaName = "path", HelpText = "snapshot: the directory to write the snapshot to.")]

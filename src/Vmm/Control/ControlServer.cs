@@ -45,8 +45,9 @@ public sealed class ControlServer : IDisposable
     {
         if (JsonAnswers.Parse(request, out byte[] malformed) is not var (root, command)) return malformed;
         if (command == "status") return Status();
+        if (command == "stop") return Stop();
         if (command is not ("pause" or "resume" or "snapshot" or "migrate" or "replicate"))
-            return JsonAnswers.Error($"unknown command '{command}' (expected status, pause, resume, snapshot, migrate or replicate)");
+            return JsonAnswers.Error($"unknown command '{command}' (expected status, stop, pause, resume, snapshot, migrate or replicate)");
         // One at a time: a resume in the middle of a snapshot or a stop-and-copy would let the VM run here
         // while its memory is written out or its state goes to the target.
         string operation = command switch { "migrate" => "migration", "replicate" => "replication start", _ => command };
@@ -206,11 +207,21 @@ public sealed class ControlServer : IDisposable
         _log.Info($"snapshot written to {path} in {(DateTime.UtcNow - started).TotalMilliseconds:F0} ms");
     }
 
+    /// <summary>Asks the VM to stop, for it alone: a VM received by a migrate-receive daemon shares that process with others,
+    /// so a signal is no way to stop it. Answers at once, with the state "stopping";
+    /// the VM then stops as on SIGTERM, but ends with exit code 0 (a requested stop, like Ctrl-A x).</summary>
+    private byte[] Stop()
+    {
+        _log.Info("stop requested on the control socket");
+        _machine.RequestStop(VmStop.Requested("the control socket"));
+        return Status();
+    }
+
     private byte[] Status() => JsonAnswers.Json(writer =>
     {
         writer.WriteBoolean("ok", true);
         writer.WriteString("name", _machine.Config.Name);
-        writer.WriteString("state", Volatile.Read(ref _operation) == "migration" ? "migrating" : _machine.IsPaused ? "paused" : "running");
+        writer.WriteString("state", _machine.StopReason is not null ? "stopping" : Volatile.Read(ref _operation) == "migration" ? "migrating" : _machine.IsPaused ? "paused" : "running");
         writer.WriteNumber("vcpus", _machine.VcpuCount);
         writer.WriteNumber("memoryBytes", _machine.Memory.TotalBytes);
         writer.WriteNumber("uptimeMs", (long)_machine.Uptime.TotalMilliseconds);

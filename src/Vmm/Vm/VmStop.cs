@@ -12,6 +12,7 @@ public enum VmStopKind
     Signal,
     UserQuit,
     MigratedAway,
+    StopRequested,
 }
 
 /// <summary>Why the VM stopped, the process exit code that goes with it, and (for crashes) the report.</summary>
@@ -26,6 +27,9 @@ public sealed record VmStop(VmStopKind Kind, int ExitCode, string Description)
     public static VmStop Error(string message) => new(VmStopKind.VmmError, ExitCodes.VmmError, message);
     public static VmStop Migrated(string target) => new(VmStopKind.MigratedAway, ExitCodes.GuestFinished, $"the VM now runs on {target} (migrated)");
     public static VmStop BySignal(string name, int number) => new(VmStopKind.Signal, ExitCodes.Signal(number), $"stopped by {name}");
+    /// <summary>A stop asked for on the control socket: a clean end, like Ctrl-A x, for a VM that may share its process with
+    /// others (in a migrate-receive daemon) and so has no signal of its own.</summary>
+    public static VmStop Requested(string by) => new(VmStopKind.StopRequested, ExitCodes.GuestFinished, $"stopped by {by}");
 
     /// <summary>What a failure on one of the VM's threads means for the VM: an expected one (a host resource
     /// failed, KVM refused) stops it as a vmm error with its message; anything else is a bug in vmm, which

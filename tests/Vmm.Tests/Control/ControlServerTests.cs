@@ -81,6 +81,18 @@ public sealed class ControlServerTests : IDisposable
     }
 
     [Fact]
+    public async Task Stop_AnswersStoppingAndEndsTheRunAsARequestedStop()
+    {
+        var answer = Send("""{"command":"stop"}""");
+
+        Assert.True(answer.GetProperty("ok").GetBoolean());
+        Assert.Equal("stopping", answer.GetProperty("state").GetString());
+        var stop = await _run.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(VmStopKind.StopRequested, stop.Kind);
+        Assert.Equal(ExitCodes.GuestFinished, stop.ExitCode);
+    }
+
+    [Fact]
     public void PauseTwiceAndResumeTwice_AreHarmless()
     {
         Send("""{"command":"pause"}""");

@@ -1,0 +1,87 @@
+using System.Text.RegularExpressions;
+using Vmm.Firmware;
+using Vmm.Tests.EndToEnd;
+using Xunit;
+
+namespace Vmm.Tests.Ocf;
+
+/// <summary>The OCF resource agent (ocf/vm) through resource-agents' own checker, ocf-tester: its meta-data
+/// against ra-api-1.dtd, then monitor, start, stop, a second start and stop, and their exit codes, on a real
+/// VM (a firmware guest that spins) started from a <c>vmm run --config</c> file; and what ocf-tester cannot do, a
+/// migration to a migrate-receive daemon, after which the agent finds the VM there by its name.</summary>
+[Trait("Category", "Process")]
+public sealed class OcfAgentTests : IDisposable
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-ocf-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    /// <summary>A config file for a firmware guest that spins, with its control socket; its name is unique, so
+    /// the test finds only its own VM.</summary>
+    private (string Config, string Name, string Socket) VmConfig()
+    {
+        File.WriteAllBytes(Path.Combine(_directory, "spin.elf"), FirmwareGuests.SpinForever());
+        string name = $"ocf-test-{Guid.NewGuid():N}"[..20];
+        string config = Path.Combine(_directory, "vm.json");
+        File.WriteAllText(config, $$"""{"name": "{{name}}", "kernel": "spin.elf", "memory": "32M", "apiSocket": "vm.sock", "serialLog": "console.log"}""");
+        return (config, name, Path.Combine(_directory, "vm.sock"));
+    }
+
+    /// <summary>The agent runs "vmm_binary run --config ..."; the tests have vmm as a dll beside them.</summary>
+    private string VmmWrapper()
+    {
+        string vmm = Path.Combine(_directory, "vmm");
+        File.WriteAllText(vmm, $"#!/bin/sh\nexec dotnet {RepositoryPaths.VmmDll} \"$@\"\n");
+        HostCommand.Checked("chmod", "755", vmm);
+        return vmm;
+    }
+
+    [Fact]
+    public void OcfTester_PassesTheAgentOnAVmFromItsConfigFile()
+    {
+        var (config, name, socket) = VmConfig();
+        string vmm = VmmWrapper();
+
+        var (exitCode, output) = HostCommand.Run("ocf-tester", "-n", "vm",
+            "-o", $"config={config}", "-o", $"name={name}", "-o", $"api_socket={socket}",
+            "-o", $"vmm_binary={vmm}", "-o", $"state_dir={Path.Combine(_directory, "state")}",
+            Path.Combine(RepositoryPaths.Root, "ocf", "vm"));
+
+        Assert.True(exitCode == 0, $"ocf-tester exited {exitCode}:\n{output}");
+        Assert.Contains("passed all tests", output);
+        Assert.False(File.Exists(socket), "the VM still runs after ocf-tester's last stop");
+    }
+
+    [Fact]
+    public void MigrateTo_MovesTheVmIntoTheMigrateReceiveDaemon_WhereMonitorAndStopFindItByName()
+    {
+        var (config, name, socket) = VmConfig();
+        Directory.CreateDirectory(Path.Combine(_directory, "received"));
+        string received = Path.Combine(_directory, "received", "{name}.sock");
+        using var daemon = new RunningVmm(["migrate-receive", "--listen", "127.0.0.1:0", "--api-socket", received]);
+        Match? listening = null;
+        Assert.True(daemon.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for migrations on 127\.0\.0\.1:(\d+)")).Success, Patience), $"the daemon did not listen\n{daemon}");
+        string[] parameters =
+        [
+            $"OCF_RESKEY_config={config}", $"OCF_RESKEY_name={name}", $"OCF_RESKEY_api_socket={socket}",
+            $"OCF_RESKEY_vmm_binary={VmmWrapper()}", $"OCF_RESKEY_state_dir={Path.Combine(_directory, "state")}",
+            $"OCF_RESKEY_received_api_socket={received}", $"OCF_RESKEY_migrate_receive_port={listening!.Groups[1].Value}",
+            "OCF_RESKEY_migration_addresses=this-node=127.0.0.1", "OCF_RESKEY_CRM_meta_migrate_target=this-node",
+        ];
+        (int, string) Agent(string action) => HostCommand.Run(["env", "OCF_ROOT=/usr/lib/ocf", .. parameters, Path.Combine(RepositoryPaths.Root, "ocf", "vm"), action]);
+
+        Assert.Equal(0, Agent("start").Item1);
+        var migrated = Agent("migrate_to");
+        Assert.True(migrated.Item1 == 0, $"migrate_to: {migrated.Item2}\n{daemon}");
+        Assert.False(File.Exists(socket), "the source vmm still serves its socket after the migration");
+
+        Assert.Equal(0, Agent("migrate_from").Item1);
+        Assert.Equal(0, Agent("monitor").Item1);
+        Assert.Equal(0, Agent("stop").Item1);
+        Assert.Equal(7, Agent("monitor").Item1);
+        // Only that VM stopped: the daemon, which would take the next one, runs on.
+        Assert.False(daemon.HasExited, $"the daemon exited with the VM\n{daemon}");
+        Assert.Contains("stop requested on the control socket", daemon.Log);
+    }
+}
