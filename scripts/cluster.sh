@@ -127,7 +127,7 @@ for d in etc/corosync var/lib/corosync var/lib/pacemaker var/log; do
     mount --bind "$dir/${d//\//-}" "/$d"
 done
 mount --bind "$dir/resource.d" /usr/lib/ocf/resource.d
-mkdir -p /run/lock /run/resource-agents /run/crm /run/pacemaker
+mkdir -p /run/lock /run/resource-agents /run/crm /run/pacemaker /run/vmm/received
 chown hacluster:haclient /run/crm /run/pacemaker
 stopping=
 stop() {
