@@ -2,8 +2,7 @@
 # One command from a fresh clone to every test: installs what is missing, builds the guest images
 # (cached; the first build takes several minutes), checks that vmm publishes as one NativeAOT binary
 # that parses its options, snapshots, restores and migrates, then runs all tests, the Linux boots included.
-# Arguments go to `dotnet test` (e.g. --filter "Category!=LinuxBoot" for the fast inner loop); Category=Cluster
-# is left out of every run (see below).
+# Arguments go to `dotnet test` (e.g. --filter "Category!=LinuxBoot" for the fast inner loop).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -25,15 +24,4 @@ scripts/aot-smoke.sh "$aot/vmm"
 # in-process, no fuzzer needed (fuzz/README.md).
 dotnet run --project fuzz/Vmm.Fuzz -c Release -- --smoke 20000
 
-# Category=Cluster (a real Pacemaker cluster in namespaces, scripts/cluster.sh) runs only when asked for:
-# `dotnet test --filter Category=Cluster`. Here it is left out of every filter given, and of the default run.
-args=() filtered=
-while (($#)); do
-    case $1 in
-        --filter) args+=(--filter "($2)&Category!=Cluster"); filtered=1; shift 2 ;;
-        --filter=*) args+=(--filter "(${1#--filter=})&Category!=Cluster"); filtered=1; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
-[[ -n $filtered ]] || args+=(--filter "Category!=Cluster")
-dotnet test Vmm.sln -c Release --logger "console;verbosity=normal" "${args[@]}"
+dotnet test Vmm.sln -c Release --logger "console;verbosity=normal" "$@"

@@ -8,7 +8,7 @@ namespace Vmm.Tests.Ocf;
 /// <summary>ocf:vmm:vm under a real two-node Pacemaker + Corosync cluster (scripts/cluster.sh, the nodes in
 /// namespaces on this machine): Pacemaker starts a VM, <c>crm_resource --move</c> migrates it live to the other
 /// node (migrate_to, migrate_from, stop, and no start there) and back. Needs root and the cluster packages;
-/// not in the default run (scripts/test.sh excludes Category=Cluster).</summary>
+/// about 25 s (scripts/test.sh runs it with the rest).</summary>
 [Trait("Category", "Cluster")]
 public sealed class PacemakerClusterTests : IDisposable
 {
