@@ -266,7 +266,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 }
                 log.Info($"migration {n}: VM {name}");
                 DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
-                serialLog = options.SerialLog is null ? null : OpenSerialLog(PathFor(options.SerialLog, n, name));
+                serialLog = options.SerialLog is null ? null : SerialLogFile.Open(PathFor(options.SerialLog, n, name));
                 var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null) with { Name = name, HugePages = options.HugePages };
                 return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = incoming.DiskImagesOpenedAt }, log));
             });
@@ -330,18 +330,6 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             _names.Remove(vm.Name);
         }
         if (claimedOnce) _onceExitCode = stop.ExitCode;
-    }
-
-    private static Stream OpenSerialLog(string path)
-    {
-        try
-        {
-            return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 0);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
-        }
     }
 
     private sealed record ReceivedVm(string Name, int Migration, Machine Machine, Task<VmStop> Run, IDisposable? Control, string? ApiSocket, Stream? SerialLog);

@@ -92,7 +92,7 @@ public static class RunCommand
         Stream? serialLog = null;
         try
         {
-            serialLog = serialLogPath is null ? null : OpenSerialLog(serialLogPath);
+            serialLog = serialLogPath is null ? null : SerialLogFile.Open(serialLogPath);
             using var machine = build(serialLog ?? Console.OpenStandardOutput());
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => StopBySignal(c, machine, "SIGINT", SigInt));
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => StopBySignal(c, machine, "SIGTERM", SigTerm));
@@ -131,18 +131,6 @@ public static class RunCommand
         // vmm stops the VM itself and exits with 128+N once the vCPUs are out of KVM_RUN.
         context.Cancel = true;
         machine.RequestStop(VmStop.BySignal(name, number));
-    }
-
-    private static Stream OpenSerialLog(string path)
-    {
-        try
-        {
-            return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 0);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
-        }
     }
 
     private static void Report(Logger log, VmStop stop)

@@ -9,6 +9,9 @@ public static unsafe partial class Libc
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
     public const int O_NONBLOCK = 0x800;
+    public const int O_WRONLY = 0x1;
+    /// <summary>Every write goes to the end of the file, whoever else writes to it.</summary>
+    public const int O_APPEND = 0x400;
 
     public const int PROT_READ = 0x1;
     public const int PROT_WRITE = 0x2;
