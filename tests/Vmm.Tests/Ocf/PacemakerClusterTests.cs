@@ -1,94 +1,113 @@
 using System.Diagnostics;
-using Vmm.Firmware;
-using Vmm.Tests.EndToEnd;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace Vmm.Tests.Ocf;
 
-/// <summary>ocf:vmm:vm under a real two-node Pacemaker + Corosync cluster (scripts/cluster.sh, the nodes in
-/// namespaces on this machine): Pacemaker starts a VM, <c>crm_resource --move</c> migrates it live to the other
-/// node (migrate_to, migrate_from, stop, and no start there) and back. Needs root and the cluster packages;
-/// about 25 s (scripts/test.sh runs it with the rest).</summary>
+/// <summary>ocf:vmm:vm under a real two-node Pacemaker + Corosync cluster (scripts/cluster.sh, the nodes in namespaces
+/// on this machine, a fence device that powers a node off by killing its init). The guest ticks and checks its memory
+/// every tick, so its console, one file both nodes append to, shows whether it moved on where it was or started
+/// over. Each step is timed into the test output. Needs root and the cluster packages (scripts/test.sh runs them).</summary>
 [Trait("Category", "Cluster")]
-public sealed class PacemakerClusterTests : IDisposable
+public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposable
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
-    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-cluster-").FullName;
-    private string State => Path.Combine(_directory, "cluster");
+    private readonly TestCluster _cluster = new();
+    private readonly Stopwatch _step = new();
 
-    public void Dispose()
+    public void Dispose() => _cluster.Dispose();
+
+    private void Took(string step)
     {
-        Cluster("down");
-        Directory.Delete(_directory, recursive: true);
+        output.WriteLine($"{step}: {_step.Elapsed.TotalSeconds:F1} s");
+        _step.Restart();
     }
 
-    /// <summary>scripts/cluster.sh with its own namespaces and state directory, apart from a cluster run by hand.</summary>
-    private (int ExitCode, string Output) Cluster(params string[] arguments) => HostCommand.Run(
-        ["env", "VMM_CLUSTER_PREFIX=vmmtest-", $"VMM_CLUSTER_DIR={State}", Path.Combine(RepositoryPaths.Root, "scripts", "cluster.sh"), .. arguments]);
-
-    private string InNode(string node, params string[] command)
+    /// <summary>A VM config file the nodes share; the console goes to a shared file too.</summary>
+    private (string Config, string Console) VmConfig(string name, string apiSocket, string? disk = null)
     {
-        var (exitCode, output) = Cluster(["exec", node, .. command]);
-        Assert.True(exitCode == 0, $"{string.Join(' ', command)} on {node} exited {exitCode}:\n{output}");
-        return output;
+        string kernel = _cluster.WriteTickingGuest();
+        string console = Path.Combine(_cluster.Directory, $"{name}.console");
+        string config = Path.Combine(_cluster.Directory, $"{name}.json");
+        string disks = disk is null ? "" : $", \"disks\": [{{\"path\": \"{disk}\"}}]";
+        File.WriteAllText(config, $$"""{"name": "{{name}}", "kernel": "{{kernel}}", "memory": "{{TestCluster.TickingGuestMemory}}", "apiSocket": "{{apiSocket}}", "serialLog": "{{console}}"{{disks}}}""");
+        return (config, console);
     }
 
-    private string PacemakerLog(string node) => File.ReadAllText(Path.Combine(State, node, "var-log", "pacemaker", "pacemaker.log"));
-
-    private void WaitUntilStartedOn(string node)
+    /// <summary>The console moved on without going back: every tick once, in order, each one more than the last.</summary>
+    private static void AssertTicksContinued(string console, int fromLine = 0)
     {
-        var clock = Stopwatch.StartNew();
-        string status = "";
-        while (clock.Elapsed < Patience)
-        {
-            status = Cluster("exec", "node1", "crm_mon", "-1").Output;
-            if (status.Contains($"(ocf:vmm:vm):\t Started {node}")) return;
-            Thread.Sleep(200);
-        }
-        Assert.Fail($"spin1 did not start on {node}:\n{status}\n{PacemakerLog("node1")}");
+        var ticks = TestCluster.Ticks(string.Concat(File.ReadAllText(console).Split('\n').Skip(fromLine).Select(l => l + "\n")));
+        for (int i = 1; i < ticks.Count; i++)
+            Assert.True(ticks[i] == ticks[i - 1] + 1, $"tick {ticks[i]:x8} followed tick {ticks[i - 1]:x8}:\n{File.ReadAllText(console)}");
+        Assert.DoesNotContain("mismatch", File.ReadAllText(console));
     }
 
     [Fact]
-    public void PacemakerStartsTheVm_AndMovesItLiveToTheOtherNodeAndBack()
+    public void PlainVm_MovesLiveToTheOtherNodeAndBack_AndRestartsFromDiskWhenItsNodeIsKilled()
     {
-        File.WriteAllBytes(Path.Combine(_directory, "spin.elf"), FirmwareGuests.SpinForever());
-        string config = Path.Combine(_directory, "vm.json");
+        _step.Start();
+        _cluster.Up();
+        Took("cluster up, both nodes online");
+
+        // resource-agents' checker, on a node of the cluster.
+        var (testerConfig, _) = VmConfig("tester", "/run/vmm/tester.sock");
+        string tester = _cluster.In("node1", "ocf-tester", "-n", "tester", "-o", $"config={testerConfig}", "-o", "name=tester",
+            "-o", "api_socket=/run/vmm/tester.sock", "-o", $"vmm_binary={_cluster.Vmm}", "/usr/lib/ocf/resource.d/vmm/vm");
+        Assert.Contains("passed all tests", tester);
+        Took("ocf-tester on node1");
+
         // The socket under the node's private /run: a path on the shared file system would answer on both nodes.
-        File.WriteAllText(config, """{"name": "spin1", "kernel": "spin.elf", "memory": "32M", "apiSocket": "/run/vmm/spin1.sock", "serialLog": "console.log"}""");
-        string vmm = Path.Combine(_directory, "vmm");
-        File.WriteAllText(vmm, $"#!/bin/sh\nexec {Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet"} {RepositoryPaths.VmmDll} \"$@\"\n");
-        HostCommand.Checked("chmod", "755", vmm);
-
-        var (up, upOutput) = Cluster("up");
-        Assert.True(up == 0, $"cluster.sh up exited {up}:\n{upOutput}");
-        Assert.Contains("Online: [ node1 node2 ]", InNode("node1", "crm_mon", "-1"));
-
-        InNode("node1", "crm", "configure", "primitive", "vmm-receive", "ocf:heartbeat:anything", "params", $"binfile={vmm}",
-            "cmdline_options=migrate-receive --listen 0.0.0.0:7000 --insecure --api-socket /run/vmm/received/{name}.sock --control-socket /run/vmm/receive.sock",
+        var (config, console) = VmConfig("tick1", "/run/vmm/tick1.sock");
+        _cluster.In("node1", "crm", "configure", "primitive", "vmm-receive", "ocf:heartbeat:anything", "params", $"binfile={_cluster.Vmm}",
+            $"cmdline_options=migrate-receive --listen 0.0.0.0:7000 --insecure --api-socket /run/vmm/received/{{name}}.sock --serial-log {_cluster.Directory}/{{name}}.console --control-socket /run/vmm/receive.sock",
             "op", "monitor", "interval=10s");
-        InNode("node1", "crm", "configure", "clone", "vmm-receive-clone", "vmm-receive");
-        InNode("node1", "crm", "configure", "primitive", "spin1", "ocf:vmm:vm", "params", $"config={config}", "name=spin1",
-            "api_socket=/run/vmm/spin1.sock", $"vmm_binary={vmm}", "received_api_socket=/run/vmm/received/{name}.sock",
+        _cluster.In("node1", "crm", "configure", "clone", "vmm-receive-clone", "vmm-receive");
+        _cluster.In("node1", "crm", "configure", "primitive", "tick1", "ocf:vmm:vm", "params", $"config={config}", "name=tick1",
+            "api_socket=/run/vmm/tick1.sock", $"vmm_binary={_cluster.Vmm}", "received_api_socket=/run/vmm/received/{name}.sock",
             "migrate_receive_port=7000", "migration_addresses=node1=10.77.0.1 node2=10.77.0.2", "meta", "allow-migrate=true",
             "op", "monitor", "interval=10s", "timeout=20s", "op", "start", "timeout=60s", "op", "migrate_to", "timeout=120s");
-        InNode("node1", "crm", "configure", "location", "spin1-prefers-node1", "spin1", "10:", "node1");
-        InNode("node1", "crm", "configure", "order", "receive-before-spin1", "Mandatory:", "vmm-receive-clone", "spin1");
-        WaitUntilStartedOn("node1");
-        Assert.Contains("\"name\":\"spin1\"", InNode("node1", vmm, "ctl", "--socket", "/run/vmm/spin1.sock", "status"));
-        Assert.NotEqual(0, Cluster("exec", "node2", vmm, "ctl", "--socket", "/run/vmm/spin1.sock", "status").ExitCode);
+        _cluster.In("node1", "crm", "configure", "location", "tick1-prefers-node1", "tick1", "10:", "node1");
+        _cluster.In("node1", "crm", "configure", "order", "receive-before-tick1", "Mandatory:", "vmm-receive-clone", "tick1");
+        _cluster.WaitForStatus("node1", @"tick1\s+\(ocf:vmm:vm\):\s+Started node1", "tick1 did not start on node1");
+        Assert.True(_cluster.Answers("node1", "/run/vmm/tick1.sock"));
+        Assert.False(_cluster.Answers("node2", "/run/vmm/tick1.sock"));
+        int tick = TestCluster.WaitForTickAfter(console, 2, "the guest on node1");
+        Took("configured, tick1 started on node1 and ticking");
 
-        InNode("node1", "crm_resource", "--move", "--resource", "spin1", "--node", "node2");
-        WaitUntilStartedOn("node2");
-        Assert.Contains("\"name\":\"spin1\"", InNode("node2", vmm, "ctl", "--socket", "/run/vmm/received/spin1.sock", "status"));
-        Assert.Contains("Result of migrate_to operation for spin1 on node1: ok", PacemakerLog("node1"));
-        Assert.Contains("Result of migrate_from operation for spin1 on node2: ok", PacemakerLog("node2"));
-        Assert.DoesNotContain("start operation for spin1 on node2", PacemakerLog("node2"));
-        Assert.NotEqual(0, Cluster("exec", "node1", vmm, "ctl", "--socket", "/run/vmm/spin1.sock", "status").ExitCode);
+        _cluster.In("node1", "crm_resource", "--move", "--resource", "tick1", "--node", "node2");
+        _cluster.WaitForStatus("node1", @"tick1\s+\(ocf:vmm:vm\):\s+Started node2", "tick1 did not move to node2");
+        Took("crm_resource --move to node2, until Started node2");
+        Assert.True(_cluster.Answers("node2", "/run/vmm/received/tick1.sock"));
+        Assert.Contains("Result of migrate_to operation for tick1 on node1: ok", _cluster.PacemakerLog("node1"));
+        Assert.Contains("Result of migrate_from operation for tick1 on node2: ok", _cluster.PacemakerLog("node2"));
+        Assert.DoesNotContain("start operation for tick1 on node2", _cluster.PacemakerLog("node2"));
+        Assert.False(_cluster.Answers("node1", "/run/vmm/tick1.sock"));
+        tick = TestCluster.WaitForTickAfter(console, tick + 2, "the guest on node2");
+        AssertTicksContinued(console);
 
-        InNode("node1", "crm_resource", "--move", "--resource", "spin1", "--node", "node1");
-        WaitUntilStartedOn("node1");
-        Assert.Contains("\"name\":\"spin1\"", InNode("node1", vmm, "ctl", "--socket", "/run/vmm/received/spin1.sock", "status"));
-        Assert.Contains("Result of migrate_from operation for spin1 on node1: ok", PacemakerLog("node1"));
-        Assert.Contains("\"vms\":[]", InNode("node2", vmm, "ctl", "--socket", "/run/vmm/receive.sock", "list"));
+        _cluster.In("node1", "crm_resource", "--move", "--resource", "tick1", "--node", "node1");
+        _cluster.WaitForStatus("node1", @"tick1\s+\(ocf:vmm:vm\):\s+Started node1", "tick1 did not move back to node1");
+        Took("crm_resource --move back to node1, until Started node1");
+        Assert.True(_cluster.Answers("node1", "/run/vmm/received/tick1.sock"));
+        Assert.Contains("\"vms\":[]", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/vmm/receive.sock", "list"));
+        tick = TestCluster.WaitForTickAfter(console, tick + 2, "the guest back on node1");
+        AssertTicksContinued(console);
+        // node1 dies: once fenced, Pacemaker starts the VM on node2 from its disk (a new boot: "ready" again).
+        _cluster.In("node1", "crm_resource", "--clear", "--resource", "tick1");
+        _cluster.EnableFencing();
+        _cluster.WaitForStatus("node2", @"fence-nodes\s+\(stonith:fence_vmm_node\):\s+Started", "the fence device did not start");
+        Took("fencing configured");
+        _cluster.Script("kill", "node1");
+        _cluster.WaitForStatus("node2", @"tick1\s+\(ocf:vmm:vm\):\s+Started node2", "tick1 did not restart on node2");
+        Took("node1 killed, until tick1 Started node2");
+        Assert.Contains("reboot of node1 successful", _cluster.In("node2", "stonith_admin", "--history", "node1"));
+        Assert.Contains("Result of start operation for tick1 on node2: ok", _cluster.PacemakerLog("node2"));
+        TestCluster.WaitForTickAfter(console, 1, "the guest booted again on node2");
+        // A line the guest had half written on node1 ends where the new boot's "ready" begins.
+        string text = File.ReadAllText(console);
+        string restarted = text[(text.LastIndexOf("ready\n", StringComparison.Ordinal) + "ready\n".Length)..];
+        Assert.True(text.LastIndexOf("ready\n", StringComparison.Ordinal) > 0, $"no new boot on node2:\n{text}");
+        Assert.Equal(1, TestCluster.Ticks(restarted)[0]);
+        AssertTicksContinued(console, text[..text.LastIndexOf("ready\n", StringComparison.Ordinal)].Split('\n').Length);
     }
 }
