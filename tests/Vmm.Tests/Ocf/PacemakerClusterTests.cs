@@ -110,4 +110,85 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         Assert.Equal(1, TestCluster.Ticks(restarted)[0]);
         AssertTicksContinued(console, text[..text.LastIndexOf("ready\n", StringComparison.Ordinal)].Split('\n').Length);
     }
+
+    /// <summary>The VM protected by a standby on the other node, as a promotable clone: Pacemaker boots it from its
+    /// disk on node1 and starts the standby on node2; node1 killed and fenced, node2 is promoted and resumes the VM
+    /// from its replica, the console going on from the last tick let out, not one twice; node1 back, it becomes the
+    /// standby; moving the promoted role back hands the VM over without a tick lost.</summary>
+    [Fact]
+    public void ReplicatedVm_PromotesTheStandbyWhenThePrimaryNodeIsKilled_ThenHandsBackOnAMove()
+    {
+        _step.Start();
+        _cluster.Up();
+        _cluster.EnableFencing();
+        Took("cluster up, fencing configured");
+
+        // The disk lives in each node's replica_dir (its private /run here): node1 has it, node2 gets the replica.
+        string image = Path.Combine(_cluster.Directory, "disk.img");
+        File.WriteAllBytes(image, RandomBytes(1 << 20));
+        _cluster.In("node1", "sh", "-c", $"mkdir -p /run/vmm/replica && cp {image} /run/vmm/replica/disk.img");
+        var (config, console) = VmConfig("tick2", "/run/vmm/tick2.sock", disk: "/run/vmm/replica/disk.img");
+        // In one go: a primitive committed alone would start as a plain VM before the clone makes it promotable.
+        string crm = Path.Combine(_cluster.Directory, "tick2.crm");
+        File.WriteAllText(crm, $"""
+            primitive tick2 ocf:vmm:vm \
+                params config="{config}" name=tick2 api_socket=/run/vmm/tick2.sock vmm_binary="{_cluster.Vmm}" \
+                    replica_dir=/run/vmm/replica replication_port=7100 migration_addresses="node1=10.77.0.1 node2=10.77.0.2" \
+                    failover_timeout_ms=1000 fence_timeout_s=30 standby_serial_log="{console}" \
+                op monitor interval=9s role=Promoted timeout=30s op monitor interval=11s role=Unpromoted timeout=20s \
+                op start timeout=60s op promote timeout=90s op demote timeout=90s op notify timeout=60s
+            clone tick2-ha tick2 meta promotable=true promoted-max=1 promoted-node-max=1 clone-max=2 clone-node-max=1 notify=true
+            location tick2-promoted-on-node1 tick2-ha rule role=Promoted 50: #uname eq node1
+            """);
+        _cluster.In("node1", "crm", "configure", "load", "update", crm);
+        _cluster.WaitForStatus("node1", @"Promoted: \[ node1 \]", "tick2 was not promoted on node1");
+        _cluster.WaitForStatus("node1", @"Unpromoted: \[ node2 \]", "no standby of tick2 on node2");
+        WaitUntilProtected("node1", "/run/vmm/tick2.sock");
+        int tick = TestCluster.WaitForTickAfter(console, 2, "the guest on node1");
+        Took("tick2 promoted on node1 (booted from disk) and protected by node2's standby");
+
+        _cluster.Script("kill", "node1");
+        _cluster.WaitForStatus("node2", @"Promoted: \[ node2 \]", "node2 was not promoted");
+        Took("node1 killed, until node2 promoted (fenced, resumed from the replica)");
+        Assert.Contains("reboot of node1 successful", _cluster.In("node2", "stonith_admin", "--history", "node1"));
+        Assert.Contains("\"name\":\"tick2\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick2.standby.sock", "status"));
+        tick = TestCluster.WaitForTickAfter(console, tick + 2, "the guest resumed on node2");
+        AssertTicksContinued(console);
+        _cluster.In("node2", "cmp", image, "/run/vmm/replica/disk.img");
+
+        _cluster.Script("start", "node1");
+        _cluster.WaitForStatus("node2", @"Unpromoted: \[ node1 \]", "node1 did not come back as the standby");
+        WaitUntilProtected("node2", "/run/resource-agents/vmm/tick2.standby.sock");
+        Took("node1 started again, until the VM on node2 is protected by node1's standby");
+
+        _cluster.In("node2", "crm_resource", "--move", "--resource", "tick2-ha", "--node", "node1", "--promoted");
+        _cluster.WaitForStatus("node2", @"Promoted: \[ node1 \]", "the promoted role did not move back to node1");
+        _cluster.WaitForStatus("node2", @"Unpromoted: \[ node2 \]", "node2 did not become the standby");
+        Took("crm_resource --move --promoted to node1 (handover), until node1 promoted");
+        Assert.Contains("Result of demote operation for tick2 on node2: ok", _cluster.PacemakerLog("node2"));
+        WaitUntilProtected("node1", "/run/resource-agents/vmm/tick2.standby.sock");
+        Took("until node2's standby protects it again");
+        TestCluster.WaitForTickAfter(console, tick + 2, "the guest handed back to node1");
+        AssertTicksContinued(console);
+    }
+
+    private static byte[] RandomBytes(int count)
+    {
+        var bytes = new byte[count];
+        new Random(20261202).NextBytes(bytes);
+        return bytes;
+    }
+
+    private void WaitUntilProtected(string node, string socket)
+    {
+        var clock = Stopwatch.StartNew();
+        string status = "";
+        while (clock.Elapsed < TestCluster.Patience)
+        {
+            status = _cluster.Script("exec", node, _cluster.Vmm, "ctl", "--socket", socket, "status").Output;
+            if (status.Contains("\"replication\":{\"state\":\"protected\"")) return;
+            Thread.Sleep(300);
+        }
+        Assert.Fail($"the VM on {node} is not protected: {status}\n{_cluster.PacemakerLog(node)[^4000..]}");
+    }
 }

@@ -30,6 +30,7 @@ internal sealed class TestCluster : IDisposable
 
     public void Dispose()
     {
+        if (Environment.GetEnvironmentVariable("VMM_TEST_KEEP_CLUSTER") is not null) return;
         Script("down");
         System.IO.Directory.Delete(Directory, recursive: true);
     }
