@@ -195,7 +195,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         }
         catch (MigrationException e) when (e.InnerException is EndOfStreamException)
         {
-            log.Info($"standby: the primary handed the VM over at epoch {epoch}");
+            // Closed: the primary has the answer, and its VM stops.
         }
     }
 
