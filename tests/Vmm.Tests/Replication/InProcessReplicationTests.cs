@@ -197,4 +197,28 @@ public sealed class InProcessReplicationTests : IDisposable
         primary.RequestStop(VmStop.Error("test over"));
         await run;
     }
+
+    [Fact]
+    public async Task Handover_WithTheStandbyCutOff_FailsAndTheVmIsResumedHere()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        using var link = new LinkCutProxy(port);
+        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = link.Address, IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        link.Silence();
+
+        var failure = Assert.Throws<ReplicationException>(() => replication.HandOver());
+        (await outcome).Checkpoint?.Dispose();
+
+        Assert.Contains("the VM runs on here", failure.Message);
+        Assert.Equal("unprotected", replication.Status.State);
+        Assert.False(primary.IsPaused);
+        Assert.Null(primary.StopReason);
+        ulong counter = primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        WaitFor(() => primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress) > counter, "the guest to count on after the failed handover");
+        primary.RequestStop(VmStop.Error("test over"));
+        await run;
+    }
 }
