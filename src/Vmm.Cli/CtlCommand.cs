@@ -93,9 +93,14 @@ public static class CtlCommand
                         writer.WriteBoolean("stop", true);
                         break;
                     }
+                    if (options.Handover)
+                    {
+                        writer.WriteBoolean("handover", true);
+                        break;
+                    }
                     if (options.To is null)
                     {
-                        error = "replicate needs --to HOST:PORT (where 'vmm standby --listen' runs), or --stop";
+                        error = "replicate needs --to HOST:PORT (where 'vmm standby --listen' runs), --stop or --handover";
                         return null;
                     }
                     writer.WriteString("to", options.To);

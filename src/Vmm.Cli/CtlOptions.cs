@@ -8,7 +8,7 @@ public sealed class CtlOptions
     [Option("socket", Required = true, HelpText = "The VM's control socket.")]
     public string Socket { get; set; } = "";
 
-    [Value(0, Required = true, MetaName = "command", HelpText = "status, stop, pause, resume, snapshot DIR, migrate --to HOST:PORT, replicate --to HOST:PORT (or replicate --stop); list, against a migrate-receive daemon's --control-socket; failover, against a standby's --api-socket.")]
+    [Value(0, Required = true, MetaName = "command", HelpText = "status, stop, pause, resume, snapshot DIR, migrate --to HOST:PORT, replicate --to HOST:PORT (or replicate --stop, replicate --handover); list, against a migrate-receive daemon's --control-socket; failover, against a standby's --api-socket.")]
     public string Command { get; set; } = "";
 
     [Value(1, MetaName = "path", HelpText = "snapshot: the directory to write the snapshot to.")]
@@ -40,6 +40,9 @@ public sealed class CtlOptions
 
     [Option("stop", HelpText = "replicate: end the replication running; the standby discards its replica and the VM runs on here.")]
     public bool Stop { get; set; }
+
+    [Option("handover", HelpText = "replicate: a planned, lossless move to the standby: the VM pauses, its last epoch commits there, the standby confirms, and the VM stops here (exit code 0); 'vmm ctl failover' on the standby then resumes it. If the standby does not confirm, the VM runs on here. Only while the VM is protected.")]
+    public bool Handover { get; set; }
 
     [Option("tls-dir", HelpText = "migrate, replicate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
     public string? TlsDir { get; set; }

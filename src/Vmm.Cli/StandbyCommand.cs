@@ -19,7 +19,7 @@ public static class StandbyCommand
             log.Error($"--failover-timeout-ms {options.FailoverTimeoutMs}: it must be 50-600000");
             return ExitCodes.VmmError;
         }
-        if (options.FenceTimeoutS < 1)
+        if (options.FenceTimeoutS is < 1)
         {
             log.Error($"--fence-timeout-s {options.FenceTimeoutS}: at least 1");
             return ExitCodes.VmmError;

@@ -18,7 +18,10 @@ namespace Vmm.Cli;
 /// made sure the primary is dead says so with <c>vmm ctl failover</c>.
 /// A primary that connects again meanwhile is evidently alive: its new stream replaces what was held. A stream that
 /// ends on purpose (the primary stopped replicating) or that this standby refuses leaves nothing to resume. Once
-/// resumed the VM runs in this process, its control socket at --api-socket, and the exit code is the VM's.</summary>
+/// resumed the VM runs in this process, its control socket at --api-socket, and the exit code is the VM's.
+/// A VM the primary handed over (<c>vmm ctl replicate --handover</c>) waits in phase "handed-over" and is resumed on
+/// <c>vmm ctl failover</c>, with or without a fence command: the primary confirmed it stopped, so there is nothing to
+/// fence, and a planned move is the operator's or cluster manager's to finish when they choose.</summary>
 internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener, MigrationTls? tls, Logger log)
 {
     private readonly TimeSpan _failoverTimeout = TimeSpan.FromMilliseconds(options.FailoverTimeoutMs);
@@ -30,6 +33,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private string? _primary;
     /// <summary>The checkpoint of a primary that was lost, not yet resumed (fencing failed, or none was configured).</summary>
     private StandbyCheckpoint? _orphan;
+    /// <summary>The orphan was handed over by its primary, which stopped it: it is resumed without fencing.</summary>
+    private bool _handedOver;
     private Machine? _machine;
     private IDisposable? _control;
     /// <summary>The standby's control socket being replaced by the resumed VM's.</summary>
@@ -144,7 +149,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             stream = IncomingMigrationStream.Open(connection, tls);
             if (stream is SslStream session) log.Info($"standby: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
             var receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout,
-                options.FenceCommand is null ? TimeSpan.Zero : TimeSpan.FromSeconds(options.FenceTimeoutS));
+                options.FenceTimeout);
             lock (_lock)
             {
                 _receiver = receiver;
@@ -183,11 +188,17 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             _receiver = null;
             _receiving = false;
             _orphan = outcome.Checkpoint;
-            _phase = _orphan is null ? "waiting" : "primary-lost";
+            _handedOver = outcome.HandedOver;
+            _phase = _orphan is null ? "waiting" : outcome.HandedOver ? "handed-over" : "primary-lost";
         }
         if (outcome.Checkpoint is not { } checkpoint)
         {
             log.Info($"standby: replication from {source} ended: {outcome.Reason}; waiting for a primary");
+            return;
+        }
+        if (outcome.HandedOver)
+        {
+            log.Info($"standby: {outcome.Reason}; the primary stopped it. VM {checkpoint.Name} resumes here on: vmm ctl --socket {options.ApiSocket ?? "API"} failover");
             return;
         }
         log.Warning($"standby: {outcome.Reason}; the replica of {checkpoint.Name} holds epoch {checkpoint.Epoch}, committed {checkpoint.Age.TotalMilliseconds:F0} ms ago");
@@ -206,9 +217,11 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     /// <c>vmm ctl failover</c> (<paramref name="manual"/>) at once.</summary>
     private string? TryFailover(StandbyCheckpoint checkpoint, bool manual)
     {
+        bool handedOver;
         lock (_lock)
         {
             if (_orphan != checkpoint || _fencing || _machine is not null) return "the replica is no longer waiting for a failover";
+            handedOver = _handedOver;
             _fencing = true;
             _phase = "fencing";
         }
@@ -244,7 +257,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             // This may be the standby socket's own failover request, which its Dispose waits for: swap it on another thread.
             if (options.ApiSocket is { } path) _controlSwap = Task.Run(() => SwapControlSocket(path, machine));
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
-            log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms ({(manual ? "asked for by 'vmm ctl failover', not fenced here" : $"fencing {fenceMs:F1} ms")})");
+            string how = !manual ? $"fencing {fenceMs:F1} ms" : handedOver ? "handed over by the primary" : "asked for by 'vmm ctl failover', not fenced here";
+            log.Warning($"standby: failover: VM {name} resumed from epoch {epoch}, committed {age.TotalMilliseconds:F0} ms before, in {failingOver.Elapsed.TotalMilliseconds:F1} ms ({how})");
             run.ContinueWith(t =>
             {
                 VmStop stop = t.Result;
@@ -293,10 +307,10 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             using var process = Process.Start(start)!;
             var output = process.StandardOutput.ReadToEndAsync();
             var errors = process.StandardError.ReadToEndAsync();
-            if (!process.WaitForExit(TimeSpan.FromSeconds(options.FenceTimeoutS)))
+            if (!process.WaitForExit(options.FenceTimeout))
             {
                 process.Kill(entireProcessTree: true);
-                return $"it ran past --fence-timeout-s {options.FenceTimeoutS}";
+                return $"it ran past --fence-timeout-s {options.FenceTimeout.TotalSeconds:0}";
             }
             process.WaitForExit();
             string said = $"{output.Result}{errors.Result}".Trim();

@@ -2,7 +2,7 @@ using CommandLine;
 
 namespace Vmm.Cli;
 
-[Verb("standby", HelpText = "Hold a hot standby of a VM replicated here by 'vmm ctl replicate', and resume it when its primary dies: after --failover-timeout-ms of silence, --fence-command must succeed first (without one, 'vmm ctl --socket API failover' resumes it).")]
+[Verb("standby", HelpText = "Hold a hot standby of a VM replicated here by 'vmm ctl replicate', and resume it when its primary dies: after --failover-timeout-ms of silence, --fence-command must succeed first (without one, 'vmm ctl --socket API failover' resumes it). A VM handed over by 'vmm ctl replicate --handover' is resumed on 'vmm ctl failover', without fencing.")]
 public sealed class StandbyOptions
 {
     [Option("listen", Required = true, HelpText = "ADDRESS:PORT to take replication on, e.g. 0.0.0.0:7100; port 0 picks a free port (the log says which).")]
@@ -20,8 +20,15 @@ public sealed class StandbyOptions
     [Option("fence-command", HelpText = "Run with /bin/sh -c once the primary is silent, before the VM is resumed here. Its job: make sure the primary is dead (power it off, kill it, cut it off). Exit 0 means fenced; anything else, or running past --fence-timeout-s, means the VM is not resumed (until 'vmm ctl failover', the operator's word that the primary is dead). It sees VMM_VM_NAME, VMM_EPOCH and VMM_PRIMARY.")]
     public string? FenceCommand { get; set; }
 
-    [Option("fence-timeout-s", Default = 60, HelpText = "How long the fence command may run.")]
-    public int FenceTimeoutS { get; set; } = 60;
+    [Option("fence-timeout-s", HelpText = "With --fence-command: how long it may run (default 60). Without one: that someone else (e.g. the cluster manager) fences a lost primary within this many seconds; the primary is told, and holds the guest's output that much longer once it loses this standby (not given: 0).")]
+    public int? FenceTimeoutS { get; set; }
+
+    /// <summary>How long a fence command may run when --fence-timeout-s does not say.</summary>
+    public const int DefaultFenceTimeoutS = 60;
+
+    /// <summary>The longest a lost primary may take to be fenced, as told to the primary: by the fence command, or by
+    /// whoever fences it when this standby has none (zero: no one does until an operator says so).</summary>
+    public TimeSpan FenceTimeout => TimeSpan.FromSeconds(FenceTimeoutS ?? (FenceCommand is null ? 0 : DefaultFenceTimeoutS));
 
     [Option("failover-timeout-ms", Default = 1000, HelpText = "How long the primary may be silent before it counts as dead.")]
     public int FailoverTimeoutMs { get; set; } = 1000;

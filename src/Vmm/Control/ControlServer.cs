@@ -9,7 +9,8 @@ namespace Vmm.Control;
 /// <summary>The VM's control socket: a unix socket taking one JSON request per line,
 /// <c>{"command":"status"|"pause"|"resume"}</c>, <c>{"command":"snapshot","path":DIR}</c> or
 /// <c>{"command":"migrate","to":"HOST:PORT","tlsDir":DIR,"connections":N,...}</c> (which first streams one <c>{"event":"pass",...}</c>
-/// line per copy pass), and answering one JSON line,
+/// line per copy pass), <c>{"command":"replicate","to":"HOST:PORT"}</c> (or <c>"stop":true</c>, or <c>"handover":true</c>),
+/// and answering one JSON line,
 /// <c>{"ok":true,...}</c> or <c>{"ok":false,"error":"..."}</c>. Requests are hostile input: anything
 /// malformed gets an error answer, never an exception in the VMM. Each request is a failure boundary: a
 /// failure, a bug included, answers that request with an error and leaves the VM as it was. Pause, resume,
@@ -50,7 +51,7 @@ public sealed class ControlServer : IDisposable
             return JsonAnswers.Error($"unknown command '{command}' (expected status, stop, pause, resume, snapshot, migrate or replicate)");
         // One at a time: a resume in the middle of a snapshot or a stop-and-copy would let the VM run here
         // while its memory is written out or its state goes to the target.
-        string operation = command switch { "migrate" => "migration", "replicate" => "replication start", _ => command };
+        string operation = command switch { "migrate" => "migration", "replicate" => JsonAnswers.Bool(root, "handover") ? "handover" : "replication start", _ => command };
         if (Interlocked.CompareExchange(ref _operation, operation, null) is { } running)
             return JsonAnswers.Error(running == "migration" && command == "migrate" ? "a migration is already running" : $"a {running} is running; {command} waits until it has ended");
         try
@@ -65,7 +66,7 @@ public sealed class ControlServer : IDisposable
                     if (_replication is { IsActive: true }) return JsonAnswers.Error("the VM is replicated to a standby; stop that first (vmm ctl replicate --stop)");
                     return Migrate(root, progress, stop => afterAnswer(() => _machine.RequestStop(stop)));
                 case "replicate":
-                    return Replicate(root);
+                    return Replicate(root, stop => afterAnswer(() => _machine.RequestStop(stop)));
                 case "pause":
                     using (_replication?.HoldEpochs()) _machine.Pause();
                     _log.Info("paused by the control socket");
@@ -156,9 +157,24 @@ public sealed class ControlServer : IDisposable
     }
 
     /// <summary>Starts replicating to a standby and answers once the VM is protected (the first epoch committed
-    /// there), or why it is not; with <c>"stop":true</c>, ends the replication running.</summary>
-    private byte[] Replicate(JsonElement root)
+    /// there), or why it is not; with <c>"stop":true</c>, ends the replication running; with <c>"handover":true</c>,
+    /// hands the VM over to the standby and stops it here once the answer is written.</summary>
+    private byte[] Replicate(JsonElement root, Action<VmStop> stopAfterAnswer)
     {
+        if (JsonAnswers.Bool(root, "handover"))
+        {
+            if (_replication is not { IsActive: true } replicated) return JsonAnswers.Error("the VM is not being replicated: there is nothing to hand over");
+            _log.Info($"handing the VM over to the standby {replicated.Status.Standby}");
+            long epoch = replicated.HandOver();
+            stopAfterAnswer(VmStop.HandedOver(replicated.Status.Standby));
+            return JsonAnswers.Json(writer =>
+            {
+                writer.WriteBoolean("ok", true);
+                writer.WriteString("state", "handed-over");
+                writer.WriteString("standby", replicated.Status.Standby);
+                writer.WriteNumber("epoch", epoch);
+            });
+        }
         if (JsonAnswers.Bool(root, "stop"))
         {
             if (_replication is not { IsActive: true } running) return JsonAnswers.Error("the VM is not being replicated");

@@ -46,7 +46,7 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.Ready => MigrationJoin.TokenBytes,
         MigrationFrameType.Join => MigrationJoin.Bytes,
         MigrationFrameType.Resumed or MigrationFrameType.Heartbeat => 0,
-        MigrationFrameType.EpochEnd or MigrationFrameType.EpochCommitted => 8,
+        MigrationFrameType.EpochEnd or MigrationFrameType.EpochCommitted or MigrationFrameType.Handover => 8,
         _ => -1,
     };
 

@@ -35,6 +35,10 @@ public enum MigrationFrameType : byte
     /// <summary>Replication: the end of an epoch (its number, 8 bytes): its pages, disk blocks and State came
     /// before. The standby applies the epoch and answers <see cref="EpochCommitted"/>.</summary>
     EpochEnd = 11,
+    /// <summary>Replication, a planned handover: the VM stays paused on the primary, and the epoch just committed
+    /// (its number, 8 bytes) is its last. The standby, holding that epoch whole, echoes the frame back as its answer;
+    /// the primary then stops its VM, and the standby resumes it when asked, without fencing.</summary>
+    Handover = 12,
 
     // Target to source.
     /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages. When the Hello asked

@@ -19,7 +19,9 @@ namespace Vmm.Replication;
 /// boundary: whatever ends it (the standby lost, a bug) leaves the VM running here, unprotected, and says why in
 /// <see cref="Status"/>. Output held when the standby is lost leaves only once the standby would have failed over
 /// (twice its failover timeout after the last word from it): a standby fences this primary before it resumes, so
-/// nothing it might take back is released while it could still take over.</summary>
+/// nothing it might take back is released while it could still take over. A planned handover (<see cref="HandOver"/>)
+/// ends replication the other way: a last epoch taken with the VM left paused, and the VM stopped here once the standby
+/// confirmed it holds that epoch.</summary>
 public sealed class ReplicationSource : IDisposable
 {
     /// <summary>How often the log sums up the epochs (each one is logged at debug level).</summary>
@@ -32,6 +34,8 @@ public sealed class ReplicationSource : IDisposable
     private static readonly TimeSpan StoppedVmGrace = TimeSpan.FromSeconds(2);
     /// <summary>How long a standby has to answer an Abort (it discards its copy, then says so).</summary>
     private static readonly TimeSpan AbortAnswerTimeout = TimeSpan.FromSeconds(1);
+    /// <summary>How long a standby has to answer a Handover (it only checks that nothing is kept aside, then says so).</summary>
+    private static readonly TimeSpan HandoverAnswerTimeout = TimeSpan.FromSeconds(5);
     private readonly Thread _thread;
     /// <summary>Held from an epoch's pause to its resume, and by control requests that pause or resume the VM
     /// (<see cref="HoldEpochs"/>), so neither undoes the other's pause.</summary>
@@ -39,6 +43,13 @@ public sealed class ReplicationSource : IDisposable
     private readonly ManualResetEventSlim _protectedOrEnded = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly EpochStaging _staging = new();
+    /// <summary>Signalled by <see cref="HandOver"/>: the epoch loop takes the final epoch at once.</summary>
+    private readonly ManualResetEventSlim _handoverAsked = new();
+    /// <summary>Guards <see cref="_handover"/> and <see cref="_ended"/>, so a handover asked for as replication ends is answered.</summary>
+    private readonly object _handoverLock = new();
+    /// <summary>The handover asked for, completed with the epoch handed over, or failed with why.</summary>
+    private TaskCompletionSource<long>? _handover;
+    private bool _ended;
     private volatile ReplicationStatus _status;
     private Exception? _startFailure;
     private TimeSpan _standbyFailoverTimeout;
@@ -106,6 +117,32 @@ public sealed class ReplicationSource : IDisposable
         public void Dispose() => Monitor.Exit(_lock);
     }
 
+    /// <summary>Hands the VM over to the standby: at once (an epoch boundary), the VM is paused and left paused, a final
+    /// epoch is taken and committed there, its output released, and the standby confirms it holds that epoch as the
+    /// VM's last. Returns the epoch handed over; replication has ended and the caller stops the VM. Throws a
+    /// <see cref="ReplicationException"/> when the VM is not protected (nothing changes) or the handover failed (the
+    /// VM runs on here, unprotected).</summary>
+    public long HandOver()
+    {
+        var handover = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_handoverLock)
+        {
+            if (_ended || _status is not { State: "protected", Epoch: > 0 })
+                throw new ReplicationException($"the VM is not protected (replication is {_status.State}): there is nothing to hand over");
+            if (_handover is not null) throw new ReplicationException("a handover is under way already");
+            _handover = handover;
+        }
+        _handoverAsked.Set();
+        try
+        {
+            return handover.Task.GetAwaiter().GetResult();
+        }
+        finally
+        {
+            lock (_handoverLock) _handover = null;
+        }
+    }
+
     /// <summary>Ends replication on purpose: the standby is told (and discards its copy), the output held leaves,
     /// and the VM runs on here. Returns once replication has ended.</summary>
     public void Stop()
@@ -118,6 +155,7 @@ public sealed class ReplicationSource : IDisposable
     {
         Stop();
         _stop.Dispose();
+        _handoverAsked.Dispose();
     }
 
     private void Run()
@@ -128,6 +166,7 @@ public sealed class ReplicationSource : IDisposable
         DirtyPageTracker? tracker = null;
         DiskCopySender? disks = null;
         OutgoingConnections? connection = null;
+        long handedOver = 0;
         try
         {
             MigrationSource.TryParseEndpoint(_options.Standby, out string host, out int port);
@@ -148,7 +187,7 @@ public sealed class ReplicationSource : IDisposable
             onVmStop.Dispose();
             // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
             socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
-            RunEpochs(channel, tracker, disks);
+            handedOver = RunEpochs(channel, socket, tracker, disks);
         }
         catch (Exception e)
         {
@@ -167,10 +206,18 @@ public sealed class ReplicationSource : IDisposable
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
             connection?.Dispose();
         }
-        ReleaseHeldOutput(toldStandby);
-        _status = _status with { State = "unprotected", Reason = why };
-        if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
+        // Handed over, the standby knows, and the paused VM has nothing held past the final epoch's release.
+        ReleaseHeldOutput(toldStandby || handedOver > 0);
+        _status = _status with { State = handedOver > 0 ? "handed-over" : "unprotected", Reason = why };
+        if (handedOver > 0) _log.Info($"replication: VM handed over to {_options.Standby} at epoch {handedOver}; it stops here");
+        else if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
         _protectedOrEnded.Set();
+        lock (_handoverLock)
+        {
+            _ended = true;
+            if (handedOver > 0) _handover?.TrySetResult(handedOver);
+            else _handover?.TrySetException(new ReplicationException($"the handover to {_options.Standby} failed: {why}; the VM runs on here, unprotected"));
+        }
     }
 
     private static MigrationTls LoadTls(string directory)
@@ -223,7 +270,9 @@ public sealed class ReplicationSource : IDisposable
         _log.Info($"replication: first full copy to {_options.Standby} in {copying.Elapsed.TotalMilliseconds:F0} ms ({pages} pages, {diskBytes >> 20} MiB of disk)");
     }
 
-    private void RunEpochs(MigrationChannel channel, DirtyPageTracker tracker, DiskCopySender disks)
+    /// <summary>Runs epochs until replication fails (an exception) or the VM is handed over (the epoch it was
+    /// handed over at).</summary>
+    private long RunEpochs(MigrationChannel channel, Socket socket, DirtyPageTracker tracker, DiskCopySender disks)
     {
         var interval = TimeSpan.FromMilliseconds(_options.IntervalMs);
         var heartbeatEvery = _standbyFailoverTimeout / 3;
@@ -238,16 +287,19 @@ public sealed class ReplicationSource : IDisposable
             {
                 var wait = interval - sinceEpoch.Elapsed;
                 if (wait > heartbeatEvery) wait = heartbeatEvery;
-                if (WaitHandle.WaitAny([_stop.Token.WaitHandle, _machine.Stopping.WaitHandle], wait < TimeSpan.Zero ? TimeSpan.Zero : wait) != WaitHandle.WaitTimeout)
-                    throw new ReplicationException("stopped");
+                int signalled = WaitHandle.WaitAny([_stop.Token.WaitHandle, _machine.Stopping.WaitHandle, _handoverAsked.WaitHandle], wait < TimeSpan.Zero ? TimeSpan.Zero : wait);
+                if (signalled == 2)
+                {
+                    HandOverFinalEpoch(channel, socket, tracker, disks, epoch + 1);
+                    return epoch + 1;
+                }
+                if (signalled != WaitHandle.WaitTimeout) throw new ReplicationException("stopped");
                 if (Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks)) >= heartbeatEvery) Heartbeat(channel);
             }
             while (sinceEpoch.Elapsed < interval);
             sinceEpoch.Restart();
-            byte[] state;
-            long pages, diskBytes;
+            EpochCheckpoint checkpoint;
             double pauseMs;
-            long checkpointTicks;
             lock (_epochLock)
             {
                 // Paused by the user: nothing changes, so there is nothing to checkpoint; only say we are here.
@@ -259,18 +311,9 @@ public sealed class ReplicationSource : IDisposable
                 epoch++;
                 var pause = Stopwatch.StartNew();
                 _machine.Pause();
-                checkpointTicks = Stopwatch.GetTimestamp();
                 try
                 {
-                    var dirty = tracker.Collect();
-                    disks.CollectDirty();
-                    diskBytes = disks.SendPending(_staging);
-                    pages = PageFrames.Build(_staging, _machine.Memory, dirty).Pages;
-                    state = MachinePersistence.Save(_machine).ToBytes();
-                    // Output from here on belongs to the next epoch. Before the first checkpoint nothing could be
-                    // taken back (a standby without a committed epoch never resumes), so holding starts now.
-                    if (epoch == 1) _machine.Output.StartHolding(2);
-                    else _machine.Output.Seal(epoch);
+                    checkpoint = TakeCheckpoint(epoch, tracker, disks);
                 }
                 finally
                 {
@@ -279,24 +322,18 @@ public sealed class ReplicationSource : IDisposable
                 pauseMs = pause.Elapsed.TotalMilliseconds;
             }
             var committing = Stopwatch.StartNew();
-            _staging.SendAll(channel);
-            channel.Send(MigrationFrameType.State, state);
-            channel.Send(MigrationFrameType.EpochEnd, BitConverter.GetBytes(epoch));
-            channel.Flush();
-            ExpectCommitted(channel, epoch);
-            _machine.Output.Release(epoch);
-            Interlocked.Exchange(ref _lastCommittedCheckpointTicks, checkpointTicks);
+            Commit(channel, epoch, checkpoint);
             _status = _status with
             {
                 State = "protected", Epoch = epoch, PauseMs = pauseMs, CommitLatencyMs = committing.Elapsed.TotalMilliseconds,
-                PagesLastEpoch = pages, DiskBytesLastEpoch = diskBytes,
+                PagesLastEpoch = checkpoint.Pages, DiskBytesLastEpoch = checkpoint.DiskBytes,
             };
             if (epoch == 1)
             {
                 _log.Info($"replication: protected; epochs of {_options.IntervalMs} ms commit on {_options.Standby}");
                 _protectedOrEnded.Set();
             }
-            _log.Debug($"replication: epoch {epoch} committed: pause {pauseMs:F2} ms, {pages} pages, {diskBytes >> 10} KiB of disk, commit {committing.Elapsed.TotalMilliseconds:F1} ms");
+            _log.Debug($"replication: epoch {epoch} committed: pause {pauseMs:F2} ms, {checkpoint.Pages} pages, {checkpoint.DiskBytes >> 10} KiB of disk, commit {committing.Elapsed.TotalMilliseconds:F1} ms");
             if (sinceSummary.Elapsed >= SummaryEvery)
             {
                 var status = Status;
@@ -305,6 +342,82 @@ public sealed class ReplicationSource : IDisposable
                 sinceSummary.Restart();
             }
         }
+    }
+
+    /// <summary>What one epoch's pause copied into the staging buffer, besides the state.</summary>
+    private readonly record struct EpochCheckpoint(byte[] State, long Pages, long DiskBytes, long Ticks);
+
+    /// <summary>Copies what changed since the last epoch into the staging buffer; the VM is paused.</summary>
+    private EpochCheckpoint TakeCheckpoint(long epoch, DirtyPageTracker tracker, DiskCopySender disks)
+    {
+        long ticks = Stopwatch.GetTimestamp();
+        var dirty = tracker.Collect();
+        disks.CollectDirty();
+        long diskBytes = disks.SendPending(_staging);
+        long pages = PageFrames.Build(_staging, _machine.Memory, dirty).Pages;
+        byte[] state = MachinePersistence.Save(_machine).ToBytes();
+        // Output from here on belongs to the next epoch. Before the first checkpoint nothing could be
+        // taken back (a standby without a committed epoch never resumes), so holding starts now.
+        if (epoch == 1) _machine.Output.StartHolding(2);
+        else _machine.Output.Seal(epoch);
+        return new EpochCheckpoint(state, pages, diskBytes, ticks);
+    }
+
+    /// <summary>Sends the epoch, waits for the standby's commit, and lets the epoch's output leave.</summary>
+    private void Commit(MigrationChannel channel, long epoch, EpochCheckpoint checkpoint)
+    {
+        _staging.SendAll(channel);
+        channel.Send(MigrationFrameType.State, checkpoint.State);
+        channel.Send(MigrationFrameType.EpochEnd, BitConverter.GetBytes(epoch));
+        channel.Flush();
+        ExpectCommitted(channel, epoch);
+        _machine.Output.Release(epoch);
+        Interlocked.Exchange(ref _lastCommittedCheckpointTicks, checkpoint.Ticks);
+    }
+
+    /// <summary>The final epoch of a handover: taken like any other, but the VM stays paused through its commit and
+    /// the standby's answer to the Handover, and after it. The epoch lock stays held meanwhile, so nothing resumes it.</summary>
+    private void HandOverFinalEpoch(MigrationChannel channel, Socket socket, DirtyPageTracker tracker, DiskCopySender disks, long epoch)
+    {
+        lock (_epochLock)
+        {
+            bool pausedBefore = _machine.IsPaused;
+            _machine.Pause();
+            try
+            {
+                var committing = Stopwatch.StartNew();
+                var checkpoint = TakeCheckpoint(epoch, tracker, disks);
+                Commit(channel, epoch, checkpoint);
+                _status = _status with
+                {
+                    Epoch = epoch, CommitLatencyMs = committing.Elapsed.TotalMilliseconds,
+                    PagesLastEpoch = checkpoint.Pages, DiskBytesLastEpoch = checkpoint.DiskBytes,
+                };
+                channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
+                channel.Flush();
+                socket.ReceiveTimeout = (int)HandoverAnswerTimeout.TotalMilliseconds;
+                ExpectHandoverAnswer(channel, epoch);
+            }
+            catch
+            {
+                // No answer, no handover: the VM runs on here. Should the link have broken after the final commit, the
+                // standby holds that epoch and, having lost us, may resume it; but it fences this primary first (or
+                // waits for an operator's word that it is dead), so resuming here is as safe as after any lost
+                // standby, and the output held from now on waits for that fence as it does then.
+                if (!pausedBefore) _machine.Resume();
+                throw;
+            }
+        }
+    }
+
+    private void ExpectHandoverAnswer(MigrationChannel channel, long epoch)
+    {
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby refused the handover: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
+        if (type != MigrationFrameType.Handover || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
+            throw new ReplicationException($"the standby answered the handover of epoch {epoch} with {type}");
+        Heard();
     }
 
     private void ExpectCommitted(MigrationChannel channel, long epoch)
@@ -343,12 +456,12 @@ public sealed class ReplicationSource : IDisposable
             channel.SendText(MigrationFrameType.Abort, why);
             channel.Flush();
             byte[] buffer = new byte[4096];
-            // An epoch's commit may still be on its way; the answer to the Abort comes after it.
+            // An epoch's commit (or a late answer to a handover) may still be on its way; the answer to the Abort comes after it.
             for (int frames = 0; frames < 4; frames++)
             {
                 var (type, _) = channel.Receive(ref buffer);
                 if (type is MigrationFrameType.Heartbeat or MigrationFrameType.Error) return true;
-                if (type != MigrationFrameType.EpochCommitted) return false;
+                if (type is not (MigrationFrameType.EpochCommitted or MigrationFrameType.Handover)) return false;
             }
             return false;
         }

@@ -3,8 +3,9 @@ namespace Vmm.Replication;
 /// <summary>What <c>vmm ctl status</c> shows of a VM's replication.</summary>
 public sealed record ReplicationStatus
 {
-    /// <summary>connecting, copying (the first full copy), protected (epochs commit), unprotected (the standby was lost
-    /// or replication was stopped; see <see cref="Reason"/>).</summary>
+    /// <summary>connecting, copying (the first full copy), protected (epochs commit), handed-over (the VM's last epoch is
+    /// the standby's, and the VM stops here), unprotected (the standby was lost or replication was stopped; see
+    /// <see cref="Reason"/>).</summary>
     public required string State { get; init; }
     public required string Standby { get; init; }
     public int IntervalMs { get; init; }

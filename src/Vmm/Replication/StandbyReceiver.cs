@@ -16,7 +16,8 @@ namespace Vmm.Replication;
 /// and applied only when the epoch's end arrives, so what it holds is always one whole committed epoch, RAM and disks
 /// alike. Then it says so and the primary releases that epoch's output. Everything read is hostile input: a frame
 /// that does not check out ends the stream with an error told to the primary (which then knows this standby will
-/// not take over), never a half-applied epoch.</summary>
+/// not take over), never a half-applied epoch. A Handover right after a commit makes that epoch the VM's last: the
+/// standby echoes it and, once the primary closes the stream, holds a checkpoint handed over on purpose.</summary>
 /// <param name="fenceTimeout">How long this standby's fence command may run (zero: none); the primary holds the
 /// guest's output that long beyond the failover timeout once it loses this standby.</param>
 public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string diskDirectory, TimeSpan failoverTimeout, TimeSpan fenceTimeout)
@@ -47,7 +48,9 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             channel.Flush();
             log.Info($"standby: replicating VM {hello.Name} ({hello.Description.MemoryBytes >> 20} MiB, {hello.Description.Disks.Count} disks)");
             ReceiveFirstCopy();
-            ReceiveEpochs(hello);
+            long epoch = ReceiveEpochs(hello);
+            ConfirmHandover(epoch);
+            return new StandbyOutcome(Checkpoint, $"the primary handed the VM over at epoch {epoch}", HandedOver: true);
         }
         catch (PrimaryEndedException e)
         {
@@ -72,7 +75,6 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             Discard();
             return new StandbyOutcome(null, $"replication refused: {why}");
         }
-        throw new UnreachableException();
     }
 
     private StandbyCheckpoint Hold(MigrationHello hello, IReadOnlyList<long> diskBytes)
@@ -122,7 +124,8 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         }
     }
 
-    private void ReceiveEpochs(MigrationHello hello)
+    /// <summary>Takes epochs until the primary hands the VM over (the epoch handed over) or the stream ends (an exception).</summary>
+    private long ReceiveEpochs(MigrationHello hello)
     {
         var checkpoint = Checkpoint!;
         // An epoch cannot hold more than every page and every disk block once: a bound on what a peer may make us keep.
@@ -161,12 +164,39 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     break;
                 case MigrationFrameType.Abort:
                     throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
+                case MigrationFrameType.Handover:
+                    // Only a whole committed epoch can be the VM's last: frames kept aside would be lost with it.
+                    long handedOver = payload.Length == 8 ? BinaryPrimitives.ReadInt64LittleEndian(payload.Span) : -1;
+                    if (checkpoint.Epoch == 0) throw new MigrationException("migration stream: a Handover before the first epoch committed");
+                    if (_epoch.Count > 0 || state is not null) throw new MigrationException("migration stream: a Handover in the middle of an epoch");
+                    if (handedOver != checkpoint.Epoch) throw new MigrationException($"migration stream: a Handover of epoch {handedOver}, and epoch {checkpoint.Epoch} is the last committed");
+                    return handedOver;
                 default:
                     throw new MigrationException($"migration stream: unexpected {type} frame in an epoch");
             }
         }
 
         static long diskBytesBound(MigrationHello hello) => hello.CopiedDiskBytes!.Sum();
+    }
+
+    /// <summary>Answers the Handover (the checkpoint is final: the epoch applied, nothing kept aside) and waits for the
+    /// primary to close the stream, which it does once it has the answer and stops its VM. A primary that missed the
+    /// answer sends an Abort instead and runs on: then nothing is held here. A silent one counts as lost (a fence
+    /// before any resume), as it may still run.</summary>
+    private void ConfirmHandover(long epoch)
+    {
+        channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
+        channel.Flush();
+        try
+        {
+            var (type, payload) = Receive();
+            if (type == MigrationFrameType.Abort) throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
+            throw new MigrationException($"migration stream: a {type} frame after the handover");
+        }
+        catch (MigrationException e) when (e.InnerException is EndOfStreamException)
+        {
+            // Closed: the primary has the answer, and its VM stops.
+        }
     }
 
     private (MigrationFrameType Type, ReadOnlyMemory<byte> Payload) Receive()

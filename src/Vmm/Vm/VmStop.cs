@@ -12,6 +12,7 @@ public enum VmStopKind
     Signal,
     UserQuit,
     MigratedAway,
+    HandedOver,
     StopRequested,
 }
 
@@ -26,6 +27,8 @@ public sealed record VmStop(VmStopKind Kind, int ExitCode, string Description)
     public static VmStop Emulation(string report) => new(VmStopKind.EmulationFailure, ExitCodes.EmulationFailure, report);
     public static VmStop Error(string message) => new(VmStopKind.VmmError, ExitCodes.VmmError, message);
     public static VmStop Migrated(string target) => new(VmStopKind.MigratedAway, ExitCodes.GuestFinished, $"the VM now runs on {target} (migrated)");
+    /// <summary>A planned replication handover: the standby holds the VM's last epoch and resumes it from there.</summary>
+    public static VmStop HandedOver(string standby) => new(VmStopKind.HandedOver, ExitCodes.GuestFinished, $"the VM was handed over to the standby {standby}");
     public static VmStop BySignal(string name, int number) => new(VmStopKind.Signal, ExitCodes.Signal(number), $"stopped by {name}");
     /// <summary>A stop asked for on the control socket: a clean end, like Ctrl-A x, for a VM that may share its process with
     /// others (in a migrate-receive daemon) and so has no signal of its own.</summary>

@@ -171,6 +171,51 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         Assert.Equal(ExpectedConsole(g), primary.Console);
     }
 
+    /// <summary>With a fence command too, a handed-over VM waits for 'vmm ctl failover': the primary stopped it, so
+    /// there is nothing to fence, and resuming is the next step of whoever moved it.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Handover_ThePrimaryExitsCleanly_AndTheStandbyResumesOnFailover_WithNothingLostOrRepeated(bool withFenceCommand)
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket, null, false, "--name", "handed");
+        var (standby, address, api) = StartStandby("standby", withFenceCommand ? RefusingFence : null);
+
+        Replicate(socket, address);
+        WaitForMoreTicks(primary, 3);
+        long epoch;
+        using (var handover = new RunningVmm(["ctl", "--socket", socket, "replicate", "--handover"]))
+        {
+            Assert.True(handover.WaitForExit(Patience) == 0, $"the handover failed\n{handover}\n{primary}");
+            using var answer = JsonDocument.Parse(handover.Console);
+            Assert.Equal("handed-over", answer.RootElement.GetProperty("state").GetString());
+            epoch = answer.RootElement.GetProperty("epoch").GetInt64();
+        }
+        int? primaryExit = primary.WaitForExit(Patience);
+        var waiting = WaitForStatus(api, s => s.GetProperty("phase").GetString() == "handed-over", "the standby holding the handed-over VM");
+        // Handed over, nothing is resumed until asked: no silence wait turns into a failover meanwhile.
+        Thread.Sleep(1500);
+        var stillWaiting = Status(api);
+        using (var failover = new RunningVmm(["ctl", "--socket", api, "failover"]))
+            Assert.True(failover.WaitForExit(Patience) == 0, $"the failover was refused\n{failover}\n{standby}");
+        int? standbyExit = standby.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.Equal(0, primaryExit);
+        Assert.Contains("handed over to the standby", primary.Log);
+        Assert.Equal(epoch, waiting.GetProperty("epoch").GetInt64());
+        Assert.Equal("handed", waiting.GetProperty("name").GetString());
+        Assert.Equal("handed-over", stillWaiting.GetProperty("phase").GetString());
+        Assert.Equal(GuestSuccess, standbyExit);
+        Assert.Matches($@"failover: VM \S+ resumed from epoch {epoch}, .*handed over by the primary", standby.Log);
+        Assert.DoesNotContain("fencing the primary", standby.Log);
+        // Lossless: the primary let out everything up to its pause, and the resumed guest goes on from exactly there.
+        Assert.Equal(ExpectedConsole(g), primary.Console + standby.Console);
+    }
+
     /// <summary>The primary's console followed by the resumed guest's is that of a guest that never moved, less at most
     /// the output of the epoch that committed as the primary died: the primary let out only committed epochs' output,
     /// so the resumed guest never prints again what it did. Its final check passed, so every page came across.</summary>
@@ -185,13 +230,14 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
 
     /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
     /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
-    /// timeout: 3 s keeps that short.</summary>
-    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string fenceCommand)
+    /// timeout: 3 s keeps that short. Without a fence command it resumes only on 'vmm ctl failover'.</summary>
+    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand)
     {
         string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
         string api = Path.Combine(_directory, $"{name}.sock");
+        string[] fence = fenceCommand is null ? [] : ["--fence-command", fenceCommand];
         var standby = Started(new RunningVmm(["standby", "-v", "--listen", "127.0.0.1:0", "--disk-dir", disks, "--failover-timeout-ms", "1000",
-                                              "--fence-timeout-s", "3", "--api-socket", api, "--fence-command", fenceCommand]));
+                                              "--fence-timeout-s", "3", "--api-socket", api, .. fence]));
         Match? listening = null;
         Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
         return (standby, listening!.Groups[1].Value, api);

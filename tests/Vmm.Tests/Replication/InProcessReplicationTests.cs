@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Vmm.Control;
 using Vmm.Diagnostics;
 using Vmm.Firmware;
 using Vmm.Migration;
@@ -22,11 +23,12 @@ public sealed class InProcessReplicationTests : IDisposable
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    private Machine StartCountingGuest()
+    private Machine StartCountingGuest(string? diskPath = null)
     {
         string kernel = Path.Combine(_directory, "count.elf");
         File.WriteAllBytes(kernel, FirmwareGuests.CountForever());
-        return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, Name = "counter" }, _log);
+        var disks = diskPath is null ? [] : new[] { new Vmm.Devices.Virtio.BlockDiskConfig(diskPath, ReadOnly: false, Id: null) };
+        return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, Name = "counter", Disks = disks }, _log);
     }
 
     private static ulong Counter(GuestMemoryReader read) => read(FirmwareGuests.CounterAddress);
@@ -126,5 +128,97 @@ public sealed class InProcessReplicationTests : IDisposable
         var ended = await outcome;
         Assert.Null(ended.Checkpoint);
         Assert.Contains("the VM stopped", ended.Reason);
+    }
+
+    [Fact]
+    public async Task Handover_CommitsAFinalEpochEqualToThePausedPrimary_AndStopsThePrimaryAsHandedOver()
+    {
+        string disk = Path.Combine(_directory, "disk.img");
+        File.WriteAllBytes(disk, Enumerable.Range(0, 1 << 20).Select(i => (byte)(i * 7 + 3)).ToArray());
+        using var primary = StartCountingGuest(disk);
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        string api = Path.Combine(_directory, "api.sock");
+        using var control = ControlServer.Start(primary, api, _log);
+        ControlSocketClient.Ask(api, new { command = "replicate", to = $"127.0.0.1:{port}", intervalMs = 20 });
+        WaitFor(() => ControlSocketClient.Ask(api, "status").GetProperty("replication").GetProperty("epoch").GetInt64() >= 3, "three epochs");
+
+        var answer = ControlSocketClient.Ask(api, new { command = "replicate", handover = true });
+        var stop = await run;
+        var ended = await outcome;
+
+        Assert.Equal("handed-over", answer.GetProperty("state").GetString());
+        long epoch = answer.GetProperty("epoch").GetInt64();
+        Assert.Equal(VmStopKind.HandedOver, stop.Kind);
+        Assert.Equal(ExitCodes.GuestFinished, stop.ExitCode);
+        Assert.True(primary.IsPaused);
+        Assert.True(ended.HandedOver, ended.Reason);
+        using var checkpoint = ended.Checkpoint!;
+        Assert.Equal(epoch, checkpoint.Epoch);
+        // The final epoch is the paused primary, whole: every page of RAM and every disk byte.
+        using var standby = checkpoint.Resume(new MachineConfig { SerialOutput = Stream.Null, Name = checkpoint.Name }, _log);
+        Assert.NotEqual(0UL, primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress));
+        foreach (var region in primary.Memory.Regions)
+        {
+            for (ulong offset = 0; offset < region.SizeBytes; offset += 1 << 20)
+            {
+                int length = (int)Math.Min(1 << 20, region.SizeBytes - offset);
+                Assert.True(primary.Memory.GetSpan(region.GuestAddress + offset, length).SequenceEqual(standby.Memory.GetSpan(region.GuestAddress + offset, length)),
+                    $"RAM at 0x{region.GuestAddress + offset:x} differs");
+            }
+        }
+        Assert.Equal(File.ReadAllBytes(disk), File.ReadAllBytes(checkpoint.Description.Disks[0].Path));
+        Assert.Equal(0, primary.Output.HeldBytes);
+    }
+
+    [Fact]
+    public async Task Handover_WhenTheVmIsNotProtected_IsRefused_AndTheVmRunsOn()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        string api = Path.Combine(_directory, "api.sock");
+        using var control = ControlServer.Start(primary, api, _log);
+        var notReplicated = Assert.Throws<InvalidOperationException>(() => ControlSocketClient.Ask(api, new { command = "replicate", handover = true }));
+        Assert.Contains("not being replicated", notReplicated.Message);
+
+        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        replication.Stop();
+        await outcome;
+        var failure = Assert.Throws<ReplicationException>(() => replication.HandOver());
+
+        Assert.Contains("not protected", failure.Message);
+        Assert.Equal("unprotected", replication.Status.State);
+        Assert.False(primary.IsPaused);
+        Assert.Null(primary.StopReason);
+        ulong counter = primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        WaitFor(() => primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress) > counter, "the guest to count on");
+        primary.RequestStop(VmStop.Error("test over"));
+        await run;
+    }
+
+    [Fact]
+    public async Task Handover_WithTheStandbyCutOff_FailsAndTheVmIsResumedHere()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, outcome) = StartStandby();
+        using var link = new LinkCutProxy(port);
+        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = link.Address, IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        link.Silence();
+
+        var failure = Assert.Throws<ReplicationException>(() => replication.HandOver());
+        (await outcome).Checkpoint?.Dispose();
+
+        Assert.Contains("the VM runs on here", failure.Message);
+        Assert.Equal("unprotected", replication.Status.State);
+        Assert.False(primary.IsPaused);
+        Assert.Null(primary.StopReason);
+        ulong counter = primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress);
+        WaitFor(() => primary.Memory.Read<ulong>(FirmwareGuests.CounterAddress) > counter, "the guest to count on after the failed handover");
+        primary.RequestStop(VmStop.Error("test over"));
+        await run;
     }
 }

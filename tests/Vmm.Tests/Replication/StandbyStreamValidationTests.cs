@@ -110,6 +110,10 @@ public sealed class StandbyStreamValidationTests : IDisposable
     [InlineData("page outside RAM")]
     [InlineData("bad PassEnd")]
     [InlineData("corrupted frame")]
+    [InlineData("handover before the first commit")]
+    [InlineData("handover with pages kept aside")]
+    [InlineData("handover with a state kept aside")]
+    [InlineData("handover of another epoch")]
     public void AMalformedStream_IsRefused_ThePrimaryIsTold_AndNothingIsHeld(string fault)
     {
         byte[][] frames = fault switch
@@ -119,6 +123,10 @@ public sealed class StandbyStreamValidationTests : IDisposable
             "two states" => [Hello(), PassEnd, State(), State(), Number(MigrationFrameType.EpochEnd, 1)],
             "page outside RAM" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), PageFrame(1UL << 40, 1)],
             "bad PassEnd" => [Hello(), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(7))],
+            "handover before the first commit" => [Hello(), PassEnd, Number(MigrationFrameType.Handover, 0)],
+            "handover with pages kept aside" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), PageFrame(PageA, 1), Number(MigrationFrameType.Handover, 1)],
+            "handover with a state kept aside" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), State(), Number(MigrationFrameType.Handover, 1)],
+            "handover of another epoch" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), Number(MigrationFrameType.Handover, 2)],
             _ => [Hello(), PassEnd, Corrupt(PageFrame(PageA, 1))],
         };
         var (outcome, answers) = Receive(frames);
@@ -152,6 +160,32 @@ public sealed class StandbyStreamValidationTests : IDisposable
         Assert.Equal(MigrationFrameType.Heartbeat, AnswerTypes(answers)[^1]);
         Assert.Null(outcome.Checkpoint);
         Assert.Contains("the primary ended replication: stopped on the primary", outcome.Reason);
+        Assert.Empty(Directory.GetFileSystemEntries(_directory));
+    }
+
+    [Fact]
+    public void AHandoverAfterACommit_IsEchoed_AndThePrimaryClosing_LeavesTheEpochHandedOver()
+    {
+        var (outcome, answers) = Receive(Hello(), PageFrame(PageA, 0x10), PassEnd,
+            PageFrame(PageA, 0x11), State(), Number(MigrationFrameType.EpochEnd, 1),
+            Frame(MigrationFrameType.Heartbeat, []), Number(MigrationFrameType.Handover, 1));
+        Assert.True(outcome.HandedOver, outcome.Reason);
+        Assert.Contains("handed the VM over at epoch 1", outcome.Reason);
+        using var checkpoint = outcome.Checkpoint!;
+        Assert.Equal(1, checkpoint.Epoch);
+        Assert.Equal([MigrationFrameType.Ready, MigrationFrameType.PassDone, MigrationFrameType.EpochCommitted, MigrationFrameType.Heartbeat, MigrationFrameType.Handover], AnswerTypes(answers));
+        Assert.Equal(0x11, PageByte(checkpoint));
+    }
+
+    [Fact]
+    public void APrimaryThatAbortsAfterItsHandover_RunsOn_SoNothingIsHeld()
+    {
+        // The primary missed the answer (it timed out) and resumed its VM: the replica must not be resumed too.
+        var (outcome, answers) = Receive(Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1),
+            Number(MigrationFrameType.Handover, 1), Frame(MigrationFrameType.Abort, "the handover failed"u8));
+        Assert.False(outcome.HandedOver);
+        Assert.Null(outcome.Checkpoint);
+        Assert.Equal(MigrationFrameType.Heartbeat, AnswerTypes(answers)[^1]);
         Assert.Empty(Directory.GetFileSystemEntries(_directory));
     }
 
