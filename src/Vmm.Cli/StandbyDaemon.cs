@@ -246,7 +246,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             var age = checkpoint.Age;
             string name = checkpoint.Name;
             long epoch = checkpoint.Epoch;
-            _serialLog = options.SerialLog is null ? null : OpenSerialLog(VmName.Expand(options.SerialLog, name));
+            _serialLog = options.SerialLog is null ? null : SerialLogFile.Open(VmName.Expand(options.SerialLog, name));
             var machine = checkpoint.Resume(HostSettings(_serialLog ?? Console.OpenStandardOutput(), name), log);
             lock (_lock)
             {
@@ -366,18 +366,6 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             if (_receiver is { } receiver) writer.WriteNumber("sinceHeardMs", Math.Round(receiver.SinceHeard.TotalMilliseconds, 1));
         }
     });
-
-    private static Stream OpenSerialLog(string path)
-    {
-        try
-        {
-            return new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 0);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigurationException($"--serial-log {path} cannot be written: {e.Message}");
-        }
-    }
 
     private static IDisposable StartSocket(string path, Func<string, IDisposable> start)
     {
