@@ -8,7 +8,9 @@ using Xunit;
 namespace Vmm.Tests.Ocf;
 
 /// <summary>The two-node cluster of scripts/cluster.sh, with its own namespaces and state directory (apart from a
-/// cluster run by hand), for the tests that drive ocf:vmm:vm through Pacemaker. Brought down on dispose.</summary>
+/// cluster run by hand), for the tests that drive ocf:vmm:vm through Pacemaker. Brought down on dispose, unless
+/// VMM_TEST_KEEP_CLUSTER is set: then the nodes and their logs stay for a look (scripts/cluster.sh with the same
+/// VMM_CLUSTER_PREFIX and VMM_CLUSTER_DIR brings them down).</summary>
 internal sealed class TestCluster : IDisposable
 {
     public static readonly TimeSpan Patience = TimeSpan.FromSeconds(90);
