@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using Vmm.Firmware;
 using Vmm.Tests.EndToEnd;
+using Vmm.Tests.Migration;
 using Xunit;
 
 namespace Vmm.Tests.Ocf;
@@ -19,12 +20,13 @@ public sealed class OcfAgentTests : IDisposable
 
     /// <summary>A config file for a firmware guest that spins, with its control socket; its name is unique, so
     /// the test finds only its own VM.</summary>
-    private (string Config, string Name, string Socket) VmConfig()
+    private (string Config, string Name, string Socket) VmConfig(string? disk = null)
     {
         File.WriteAllBytes(Path.Combine(_directory, "spin.elf"), FirmwareGuests.SpinForever());
         string name = $"ocf-test-{Guid.NewGuid():N}"[..20];
         string config = Path.Combine(_directory, "vm.json");
-        File.WriteAllText(config, $$"""{"name": "{{name}}", "kernel": "spin.elf", "memory": "32M", "apiSocket": "vm.sock", "serialLog": "console.log"}""");
+        string disks = disk is null ? "" : $", \"disks\": [{{\"path\": \"{disk}\"}}]";
+        File.WriteAllText(config, $$"""{"name": "{{name}}", "kernel": "spin.elf", "memory": "32M", "apiSocket": "vm.sock", "serialLog": "console.log"{{disks}}}""");
         return (config, name, Path.Combine(_directory, "vm.sock"));
     }
 
@@ -53,13 +55,24 @@ public sealed class OcfAgentTests : IDisposable
         Assert.False(File.Exists(socket), "the VM still runs after ocf-tester's last stop");
     }
 
-    [Fact]
-    public void MigrateTo_MovesTheVmIntoTheMigrateReceiveDaemon_WhereMonitorAndStopFindItByName()
+    /// <summary>Also with the agent's tls_dir and copy_disks: the migration then goes over mutual TLS and takes the
+    /// VM's disk along, into the daemon's --disk-dir.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void MigrateTo_MovesTheVmIntoTheMigrateReceiveDaemon_WhereMonitorAndStopFindItByName(bool tlsAndDisks)
     {
-        var (config, name, socket) = VmConfig();
+        using var certificates = new TestCertificates();
+        string disk = Path.Combine(_directory, "disk.img");
+        byte[] image = new byte[1 << 20];
+        new Random(11).NextBytes(image);
+        File.WriteAllBytes(disk, image);
+        string targetDisks = Directory.CreateDirectory(Path.Combine(_directory, "target-disks")).FullName;
+        var (config, name, socket) = VmConfig(tlsAndDisks ? disk : null);
         Directory.CreateDirectory(Path.Combine(_directory, "received"));
         string received = Path.Combine(_directory, "received", "{name}.sock");
-        using var daemon = new RunningVmm(["migrate-receive", "--listen", "127.0.0.1:0", "--api-socket", received]);
+        using var daemon = new RunningVmm(["migrate-receive", "--listen", "127.0.0.1:0", "--api-socket", received,
+            .. tlsAndDisks ? ["--tls-dir", certificates.Good, "--disk-dir", targetDisks] : Array.Empty<string>()]);
         Match? listening = null;
         Assert.True(daemon.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for migrations on 127\.0\.0\.1:(\d+)")).Success, Patience), $"the daemon did not listen\n{daemon}");
         string[] parameters =
@@ -68,6 +81,7 @@ public sealed class OcfAgentTests : IDisposable
             $"OCF_RESKEY_vmm_binary={VmmWrapper()}", $"OCF_RESKEY_state_dir={Path.Combine(_directory, "state")}",
             $"OCF_RESKEY_received_api_socket={received}", $"OCF_RESKEY_migrate_receive_port={listening!.Groups[1].Value}",
             "OCF_RESKEY_migration_addresses=this-node=127.0.0.1", "OCF_RESKEY_CRM_meta_migrate_target=this-node",
+            .. tlsAndDisks ? [$"OCF_RESKEY_tls_dir={certificates.Good}", "OCF_RESKEY_copy_disks=true"] : Array.Empty<string>(),
         ];
         (int, string) Agent(string action) => HostCommand.Run(["env", "OCF_ROOT=/usr/lib/ocf", .. parameters, Path.Combine(RepositoryPaths.Root, "ocf", "vm"), action]);
 
@@ -75,6 +89,11 @@ public sealed class OcfAgentTests : IDisposable
         var migrated = Agent("migrate_to");
         Assert.True(migrated.Item1 == 0, $"migrate_to: {migrated.Item2}\n{daemon}");
         Assert.False(File.Exists(socket), "the source vmm still serves its socket after the migration");
+        if (tlsAndDisks)
+        {
+            Assert.Contains("mutual TLS", daemon.Log);
+            Assert.Equal(image, File.ReadAllBytes(Path.Combine(targetDisks, "disk.img")));
+        }
 
         Assert.Equal(0, Agent("migrate_from").Item1);
         Assert.Equal(0, Agent("monitor").Item1);
