@@ -370,7 +370,7 @@ public sealed class ReplicationSource : IDisposable
         channel.Send(MigrationFrameType.State, checkpoint.State);
         channel.Send(MigrationFrameType.EpochEnd, BitConverter.GetBytes(epoch));
         channel.Flush();
-        ExpectCommitted(channel, epoch);
+        ExpectEpochAnswer(channel, MigrationFrameType.EpochCommitted, epoch);
         _machine.Output.Release(epoch);
         Interlocked.Exchange(ref _lastCommittedCheckpointTicks, checkpoint.Ticks);
     }
@@ -396,7 +396,7 @@ public sealed class ReplicationSource : IDisposable
                 channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
                 channel.Flush();
                 socket.ReceiveTimeout = (int)HandoverAnswerTimeout.TotalMilliseconds;
-                ExpectHandoverAnswer(channel, epoch);
+                ExpectEpochAnswer(channel, MigrationFrameType.Handover, epoch);
             }
             catch
             {
@@ -410,23 +410,14 @@ public sealed class ReplicationSource : IDisposable
         }
     }
 
-    private void ExpectHandoverAnswer(MigrationChannel channel, long epoch)
-    {
-        byte[] buffer = new byte[4096];
-        var (type, payload) = channel.Receive(ref buffer);
-        if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby refused the handover: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
-        if (type != MigrationFrameType.Handover || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
-            throw new ReplicationException($"the standby answered the handover of epoch {epoch} with {type}");
-        Heard();
-    }
-
-    private void ExpectCommitted(MigrationChannel channel, long epoch)
+    /// <summary>Reads the standby's answer about <paramref name="epoch"/>: its commit, or the echo of a handover.</summary>
+    private void ExpectEpochAnswer(MigrationChannel channel, MigrationFrameType expected, long epoch)
     {
         byte[] buffer = new byte[4096];
         var (type, payload) = channel.Receive(ref buffer);
         if (type == MigrationFrameType.Error) throw new StandbyGaveUpException($"the standby gave up: {System.Text.Encoding.UTF8.GetString(payload.Span)}");
-        if (type != MigrationFrameType.EpochCommitted || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
-            throw new ReplicationException($"the standby answered epoch {epoch} with {type}, not its commit");
+        if (type != expected || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
+            throw new ReplicationException($"the standby answered epoch {epoch} with {type}, not {expected}");
         Heard();
     }
 

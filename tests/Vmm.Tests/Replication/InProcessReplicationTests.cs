@@ -21,6 +21,14 @@ public sealed class InProcessReplicationTests : IDisposable
 
     public InProcessReplicationTests() => _log = new Logger(TextWriter.Synchronized(_logText), LogLevel.Debug);
 
+    /// <summary>Replicates the primary in 20 ms epochs; returns once the standby committed the first.</summary>
+    private ReplicationSource Protected(Machine primary, string standby)
+    {
+        var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = standby, IntervalMs = 20 }, _log);
+        replication.WaitUntilProtected();
+        return replication;
+    }
+
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
     private Machine StartCountingGuest(string? diskPath = null)
@@ -71,8 +79,7 @@ public sealed class InProcessReplicationTests : IDisposable
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, outcome) = StartStandby();
         using var link = new LinkCutProxy(port);
-        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = link.Address, IntervalMs = 20 }, _log);
-        replication.WaitUntilProtected();
+        using var replication = Protected(primary, link.Address);
         WaitFor(() => replication.Status.Epoch >= 5, "five epochs");
         Assert.Equal("protected", replication.Status.State);
 
@@ -102,8 +109,7 @@ public sealed class InProcessReplicationTests : IDisposable
         using var primary = StartCountingGuest();
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, outcome) = StartStandby();
-        var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
-        replication.WaitUntilProtected();
+        var replication = Protected(primary, $"127.0.0.1:{port}");
         replication.Stop();
         var ended = await outcome;
         Assert.Null(ended.Checkpoint);
@@ -121,8 +127,7 @@ public sealed class InProcessReplicationTests : IDisposable
         using var primary = StartCountingGuest();
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, outcome) = StartStandby();
-        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
-        replication.WaitUntilProtected();
+        using var replication = Protected(primary, $"127.0.0.1:{port}");
         primary.RequestStop(VmStop.Error("the guest powered off"));
         await run;
         var ended = await outcome;
@@ -182,8 +187,7 @@ public sealed class InProcessReplicationTests : IDisposable
         var notReplicated = Assert.Throws<InvalidOperationException>(() => ControlSocketClient.Ask(api, new { command = "replicate", handover = true }));
         Assert.Contains("not being replicated", notReplicated.Message);
 
-        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = $"127.0.0.1:{port}", IntervalMs = 20 }, _log);
-        replication.WaitUntilProtected();
+        using var replication = Protected(primary, $"127.0.0.1:{port}");
         replication.Stop();
         await outcome;
         var failure = Assert.Throws<ReplicationException>(() => replication.HandOver());
@@ -205,8 +209,7 @@ public sealed class InProcessReplicationTests : IDisposable
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, outcome) = StartStandby();
         using var link = new LinkCutProxy(port);
-        using var replication = ReplicationSource.Start(primary, new ReplicationOptions { Standby = link.Address, IntervalMs = 20 }, _log);
-        replication.WaitUntilProtected();
+        using var replication = Protected(primary, link.Address);
         link.Silence();
 
         var failure = Assert.Throws<ReplicationException>(() => replication.HandOver());
