@@ -20,7 +20,7 @@ public sealed class MigrateReceiveOptions
     [Option("max-incoming", Default = 4, HelpText = "How many migrations may come in at the same time; a source beyond that is told the target is busy.")]
     public int MaxIncoming { get; set; } = 4;
 
-    [Option("serial-log", HelpText = "Write each received guest's serial console here instead of stdout; {name} is replaced by the VM's name, {n} by the migration's number (1, 2, ...).")]
+    [Option("serial-log", HelpText = "Append each received guest's serial console to this file instead of stdout; {name} is replaced by the VM's name, {n} by the migration's number (1, 2, ...).")]
     public string? SerialLog { get; set; }
 
     [Option("api-socket", HelpText = "Serve each received VM's control socket here; {name} is replaced by the VM's name, {n} by the migration's number.")]

@@ -47,7 +47,7 @@ public sealed class RunOptions
     [Option("dirty-ring-entries", HelpText = "With --dirty-ring: entries in each vCPU's ring, a power of two (default 65536, or what KVM allows). A smaller ring makes vCPUs stop more often to have it harvested.")]
     public int? DirtyRingEntries { get; set; }
 
-    [Option("serial-log", HelpText = "Write the guest's serial console to this file instead of stdout.")]
+    [Option("serial-log", HelpText = "Append the guest's serial console to this file instead of stdout.")]
     public string? SerialLog { get; set; }
 
     [Option("hugepages", HelpText = "Advise guest RAM for transparent huge pages (2 MiB): fewer TLB misses for the guest on hardware KVM, and one fault per 2 MiB on first touch; RAM is then committed 2 MiB at a time, and where the kernel compacts memory on a fault (THP defrag 'madvise') first touch can be slower (see docs/hugepages.md).")]

@@ -36,7 +36,7 @@ public sealed class StandbyOptions
     [Option("api-socket", HelpText = "Serve a control socket here: status and failover while standing by, then the resumed VM's own control socket.")]
     public string? ApiSocket { get; set; }
 
-    [Option("serial-log", HelpText = "Write the resumed guest's serial console here instead of stdout; {name} is replaced by the VM's name.")]
+    [Option("serial-log", HelpText = "Append the resumed guest's serial console to this file instead of stdout; {name} is replaced by the VM's name.")]
     public string? SerialLog { get; set; }
 
     [Option("no-nested-workarounds", HelpText = "On a nested kvm_pvm host, do not complete int3/fwait emulation failures.")]

@@ -42,6 +42,28 @@ public sealed class CliTests : IDisposable
         Assert.Equal("to the file\n", File.ReadAllText(log));
     }
 
+    /// <summary>A console log is a log: a VM started again (a cluster manager's restart) writes after what was there.</summary>
+    [Fact]
+    public void SerialLog_AppendsToWhatTheFileHolds()
+    {
+        string log = Path.Combine(_directory, "serial.log");
+        File.WriteAllText(log, "the last boot\n");
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("this boot\n")), "--serial-log", log], Timeout);
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Equal("the last boot\nthis boot\n", File.ReadAllText(log));
+    }
+
+    [Fact]
+    public void SerialLog_InADirectoryThatDoesNotExist_ExitsWithCode2AndSaysSo()
+    {
+        string log = Path.Combine(_directory, "missing", "serial.log");
+        var result = VmmProcess.Run(["run", "--kernel", Image(FirmwareGuests.PrintThenReset("lost\n")), "--serial-log", log], Timeout);
+
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains($"--serial-log {log} cannot be written", result.Log);
+    }
+
     [Fact]
     public void ExitPort_BecomesTheProcessExitCode()
     {
