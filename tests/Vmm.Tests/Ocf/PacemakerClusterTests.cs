@@ -123,24 +123,7 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         _cluster.EnableFencing();
         Took("cluster up, fencing configured");
 
-        // The disk lives in each node's replica_dir (its private /run here): node1 has it, node2 gets the replica.
-        string image = Path.Combine(_cluster.Directory, "disk.img");
-        File.WriteAllBytes(image, RandomBytes(1 << 20));
-        _cluster.In("node1", "sh", "-c", $"mkdir -p /run/vmm/replica && cp {image} /run/vmm/replica/disk.img");
-        var (config, console) = VmConfig("tick2", "/run/vmm/tick2.sock", disk: "/run/vmm/replica/disk.img");
-        // In one go: a primitive committed alone would start as a plain VM before the clone makes it promotable.
-        string crm = Path.Combine(_cluster.Directory, "tick2.crm");
-        File.WriteAllText(crm, $"""
-            primitive tick2 ocf:vmm:vm \
-                params config="{config}" name=tick2 api_socket=/run/vmm/tick2.sock vmm_binary="{_cluster.Vmm}" \
-                    replica_dir=/run/vmm/replica replication_port=7100 migration_addresses="node1=10.77.0.1 node2=10.77.0.2" \
-                    failover_timeout_ms=1000 fence_timeout_s=30 standby_serial_log="{console}" \
-                op monitor interval=9s role=Promoted timeout=30s op monitor interval=11s role=Unpromoted timeout=20s \
-                op start timeout=60s op promote timeout=90s op demote timeout=90s op notify timeout=60s
-            clone tick2-ha tick2 meta promotable=true promoted-max=1 promoted-node-max=1 clone-max=2 clone-node-max=1 notify=true
-            location tick2-promoted-on-node1 tick2-ha rule role=Promoted 50: #uname eq node1
-            """);
-        _cluster.In("node1", "crm", "configure", "load", "update", crm);
+        var (image, console) = ConfigureReplicatedVm("tick2", "node1=10.77.0.1 node2=10.77.0.2", fenceTimeoutS: 30);
         _cluster.WaitForStatus("node1", @"Promoted: \[ node1 \]", "tick2 was not promoted on node1");
         _cluster.WaitForStatus("node1", @"Unpromoted: \[ node2 \]", "no standby of tick2 on node2");
         WaitUntilProtected("node1", "/run/vmm/tick2.sock");
@@ -170,6 +153,84 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         Took("until node2's standby protects it again");
         TestCluster.WaitForTickAfter(console, tick + 2, "the guest handed back to node1");
         AssertTicksContinued(console);
+    }
+
+    /// <summary>A replicated VM as a promotable clone, preferring node1, its disk in each node's replica_dir (its
+    /// private /run here): node1 has it, node2 gets the replica. Returns the image's original and the console.</summary>
+    private (string Image, string Console) ConfigureReplicatedVm(string name, string addresses, int fenceTimeoutS)
+    {
+        string image = Path.Combine(_cluster.Directory, $"{name}.img");
+        File.WriteAllBytes(image, RandomBytes(1 << 20));
+        _cluster.In("node1", "sh", "-c", $"mkdir -p /run/vmm/replica && cp {image} /run/vmm/replica/disk.img");
+        var (config, console) = VmConfig(name, $"/run/vmm/{name}.sock", disk: "/run/vmm/replica/disk.img");
+        // In one go: a primitive committed alone would start as a plain VM before the clone makes it promotable.
+        string crm = Path.Combine(_cluster.Directory, $"{name}.crm");
+        File.WriteAllText(crm, $"""
+            primitive {name} ocf:vmm:vm \
+                params config="{config}" name={name} api_socket=/run/vmm/{name}.sock vmm_binary="{_cluster.Vmm}" \
+                    replica_dir=/run/vmm/replica replication_port=7100 migration_addresses="{addresses}" \
+                    failover_timeout_ms=1000 fence_timeout_s={fenceTimeoutS} standby_serial_log="{console}" \
+                op monitor interval=9s role=Promoted timeout=30s op monitor interval=11s role=Unpromoted timeout=20s \
+                op start timeout=60s op promote timeout=90s op demote timeout=90s op notify timeout=60s
+            clone {name}-ha {name} meta promotable=true promoted-max=1 promoted-node-max=1 clone-max=2 clone-node-max=1 notify=true
+            location {name}-promoted-on-node1 {name}-ha rule role=Promoted 50: #uname eq node1
+            """);
+        _cluster.In("node1", "crm", "configure", "load", "update", crm);
+        return (image, console);
+    }
+
+    /// <summary>A replica its primary outran is not resumed: the link between the VM and its standby is cut
+    /// (corosync's stays), the VM runs on unprotected once its output hold ends, and the agent records in the CIB
+    /// that the replica is outdated; node1 killed and fenced, Pacemaker leaves the VM stopped rather than resume
+    /// it on node2, until an operator says to (the README's command), and then it does.</summary>
+    [Fact]
+    public void ReplicatedVm_ThatRanOnWithoutItsStandby_IsNotResumedFromTheOutdatedReplica_UntilAnOperatorSaysSo()
+    {
+        _step.Start();
+        _cluster.Up();
+        _cluster.EnableFencing();
+        // Replication on addresses of its own, so that cutting it leaves corosync's link alone.
+        _cluster.In("node1", "ip", "addr", "add", "10.77.0.11/24", "dev", "eth0");
+        _cluster.In("node2", "ip", "addr", "add", "10.77.0.12/24", "dev", "eth0");
+        ConfigureReplicatedVm("tick3", "node1=10.77.0.11 node2=10.77.0.12", fenceTimeoutS: 3);
+        _cluster.WaitForStatus("node1", @"Promoted: \[ node1 \]", "tick3 was not promoted on node1");
+        WaitUntilProtected("node1", "/run/vmm/tick3.sock");
+        Took("cluster up, tick3 promoted on node1 and protected by node2's standby");
+
+        _cluster.In("node1", "ip", "route", "add", "blackhole", "10.77.0.12/32");
+        _cluster.In("node2", "ip", "route", "add", "blackhole", "10.77.0.11/32");
+        WaitUntil(() => _cluster.Script("exec", "node1", "crm_attribute", "--type", "crm_config", "--name", "vmm-tick3-replica-current", "--query", "--quiet").Output.Trim() == "false",
+            "the agent to record that tick3's replica is outdated");
+        WaitUntil(() => _cluster.Script("exec", "node1", "crm_attribute", "--node", "node2", "--name", "master-tick3", "--lifetime", "reboot", "--query", "--quiet").ExitCode != 0,
+            "node2's promotion score to go");
+        Assert.Contains("\"phase\":\"primary-lost\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick3.standby.sock", "status"));
+        Took("replication cut, until the VM runs on unprotected and node2's replica counts as outdated");
+
+        _cluster.Script("kill", "node1");
+        WaitUntil(() => _cluster.Script("exec", "node2", "stonith_admin", "--history", "node1").Output.Contains("reboot of node1 successful"), "node1 to be fenced");
+        _cluster.In("node2", "crm_resource", "--wait", "--timeout", "60s");
+        string status = _cluster.In("node2", "crm_mon", "-1");
+        Took("node1 killed, until fenced and the cluster settled");
+        Assert.Contains("Unpromoted: [ node2 ]", status);
+        Assert.DoesNotContain("Promoted: [", status.Replace("Unpromoted: [", ""));
+        Assert.DoesNotContain("promote operation for tick3 on node2", _cluster.PacemakerLog("node2"));
+        Assert.Contains("\"phase\":\"primary-lost\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick3.standby.sock", "status"));
+
+        _cluster.In("node2", "crm_attribute", "--type", "crm_config", "--name", "vmm-tick3-replica-current", "--update", "true");
+        _cluster.WaitForStatus("node2", @"Promoted: \[ node2 \]", "the operator's word did not promote node2");
+        Took("the operator marks the replica current, until node2 promoted");
+        Assert.Contains("\"name\":\"tick3\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick3.standby.sock", "status"));
+    }
+
+    private static void WaitUntil(Func<bool> condition, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TestCluster.Patience)
+        {
+            if (condition()) return;
+            Thread.Sleep(300);
+        }
+        Assert.Fail($"timed out waiting for {what}");
     }
 
     private static byte[] RandomBytes(int count)

@@ -37,8 +37,11 @@ internal sealed class TestCluster : IDisposable
         System.IO.Directory.Delete(Directory, recursive: true);
     }
 
+    /// <summary>Network namespace names of this test process's own: test runs side by side (two clones) do not meet.</summary>
+    private static readonly string s_prefix = $"vmmt{Environment.ProcessId}-";
+
     public (int ExitCode, string Output) Script(params string[] arguments) => HostCommand.Run(
-        ["env", "VMM_CLUSTER_PREFIX=vmmtest-", $"VMM_CLUSTER_DIR={State}", Path.Combine(RepositoryPaths.Root, "scripts", "cluster.sh"), .. arguments]);
+        ["env", $"VMM_CLUSTER_PREFIX={s_prefix}", $"VMM_CLUSTER_DIR={State}", Path.Combine(RepositoryPaths.Root, "scripts", "cluster.sh"), .. arguments]);
 
     public void Up()
     {
