@@ -180,8 +180,8 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
     }
 
     /// <summary>A replica its primary outran is not resumed: the link between the VM and its standby is cut
-    /// (corosync's stays), the VM runs on unprotected once its output hold ends, and the agent records in the CIB
-    /// that the replica is outdated; node1 killed and fenced, Pacemaker leaves the VM stopped rather than resume
+    /// (corosync's stays), the VM runs on without it, and the agent records in the CIB that the replica is outdated
+    /// (before the VM's output hold ends); node1 killed and fenced, Pacemaker leaves the VM stopped rather than resume
     /// it on node2, until an operator says to (the README's command), and then it does.</summary>
     [Fact]
     public void ReplicatedVm_ThatRanOnWithoutItsStandby_IsNotResumedFromTheOutdatedReplica_UntilAnOperatorSaysSo()
@@ -204,7 +204,7 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         WaitUntil(() => _cluster.Script("exec", "node1", "crm_attribute", "--node", "node2", "--name", "master-tick3", "--lifetime", "reboot", "--query", "--quiet").ExitCode != 0,
             "node2's promotion score to go");
         Assert.Contains("\"phase\":\"primary-lost\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick3.standby.sock", "status"));
-        Took("replication cut, until the VM runs on unprotected and node2's replica counts as outdated");
+        Took("replication cut, until node2's replica counts as outdated");
 
         _cluster.Script("kill", "node1");
         WaitUntil(() => _cluster.Script("exec", "node2", "stonith_admin", "--history", "node1").Output.Contains("reboot of node1 successful"), "node1 to be fenced");
@@ -240,8 +240,13 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         return bytes;
     }
 
+    /// <summary>Waits until the VM on <paramref name="node"/> is protected by its standby, and the agent has recorded
+    /// so in the CIB (until then, a replica does not count as current).</summary>
     private void WaitUntilProtected(string node, string socket)
     {
+        string name = Path.GetFileName(socket).Split('.')[0];
+        WaitUntil(() => _cluster.Script("exec", node, "crm_attribute", "--type", "crm_config", "--name", $"vmm-{name}-replica-current", "--query", "--quiet").Output.Trim() == "true",
+            $"the agent to record that {name}'s replica is current");
         var clock = Stopwatch.StartNew();
         string status = "";
         while (clock.Elapsed < TestCluster.Patience)
