@@ -8,7 +8,8 @@ namespace Vmm.Tests.EndToEnd;
 /// (Ready, PassDone, ...) until the test lets it through: <paramref name="beforeAnswer"/> runs, and may wait,
 /// before each one is forwarded. The source waits for every pass's PassDone before it looks at the dirty
 /// pages again, so a test decides how much the guest writes between two looks, instead of hoping the link is
-/// slow enough. The source's own bytes flow as they come.</summary>
+/// slow enough. The source's own bytes flow as they come. A held answer trickles out a byte at a time, so the source's
+/// read timeout does not end the migration while the test waits (for a frame of n bytes, about n × 10 s).</summary>
 internal sealed class GatedMigrationProxy : IDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
@@ -45,15 +46,22 @@ internal sealed class GatedMigrationProxy : IDisposable
         using var fromTarget = new NetworkStream(target, ownsSocket: false);
         using var toSource = new NetworkStream(source, ownsSocket: false);
         var reader = new MigrationChannel(fromTarget);
-        var writer = new MigrationChannel(toSource);
         byte[] buffer = new byte[4096];
         try
         {
             while (true)
             {
                 var (type, payload) = reader.Receive(ref buffer);
-                beforeAnswer(type, type == MigrationFrameType.PassDone ? BitConverter.ToInt32(payload.Span) : 0);
-                writer.Send(type, payload.Span);
+                int pass = type == MigrationFrameType.PassDone ? BitConverter.ToInt32(payload.Span) : 0;
+                byte[] frame = Frame(type, payload.Span);
+                var gate = Task.Run(() => beforeAnswer(type, pass));
+                // The source reads each answer with a 30 s timeout, and a guest held up by a loaded host can take longer
+                // than that to reach what the test waits for: a byte of the answer every few seconds keeps the read
+                // alive (each byte that arrives completes one), for as many bytes as the frame has but its last.
+                int sent = 0;
+                while (!gate.Wait(TrickleEvery) && sent < frame.Length - 1) toSource.Write(frame, sent++, 1);
+                gate.GetAwaiter().GetResult();
+                toSource.Write(frame, sent, frame.Length - sent);
             }
         }
         catch (MigrationException)
@@ -62,6 +70,18 @@ internal sealed class GatedMigrationProxy : IDisposable
             try { source.Shutdown(SocketShutdown.Both); }
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         }
+    }
+
+    private static readonly TimeSpan TrickleEvery = TimeSpan.FromSeconds(10);
+
+    /// <summary>The bytes a MigrationChannel puts on the wire for one frame.</summary>
+    private static byte[] Frame(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    {
+        using var bytes = new MemoryStream();
+        var channel = new MigrationChannel(bytes);
+        channel.Send(type, payload);
+        channel.Flush();
+        return bytes.ToArray();
     }
 
     public void Dispose()
