@@ -15,7 +15,7 @@ die() { log "error: $*"; exit 1; }
 # --- 1. Packages ----------------------------------------------------------------
 # Installed only when missing, so a cached run never touches apt. They must be
 # present before hashing because their versions are part of the cache key.
-packages=(linux-source-6.1 busybox-static build-essential flex bison bc libelf-dev lz4 xz-utils)
+packages=(linux-source-6.1 busybox-static build-essential patch flex bison bc libelf-dev lz4 xz-utils)
 missing=()
 for p in "${packages[@]}"; do
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")
@@ -30,10 +30,9 @@ fi
 # --- 2. Cache key ---------------------------------------------------------------
 # Everything that decides the output: our checked-in inputs, this script, and the
 # versions of the kernel source, busybox and compiler they are built with.
-inputs=(build.sh kernel.config init outb.c)
 key=$(
     cd "$here"
-    sha256sum "${inputs[@]}"
+    sha256sum build.sh kernel.config init outb.c ticks.c patches/*.patch
     dpkg-query -W -f='${Package} ${Version}\n' linux-source-6.1 busybox-static
     gcc --version | head -n1
 )
@@ -100,6 +99,15 @@ start=$SECONDS
 log "unpacking /usr/src/linux-source-6.1.tar.xz"
 tar -xf /usr/src/linux-source-6.1.tar.xz -C "$src" --strip-components=1
 
+# The test guest's own kernel patches (each one's header says what it is for). Each must apply
+# cleanly: a patch that no longer fits Debian's source fails the build instead of being skipped.
+for patch in "$here"/patches/*.patch; do
+    patch -d "$src" -p1 --forward --no-backup-if-mismatch <"$patch" >>"$build_log" 2>&1 ||
+        die "patch $(basename "$patch") does not apply to linux-source-6.1"
+    log "applied patch $(basename "$patch")"
+    printf 'guest-images: applied patch %s\n' "$(basename "$patch")" >>"$build_log"
+done
+
 log "configuring: tinyconfig + kernel.config"
 kmake tinyconfig
 (cd "$src" && ./scripts/kconfig/merge_config.sh -m .config "$here/kernel.config") >>"$build_log" 2>&1
@@ -133,11 +141,13 @@ cp "$src/arch/x86/boot/bzImage" "$src/vmlinux" "$stage/"
 [[ $(od -An -tx1 -N5 "$stage/vmlinux" | tr -d ' ') == 7f454c4602 ]] || die "vmlinux is not a 64-bit ELF file"
 [[ $(od -An -c -j $((0x202)) -N4 "$stage/bzImage" | tr -d ' ') == HdrS ]] || die "bzImage has no setup header"
 
-log "building outb and the initramfs"
-gcc -static -O2 -s -Wall -Wextra -Werror -o "$work/outb" "$here/outb.c"
+log "building outb, ticks and the initramfs"
+for program in outb ticks; do
+    gcc -static -O2 -s -Wall -Wextra -Werror -o "$work/$program" "$here/$program.c"
+done
 cp "$here/init" "$work/init"
 # Fixed times (gen_init_cpio keeps file mtimes) keep the archive reproducible.
-touch -d @0 "$work/init" "$work/outb"
+touch -d @0 "$work/init" "$work/outb" "$work/ticks"
 
 # The initramfs is described as a gen_init_cpio list (the kernel's own tool), so
 # neither root nor mknod is needed and file owners and modes are exact.
@@ -154,6 +164,7 @@ touch -d @0 "$work/init" "$work/outb"
     echo "file /init $work/init 0755 0 0"
     echo "file /bin/busybox /bin/busybox 0755 0 0"
     echo "file /bin/outb $work/outb 0755 0 0"
+    echo "file /bin/ticks $work/ticks 0755 0 0"
     # One symlink per busybox applet, at the place busybox itself names.
     /bin/busybox --list-full | while read -r applet; do
         case "$applet" in

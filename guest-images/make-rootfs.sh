@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes a small ext4 root disk image for the vmm test guest: static busybox, /bin/outb, an /init
-# (disk-init), /net-init (a TCP round trip), /bin/spin (an init that makes no system call) and a
-# known file, so a guest can mount it as root=/dev/vda and prove reads, writes and networking.
+# Makes a small ext4 root disk image for the vmm test guest: static busybox (every applet), /bin/outb,
+# /bin/ticks, the guest's /init (the same as the initramfs's: it runs the test vmmtest= names),
+# /bin/spin (an init that makes no system call) and a known file, so a guest can mount it as
+# root=/dev/vda and prove reads, writes, networking and its progress across a move.
 # Usage: make-rootfs.sh IMAGE [SIZE]   (SIZE for mkfs.ext4, default 64M). Fast: no kernel involved.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,11 +19,18 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,etc,tmp}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount cat echo sync reboot sleep ls nc sha256sum; do ln -s busybox "$root/bin/$applet"; done
+mkdir -p "$root"/usr/{bin,sbin}
+# One symlink per applet, where busybox itself puts it.
+/bin/busybox --list-full | while read -r applet; do
+    case "$applet" in
+    bin/busybox) ;;
+    bin/* | sbin/* | usr/bin/* | usr/sbin/*) ln -s /bin/busybox "$root/$applet" ;;
+    esac
+done
 gcc -static -O2 -s -o "$root/bin/outb" "$here/outb.c"
+gcc -static -O2 -s -o "$root/bin/ticks" "$here/ticks.c"
 gcc -static -nostdlib -s -o "$root/bin/spin" "$here/spin.S"
-install -m 0755 "$here/disk-init" "$root/init"
-install -m 0755 "$here/net-init" "$root/net-init"
+install -m 0755 "$here/init" "$root/init"
 echo "known contents 6b1f" > "$root/etc/vmm-known-file"
 rm -f "$image"
 mkfs.ext4 -q -F -L vmmroot -d "$root" "$image" "$size" >/dev/null

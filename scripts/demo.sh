@@ -18,6 +18,6 @@ rc=$?
 set -e
 case $rc in
     33) echo "demo: the guest's init reported success through the exit port (exit code 33)" >&2; exit 0 ;;
-    0)  echo "demo: the guest reset (exit code 0); on a nested-KVM host this follows 'Run /init as init process'" >&2; exit 0 ;;
+    0)  echo "demo: the guest reset (or Ctrl-A x quit) before its init reported success: see its console above" >&2; exit 1 ;;
     *)  echo "demo: vmm exited with $rc (see 'vmm run --help' for the exit codes)" >&2; exit "$rc" ;;
 esac

@@ -23,7 +23,11 @@ internal sealed class GuestNetworkNamespace : IDisposable
     /// <summary>Kernel options for a guest that configures its own address (ip=) and sends its log to the host's
     /// UDP <paramref name="netconsolePort"/> (netconsole=).</summary>
     public static string KernelOptions(int netconsolePort) =>
-        $"ip={GuestAddress}::{HostAddress}:255.255.255.0:guest:eth0:off netconsole=6665@{GuestAddress}/eth0,{netconsolePort}@{HostAddress}/";
+        $"ip={GuestAddress}::{HostAddress}:255.255.255.0:guest:eth0:off {NetconsoleOption(netconsolePort)}";
+
+    /// <summary>netconsole= alone: the kernel sends its log from <see cref="GuestAddress"/> to the host's UDP
+    /// <paramref name="netconsolePort"/>, bringing eth0 up itself, and leaves configuring the interface to the guest.</summary>
+    public static string NetconsoleOption(int netconsolePort) => $"netconsole=6665@{GuestAddress}/eth0,{netconsolePort}@{HostAddress}/";
 
     public static GuestNetworkNamespace Create(string prefix)
     {
