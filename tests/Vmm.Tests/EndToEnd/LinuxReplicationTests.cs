@@ -56,11 +56,7 @@ public sealed partial class LinuxReplicationTests(ITestOutputHelper output) : ID
              "--cmdline", $"{MachineConfig.DefaultCommandLine} loglevel=7 root=/dev/vda rw rootdelay={RootDelayS} init=/bin/spin " +
                           GuestNetworkNamespace.KernelOptions(NetconsolePort)],
             net.Wrapper);
-        // The fence: make sure the primary is dead, its TAP file descriptor closed (gone, or a zombie), before saying so.
-        string fence = $"kill -KILL {primary.Id} 2>/dev/null; n=0; " +
-                       $"while [ -e /proc/{primary.Id} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{primary.Id}/status 2>/dev/null; do " +
-                       "n=$((n+1)); [ $n -gt 600 ] && exit 1; sleep 0.05; done; " +
-                       $"echo primary {primary.Id} is dead";
+        string fence = FenceCommand(primary.Id);
         using var standby = new RunningVmm(
             ["standby", "-v", "--listen", "127.0.0.1:0", "--disk-dir", standbyDirectory, "--fence-command", fence,
              "--failover-timeout-ms", "5000", "--api-socket", standbySocket, "--serial-log", standbyConsolePath],
@@ -154,6 +150,80 @@ public sealed partial class LinuxReplicationTests(ITestOutputHelper output) : ID
         Assert.True(replay.ExitCode is 0 or 1, $"the journal of the standby's image could not be replayed (exit {replay.ExitCode})");
         Assert.True(fsckReplayed.ExitCode == 0, $"e2fsck -n found problems in the standby's image with its journal replayed (exit {fsckReplayed.ExitCode})");
     }
+
+    /// <summary>The same failover while the guest's user space runs ticks (vmmtest=ticks, guest-images/ticks.c): a counter
+    /// printed on the console only once it is durable in a file on the root disk. The primary is replicated once ticks
+    /// runs, and killed after it counted on protected; the standby fences it and resumes the last committed epoch. The
+    /// ticks the host received, the primary's then the standby's, must count 1, 2, 3, ... with none lost (output held at
+    /// the kill is done again by the resumed guest) and none repeated (nothing left the primary that the replica lacks);
+    /// told to stop, the guest ends the VM on the standby with 33, and the replica's image holds the same count, e2fsck
+    /// clean.</summary>
+    [Fact]
+    public void PrimaryKilledWhileUserSpaceTicks_TheStandbyCountsOn_NoTickLostOrRepeated_TheFileChecksOut()
+    {
+        const int TicksBeforeEachStep = 10;
+        using var net = GuestNetworkNamespace.Create("vmm-hat");
+        string primaryDirectory = Directory.CreateDirectory(Path.Combine(_directory, "primary")).FullName;
+        string standbyDirectory = Directory.CreateDirectory(Path.Combine(_directory, "standby")).FullName;
+        string root = Path.Combine(primaryDirectory, "root.ext4"), replica = Path.Combine(standbyDirectory, "root.ext4");
+        string primarySocket = Path.Combine(_directory, "primary.sock"), standbyConsolePath = Path.Combine(_directory, "standby-console.log");
+        HostCommand.Checked("bash", Path.Combine(RepositoryPaths.Root, "guest-images", "make-rootfs.sh"), root);
+
+        using var primary = new RunningVmm(
+            ["run", "--kernel", GuestImages.Vmlinux, "--memory", "256M", "--disk", root, "--net", GuestNetworkNamespace.NetOption,
+             "--api-socket", primarySocket,
+             "--cmdline", $"{MachineConfig.DefaultCommandLine} loglevel=7 root=/dev/vda rw init=/init vmmtest=ticks " +
+                          GuestNetworkNamespace.KernelOptions(NetconsolePort)],
+            net.Wrapper);
+        string fence = FenceCommand(primary.Id);
+        using var standby = new RunningVmm(
+            ["standby", "--listen", "127.0.0.1:0", "--disk-dir", standbyDirectory, "--fence-command", fence,
+             "--failover-timeout-ms", "5000", "--serial-log", standbyConsolePath],
+            net.Wrapper);
+        Match? listening = null;
+        Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
+        Assert.True(primary.WaitFor((console, _) => GuestTicks.Last(console) >= TicksBeforeEachStep, BootPatience), $"ticks did not run on the primary\n{primary}");
+
+        using (var replicate = new RunningVmm(["ctl", "--socket", primarySocket, "replicate", "--to", listening!.Groups[1].Value]))
+            Assert.True(replicate.WaitForExit(BootPatience) == 0, $"replication did not become protected\n{replicate}\n{primary}");
+        long protectedAt = GuestTicks.Last(primary.Console);
+        Assert.True(primary.WaitFor((console, _) => GuestTicks.Last(console) >= protectedAt + TicksBeforeEachStep, BootPatience), $"ticks stopped on the protected primary\n{primary}");
+        Assert.False(primary.HasExited, $"the primary ended before the kill\n{primary}");
+        primary.Kill();
+        primary.WaitForExit(Patience);
+        string primaryConsole = primary.Console;
+        long lastFromPrimary = GuestTicks.Last(primaryConsole);
+
+        bool failedOver = standby.WaitFor((_, log) => log.Contains("standby: failover:"), Patience);
+        bool countingOn = failedOver && WaitFor(() => GuestTicks.Last(ReadShared(standbyConsolePath)) >= lastFromPrimary + TicksBeforeEachStep, BootPatience);
+        bool stopped = countingOn && GuestTicks.Stop(net.Wrapper, GuestNetworkNamespace.GuestAddress, () => standby.HasExited, BootPatience);
+        int? standbyExit = standby.WaitForExit(Patience);
+        string standbyConsole = ReadShared(standbyConsolePath);
+        output.WriteLine($"--- primary ---\n{primary}\n--- standby (exit code {standbyExit}) ---\n{standby}\n--- standby console ---\n{standbyConsole}");
+
+        Assert.True(failedOver, "the standby did not fail over");
+        Assert.Contains($"the fence command said: primary {primary.Id} is dead", standby.Log);
+        Assert.True(countingOn, "ticks did not go on on the standby");
+        Assert.True(stopped, "the guest did not end on the standby after the host told ticks to stop");
+        Assert.Equal(ExitCodes.FromExitPort(0x10), standbyExit);
+        Assert.Contains("VMM-TEST-PASSED ticks", standbyConsole);
+        long ticks = GuestTicks.AssertCounted("the primary's console, then the standby's", primaryConsole, standbyConsole);
+        GuestTicks.AssertDone(standbyConsole, ticks);
+        var fsck = HostCommand.Run("e2fsck", "-f", "-n", replica);
+        Assert.True(fsck.ExitCode == 0, $"e2fsck -f -n found problems in the standby's image (exit {fsck.ExitCode}):\n{fsck.Output}");
+        Assert.Equal(ticks, GuestTicks.AssertFileCounted(replica));
+        output.WriteLine($"evidence asserted: protected at tick {protectedAt}, the primary killed after tick {lastFromPrimary}; the standby " +
+                         $"fenced it, resumed, and counted on to {ticks} with no tick lost or repeated on the console (primary then " +
+                         "standby) or in the replica's file (e2fsck clean); the guest ended the VM with 33 on the standby");
+    }
+
+    /// <summary>The standby's fence command: it makes sure the primary is dead, its TAP file descriptor closed (gone, or a
+    /// zombie), before saying so.</summary>
+    private static string FenceCommand(int primary) =>
+        $"kill -KILL {primary} 2>/dev/null; n=0; " +
+        $"while [ -e /proc/{primary} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{primary}/status 2>/dev/null; do " +
+        "n=$((n+1)); [ $n -gt 600 ] && exit 1; sleep 0.05; done; " +
+        $"echo primary {primary} is dead";
 
     /// <summary>Waits until some of the guest's output is held (its epoch not yet committed), then freezes the link to
     /// the standby: the guest runs on, but no epoch commits any more, so what is held then can never leave, and the
