@@ -83,13 +83,7 @@ public static class MachineBuilder
         {
             bool nested = config.NestedKvmHostOverride ?? NestedKvm.IsActiveOnThisHost();
             bool workarounds = nested && config.NestedKvmWorkarounds;
-            string commandLine = config.CommandLine;
-            if (workarounds && booting)
-            {
-                commandLine = $"{commandLine} {NestedKvm.GuestCommandLineOptions}".Trim();
-                log.Info($"nested KVM backend (kvm_pvm): adding guest kernel options \"{NestedKvm.GuestCommandLineOptions}\"; int3 and fwait emulation failures are completed by vmm (--no-nested-workarounds turns both off)");
-            }
-            else if (nested && !workarounds)
+            if (nested && !workarounds)
             {
                 log.Warning("nested KVM backend (kvm_pvm) detected but its workarounds are off: a Linux guest is unlikely to boot");
             }
@@ -135,17 +129,6 @@ public static class MachineBuilder
                 virtio.Add($"virtio-net {network.TapName}", new VirtioNet(network, output), vm, mmio, eventLoop, memory, log);
                 log.Info($"virtio-net on TAP {network.TapName}, guest MAC {NetworkConfig.Format(network.Mac)}");
             }
-            commandLine = $"{commandLine} {virtio.KernelCommandLine()}".Trim();
-
-            BootSetup? boot = null;
-            if (booting)
-            {
-                boot = LinuxLoader.Load(memory, config.KernelPath!, config.InitrdPath, commandLine);
-                BootCpuState.WriteTables(memory, boot.EntryMode);
-                var leaf1 = supportedCpuid.FirstOrDefault(e => e.Function == 1);
-                memory.Write(MpTable.Address, MpTable.Build(config.VcpuCount, leaf1.Eax, leaf1.Edx));
-            }
-
             int dirtyRingBytes = config.DirtyRing ? EnableDirtyRing(vm, config.DirtyRingEntries) : 0;
             var vcpus = new List<KvmVcpu>();
             var dirtyRings = new List<KvmDirtyRing>();
@@ -158,7 +141,25 @@ public static class MachineBuilder
                 BootCpuState.ApplyCommon(vcpu, vcpuCpuid[i]);
                 shownCpuid.Add(vcpu.GetCpuid());
             }
-            if (boot is not null) BootCpuState.Apply(vcpus[0], boot.EntryAddress, boot.EntryMode, boot.ZeroPageAddress);
+
+            BootSetup? boot = null;
+            if (booting)
+            {
+                string commandLine = config.CommandLine;
+                if (workarounds)
+                {
+                    // The TSC's frequency comes from a vCPU, so the command line is completed once they exist.
+                    string options = NestedKvm.GuestCommandLineOptionsFor(vcpus[0].GetTscKhz());
+                    commandLine = $"{commandLine} {options}".Trim();
+                    log.Info($"nested KVM backend (kvm_pvm): adding guest kernel options \"{options}\"; int3 and fwait emulation failures are completed by vmm (--no-nested-workarounds turns both off)");
+                }
+                commandLine = $"{commandLine} {virtio.KernelCommandLine()}".Trim();
+                boot = LinuxLoader.Load(memory, config.KernelPath!, config.InitrdPath, commandLine);
+                BootCpuState.WriteTables(memory, boot.EntryMode);
+                var leaf1 = supportedCpuid.FirstOrDefault(e => e.Function == 1);
+                memory.Write(MpTable.Address, MpTable.Build(config.VcpuCount, leaf1.Eax, leaf1.Edx));
+                BootCpuState.Apply(vcpus[0], boot.EntryAddress, boot.EntryMode, boot.ZeroPageAddress);
+            }
             var stateSupport = new VcpuStateSupport(kvm, vm);
             // Finding the MSRs KVM refuses takes an ioctl per refusal: done now, not in a migration's downtime.
             stateSupport.ReadMsrs(vcpus[0]);

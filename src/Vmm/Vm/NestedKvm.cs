@@ -16,5 +16,12 @@ public static class NestedKvm
         "noxsave nosmap nosmep nofsgsbase noinvpcid nopcid nopv mitigations=off tsc=reliable no_timer_check " +
         "clearcpuid=141,308,295,288,298,145,151,150,153,157,158,140,147,148,137,129,291,296,293,307,311,312,317,306,197,534,514,59";
 
+    /// <summary>The options a booting guest is given here: <see cref="GuestCommandLineOptions"/>, and the frequency of
+    /// its TSC (<c>tsc_early_khz</c>, from KVM_GET_TSC_KHZ; nothing when KVM does not know it). Without it the guest
+    /// kernel cannot calibrate its TSC here (its PIT loop runs emulated, too slowly to count, and there is no HPET):
+    /// it marks the TSC unstable and keeps time by the jiffies of its timer interrupt, which also slows its boot.</summary>
+    public static string GuestCommandLineOptionsFor(uint tscKhz) =>
+        tscKhz == 0 ? GuestCommandLineOptions : $"{GuestCommandLineOptions} tsc_early_khz={tscKhz}";
+
     public static bool IsActiveOnThisHost() => Directory.Exists(ModulePath);
 }
