@@ -32,17 +32,7 @@ public sealed class LinuxDiskTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("virtio_blk virtio1: [vdb]", result.Console);
         Assert.Contains("EXT4-fs (vda): mounted filesystem", result.Console);
         Assert.Contains("VFS: Mounted root (ext4 filesystem) on device 254:0", result.Console);
-        Assert.Contains("VMM-GUEST-INIT-OK", result.Console);
-        Assert.Contains("VMM-DISK read: known contents 6b1f", result.Console);
-        Assert.Contains("VMM-TEST-PASSED disk", result.Console);
-        Assert.Equal(ExitCodes.FromExitPort(0x10), result.ExitCode);
-
-        // The host's view of what the guest left: a clean file system holding exactly what was written.
-        var fsck = HostCommand.Run("e2fsck", "-f", "-n", root);
-        output.WriteLine($"e2fsck -f -n (exit code {fsck.ExitCode}):\n{fsck.Output}");
-        Assert.Equal(0, fsck.ExitCode);
-        Assert.Equal(string.Concat(Enumerable.Range(1, 100_000).Select(i => $"{i}\n")), DebugfsCat(root, "/vmm-pattern"));
-        Assert.StartsWith("written by the guest from 6.1", DebugfsCat(root, "/vmm-written-by-guest"));
+        AssertTheDiskTestPassed(result, root);
         // ext4 commits the superblock at a read-write mount: the count and time land in the image.
         Assert.Equal("1", SuperblockField(root, "Mount count"));
         Assert.NotEqual("n/a", SuperblockField(root, "Last mount time"));
@@ -50,6 +40,24 @@ public sealed class LinuxDiskTests(ITestOutputHelper output) : IDisposable
         output.WriteLine("evidence asserted: the kernel's read-write mount of vda; init read the host's file, wrote a 100,000-line " +
                          "pattern that read back equal from the disk after a read-only remount and dropped caches; exit code 33; " +
                          "on the host the image is e2fsck clean and holds the pattern and the guest's file; the read-only disk is unchanged");
+    }
+
+    /// <summary>A host block device as the root disk (a loop device here; an LVM volume or a DRBD device for users):
+    /// the guest sees its whole size (not its inode's 0 bytes), mounts it, and its user space writes and reads back
+    /// through it; the host finds the result in the device's backing file.</summary>
+    [Fact]
+    public void Ext4RootOnABlockDevice_TheGuestSeesItsSize_AndWritesAndReadsThroughIt()
+    {
+        string backing = MakeRootfs("backing.ext4");
+        VmmProcess.Result result;
+        using (var device = LoopDevice.Attach(backing))
+            result = Boot(["--disk", device.Path], "root=/dev/vda rw init=/init vmmtest=disk");
+
+        Assert.Contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks (67.1 MB/64.0 MiB)", result.Console);
+        Assert.Contains("VFS: Mounted root (ext4 filesystem) on device 254:0", result.Console);
+        AssertTheDiskTestPassed(result, backing);
+        output.WriteLine("evidence asserted: a loop device as vda has its 64 MiB, is mounted read-write as root, and the guest's disk " +
+                         "test passed on it; its backing file is e2fsck clean and holds what the guest wrote");
     }
 
     [Fact]
@@ -66,6 +74,21 @@ public sealed class LinuxDiskTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(ExitCodes.FromExitPort(0x10), result.ExitCode);
         Assert.Equal(hashBefore, Sha256(disk));
         Assert.Equal("0", SuperblockField(disk, "Mount count"));
+    }
+
+    /// <summary>The guest's vmmtest=disk passed, and the host's view of what it left in <paramref name="image"/> agrees:
+    /// a clean file system holding exactly what was written.</summary>
+    private void AssertTheDiskTestPassed(VmmProcess.Result result, string image)
+    {
+        Assert.Contains("VMM-GUEST-INIT-OK", result.Console);
+        Assert.Contains("VMM-DISK read: known contents 6b1f", result.Console);
+        Assert.Contains("VMM-TEST-PASSED disk", result.Console);
+        Assert.Equal(ExitCodes.FromExitPort(0x10), result.ExitCode);
+        var fsck = HostCommand.Run("e2fsck", "-f", "-n", image);
+        output.WriteLine($"e2fsck -f -n (exit code {fsck.ExitCode}):\n{fsck.Output}");
+        Assert.Equal(0, fsck.ExitCode);
+        Assert.Equal(string.Concat(Enumerable.Range(1, 100_000).Select(i => $"{i}\n")), DebugfsCat(image, "/vmm-pattern"));
+        Assert.StartsWith("written by the guest from 6.1", DebugfsCat(image, "/vmm-written-by-guest"));
     }
 
     private VmmProcess.Result Boot(string[] disks, string kernelOptions)

@@ -53,6 +53,34 @@ public sealed class StorageMigrationProcessTests(ITestOutputHelper output) : Mig
         Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
     }
 
+    /// <summary>A host block device (a loop device here; an LVM volume or a DRBD device for users) as the source's disk:
+    /// its size is the device's, not its inode's 0 bytes, and the target writes its bytes into a file in --disk-dir.</summary>
+    [Fact]
+    public void CopyDisks_FromABlockDevice_TheTargetHasItsBytesInAFile_AndTheGuestGoesOnThere()
+    {
+        var g = Guest();
+        var (image, targetDirectory) = CreateImage();
+        using var device = LoopDevice.Attach(image);
+        string socket = Path.Combine(_directory, "src.sock"), targetSocket = Path.Combine(_directory, "dst.sock");
+        var (target, listen) = StartTarget(extra: ["--disk-dir", targetDirectory, "--paused", "--api-socket", targetSocket]);
+        using var _ = target;
+        using var source = StartSource(g, socket, extra: ["--disk", device.Path]);
+        using var ctl = Migrate(socket, listen, "--copy-disks", "--force");
+        Assert.True(ctl.WaitForExit(Patience) == 0, $"{ctl}\n{source}\n{target}");
+        Assert.True(target.WaitFor((_, log) => log.Contains("paused until 'vmm ctl resume'"), Patience), target.ToString());
+        Assert.Equal(0, source.WaitForExit(Patience));
+
+        string copy = Path.Combine(targetDirectory, Path.GetFileName(device.Path));
+        Assert.Equal(ImageBytes, new FileInfo(copy).Length);
+        Assert.Equal(File.ReadAllBytes(image), File.ReadAllBytes(copy));
+
+        using var resume = new RunningVmm(["ctl", "--socket", targetSocket, "resume"]);
+        Assert.Equal(0, resume.WaitForExit(Patience));
+        var (_, _, targetExit) = WaitForAll(resume, source, target);
+        Assert.Equal(GuestSuccess, targetExit);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
+
     [Fact]
     public void TargetKilledMidCopy_TheSourceRunsOn_AndNoPartialImageIsLeft()
     {

@@ -7,8 +7,8 @@ using Vmm.Memory;
 
 namespace Vmm.Devices.Virtio;
 
-/// <summary>virtio-blk over a raw image file (virtio 1.2, section 5.2): read, write, flush (fdatasync)
-/// and get-ID, one request queue. Data moves straight between the file and the guest's buffers. A
+/// <summary>virtio-blk over a raw image file or a host block device (virtio 1.2, section 5.2): read, write, flush
+/// (fdatasync), discard, write-zeroes and get-ID, one request queue. Data moves straight between the file and the guest's buffers. A
 /// write completes only once the host kernel has it, a flush once it is on stable storage; a read-only
 /// disk answers writes with IOERR.</summary>
 public sealed class VirtioBlock : IVirtioDevice, IDisposable
@@ -49,11 +49,23 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         catch (DirectoryNotFoundException) { throw new ConfigurationException($"--disk {config.Path} does not exist"); }
         catch (UnauthorizedAccessException) { throw new ConfigurationException($"--disk {config.Path} cannot be opened {(config.ReadOnly ? "for reading" : "for writing (add ,ro for a read-only disk)")}: permission denied"); }
         catch (IOException e) { throw new ConfigurationException($"--disk {config.Path} cannot be opened: {e.Message}", e); }
-        long length = RandomAccess.GetLength(_file);
-        if (length % SectorBytes != 0)
+        long length;
+        try
+        {
+            // A block device's inode says 0 bytes: its size is the device's own.
+            length = RandomAccess.GetLength(_file) is var fileBytes and > 0 ? fileBytes : BlockDevice.SizeBytes(_file) ?? 0;
+        }
+        catch (PosixException e)
         {
             _file.Dispose();
-            throw new ConfigurationException($"--disk {config.Path} is {length} bytes, not a multiple of {SectorBytes}: a raw disk image holds whole sectors");
+            throw new ConfigurationException($"--disk {config.Path}: its size cannot be read: {e.Message}", e);
+        }
+        if (length == 0 || length % SectorBytes != 0)
+        {
+            _file.Dispose();
+            throw new ConfigurationException(length == 0
+                ? $"--disk {config.Path} is empty (0 bytes): a disk needs at least one {SectorBytes}-byte sector"
+                : $"--disk {config.Path} is {length} bytes, not a multiple of {SectorBytes}: a raw disk image holds whole sectors");
         }
         CapacityBytes = length;
         _id = Encoding.UTF8.GetBytes(config.Id ?? Path.GetFileName(config.Path));

@@ -55,6 +55,48 @@ public sealed class VirtioBlockTests
         }
     }
 
+    [Fact]
+    public void Constructor_EmptyFile_IsRefusedSayingSo()
+    {
+        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
+        try
+        {
+            string path = Path.Combine(directory.FullName, "empty.img");
+            File.WriteAllBytes(path, []);
+            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+            Assert.Contains($"{path} is empty (0 bytes)", error.Message);
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>A block device's inode says 0 bytes (the guest once saw "0 512-byte logical blocks"): the capacity is
+    /// the device's own, and its bytes are the disk's.</summary>
+    [Fact]
+    public void Capacity_OfABlockDevice_IsTheDeviceSize()
+    {
+        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
+        try
+        {
+            string path = Path.Combine(directory.FullName, "backing.img");
+            byte[] contents = Pattern(3 << 20);
+            File.WriteAllBytes(path, contents);
+            using var loop = LoopDevice.Attach(path);
+            Assert.Equal(0, new FileInfo(loop.Path).Length);
+            using var device = new VirtioBlock(new BlockDiskConfig(loop.Path, ReadOnly: true, Id: null));
+            var config = new byte[8];
+            device.ReadConfig(0, config);
+            Assert.Equal(3L << 20, device.CapacityBytes);
+            Assert.Equal((ulong)((3 << 20) / Sector), BitConverter.ToUInt64(config));
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
     [Theory]
     [InlineData("missing.img")]
     [InlineData("no-such-directory/missing.img")]

@@ -1,0 +1,25 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using Vmm.Kvm.Interop;
+
+namespace Vmm.Kvm;
+
+/// <summary>What sets a host block device (a loop device, an LVM volume, a DRBD device) apart from an image file
+/// for a disk: its size is not its inode's (fstat says 0 bytes), it is the device's own.</summary>
+public static unsafe class BlockDevice
+{
+    // _IOR(0x12, 114, size_t)
+    private const nuint BlkGetSize64 = 0x80081272;
+    private const int ENOTTY = 25;
+
+    /// <summary>The size of the block device open as <paramref name="file"/>, or null when it is not a block device.</summary>
+    public static long? SizeBytes(SafeFileHandle file)
+    {
+        ulong bytes;
+        if (Libc.Ioctl((int)file.DangerousGetHandle(), BlkGetSize64, &bytes) == 0) return (long)bytes;
+        int errno = Marshal.GetLastPInvokeError();
+        // Anything else has no such ioctl: file systems answer ENOTTY, a few EINVAL.
+        if (errno is ENOTTY or Libc.EINVAL) return null;
+        throw new PosixException("ioctl BLKGETSIZE64", errno);
+    }
+}
