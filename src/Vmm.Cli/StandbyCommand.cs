@@ -14,14 +14,9 @@ public static class StandbyCommand
             log.Error($"--disk-dir {options.DiskDir} is not a directory");
             return ExitCodes.VmmError;
         }
-        if (options.FailoverTimeoutMs is < 50 or > 600_000)
+        if (options.TimeoutRefusal() is { } refusal)
         {
-            log.Error($"--failover-timeout-ms {options.FailoverTimeoutMs}: it must be 50-600000");
-            return ExitCodes.VmmError;
-        }
-        if (options.FenceTimeoutS is < 1)
-        {
-            log.Error($"--fence-timeout-s {options.FenceTimeoutS}: at least 1");
+            log.Error(refusal);
             return ExitCodes.VmmError;
         }
         using var incoming = IncomingListener.Open(options.Listen, options.TlsDir, options.Insecure, "replication streams", log);

@@ -20,11 +20,21 @@ public sealed class StandbyOptions
     [Option("fence-command", HelpText = "Run with /bin/sh -c once the primary is silent, before the VM is resumed here. Its job: make sure the primary is dead (power it off, kill it, cut it off). Exit 0 means fenced; anything else, or running past --fence-timeout-s, means the VM is not resumed (until 'vmm ctl failover', the operator's word that the primary is dead). It sees VMM_VM_NAME, VMM_EPOCH and VMM_PRIMARY.")]
     public string? FenceCommand { get; set; }
 
-    [Option("fence-timeout-s", HelpText = "With --fence-command: how long it may run (default 60). Without one: that someone else (e.g. the cluster manager) fences a lost primary within this many seconds; the primary is told, and holds the guest's output that much longer once it loses this standby (not given: 0).")]
+    [Option("fence-timeout-s", HelpText = "With --fence-command: how long it may run (default 60, at most 86400). Without one: that someone else (e.g. the cluster manager) fences a lost primary within this many seconds; the primary is told, and holds the guest's output that much longer once it loses this standby (not given: 0).")]
     public int? FenceTimeoutS { get; set; }
 
     /// <summary>How long a fence command may run when --fence-timeout-s does not say.</summary>
     public const int DefaultFenceTimeoutS = 60;
+
+    /// <summary>The longest --fence-timeout-s: a day. The primary is told it in milliseconds (an int32), and holds the
+    /// guest's output that long after losing this standby.</summary>
+    public const int MaxFenceTimeoutS = 86_400;
+
+    /// <summary>Why these timeouts cannot be used, or null when they can.</summary>
+    public string? TimeoutRefusal() =>
+        FailoverTimeoutMs is < 50 or > 600_000 ? $"--failover-timeout-ms {FailoverTimeoutMs}: it must be 50-600000"
+        : FenceTimeoutS is < 1 or > MaxFenceTimeoutS ? $"--fence-timeout-s {FenceTimeoutS}: it must be 1-{MaxFenceTimeoutS}"
+        : null;
 
     /// <summary>The longest a lost primary may take to be fenced, as told to the primary: by the fence command, or by
     /// whoever fences it when this standby has none (zero: no one does until an operator says so).</summary>
