@@ -60,7 +60,14 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             _control?.Dispose();
             _machine?.Dispose();
             _serialLog?.Dispose();
-            _orphan?.Dispose();
+            if (_orphan is { } orphan)
+            {
+                // No primary runs this VM any more: these disks may be its only current copy. Its RAM cannot outlive us.
+                orphan.ReleaseKeepingDisks();
+                if (orphan.Epoch > 0)
+                    log.Warning($"standby: stopping without resuming VM {orphan.Name}: its disk images stay in {options.DiskDir} as of epoch " +
+                                $"{orphan.Epoch} (its memory is lost; boot it from them, or delete them, by hand)");
+            }
             _receiver?.Checkpoint?.Dispose();
         }
         return _exitCode;

@@ -65,6 +65,15 @@ public sealed class StandbyCheckpoint : IDisposable
         }
     }
 
+    /// <summary>Releases the RAM but leaves the disk images at their paths, as the last committed epoch left them: for a
+    /// standby that stops while this may be the only current copy of the VM (its primary lost, or handed over), so
+    /// that its disks at least survive, consistent as of that epoch.</summary>
+    public void ReleaseKeepingDisks()
+    {
+        if (Epoch > 0) _disks.Keep();
+        Dispose();
+    }
+
     /// <summary>Releases the RAM; the disk images go too unless the VM was resumed on them.</summary>
     public void Dispose()
     {

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Vmm.Firmware;
+using Vmm.Vm;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -90,6 +91,34 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         Assert.Matches(@"failover: VM \S+ resumed from epoch \d+, .*asked for by 'vmm ctl failover'", standby.Log);
         Assert.Single(Regex.Matches(standby.Log, "fencing the primary:"));
         AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
+    }
+
+    /// <summary>A standby stopped (SIGTERM) while it holds the replica of a lost primary, which its fence could not reach:
+    /// that replica may be the only current copy of the VM, so its disk images stay, as of its last committed epoch.
+    /// (They were deleted: issue 18, defect 4.)</summary>
+    [Fact]
+    public void StandbyStoppedWhileItHoldsALostPrimarysReplica_LeavesItsDiskImages()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock"), image = Path.Combine(_directory, "vm-disk.img");
+        byte[] contents = Devices.Virtio.VirtioBlockHarness.Pattern(1 << 20, seed: 7);
+        File.WriteAllBytes(image, contents);
+        var primary = StartSource(g, socket, null, false, "--disk", image);
+        var (standby, address, api) = StartStandby("standby", RefusingFence);
+
+        Replicate(socket, address);
+        primary.Kill();
+        Assert.True(standby.WaitFor((_, log) => log.Contains("fencing the primary failed"), Patience), $"the standby never fenced\n{standby}");
+        Assert.Equal("fence-failed", Status(api).GetProperty("phase").GetString());
+        standby.Terminate();
+        int? standbyExit = standby.WaitForExit(Patience);
+        Show("standby", standby);
+
+        Assert.Equal(ExitCodes.Signal(15), standbyExit);
+        string replica = Path.Combine(_directory, "standby-disks", "vm-disk.img");
+        Assert.True(File.Exists(replica), "the standby deleted the only current copy of the VM's disk");
+        Assert.Equal(contents, File.ReadAllBytes(replica));
+        Assert.Contains("its disk images stay in", standby.Log);
     }
 
     [Fact]
