@@ -9,7 +9,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 image=${1:?usage: make-rootfs.sh IMAGE [SIZE]}
 size=${2:-64M}
 
-for tool in mkfs.ext4:e2fsprogs gcc:gcc; do
+for tool in mkfs.ext4:e2fsprogs gcc:gcc musl-gcc:musl-tools; do
     command -v "${tool%%:*}" >/dev/null && continue
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tool##*:}" >&2
 done
@@ -27,8 +27,9 @@ mkdir -p "$root"/usr/{bin,sbin}
     bin/* | sbin/* | usr/bin/* | usr/sbin/*) ln -s /bin/busybox "$root/$applet" ;;
     esac
 done
-gcc -static -O2 -s -o "$root/bin/outb" "$here/outb.c"
-gcc -static -O2 -s -o "$root/bin/ticks" "$here/ticks.c"
+# musl keeps them small: every page of a program is paged in by the guest's (where it is emulated, slow) kernel.
+musl-gcc -static -O2 -s -o "$root/bin/outb" "$here/outb.c"
+musl-gcc -static -O2 -s -o "$root/bin/ticks" "$here/ticks.c"
 gcc -static -nostdlib -s -o "$root/bin/spin" "$here/spin.S"
 install -m 0755 "$here/init" "$root/init"
 echo "known contents 6b1f" > "$root/etc/vmm-known-file"

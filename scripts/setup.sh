@@ -10,11 +10,11 @@ command -v dotnet >/dev/null || { log "error: the .NET 10 SDK (dotnet) is not in
 
 # gcc + kernel headers: the ABI test compiles a probe against <linux/kvm.h>; clang/lld are not needed
 # (NativeAOT links with gcc here); zlib1g-dev is what NativeAOT's linker asks for. e2fsprogs and
-# busybox-static make the guest's ext4 root disk; iproute2, iputils-ping and socat run the network
+# busybox-static (with musl-tools for its small static programs) make the guest's ext4 root disk; iproute2, iputils-ping and socat run the network
 # tests (a TAP in a network namespace, ping, the netconsole listener). resource-agents (ocf-shellfuncs,
 # ocf-tester) and libxml2-utils (xmllint, which ocf-tester validates the meta-data with) test the OCF agent;
 # pacemaker, corosync and crmsh run it in the test cluster (scripts/cluster.sh; installing them starts no daemon).
-packages=(gcc libc6-dev linux-libc-dev zlib1g-dev e2fsprogs busybox-static iproute2 iputils-ping socat resource-agents libxml2-utils
+packages=(gcc libc6-dev linux-libc-dev zlib1g-dev e2fsprogs busybox-static musl-tools iproute2 iputils-ping socat resource-agents libxml2-utils
           pacemaker corosync crmsh)
 missing=()
 for p in "${packages[@]}"; do
