@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using System.Text;
 using Vmm.Control;
 using Vmm.Diagnostics;
 using Vmm.Migration;
@@ -301,6 +302,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         }
     }
 
+    private static readonly TimeSpan FenceOutputGrace = TimeSpan.FromSeconds(2);
+
     /// <summary>Runs the fence command; null when it says the primary is fenced, otherwise why not.</summary>
     private string? Fence(string command, StandbyCheckpoint checkpoint)
     {
@@ -312,16 +315,29 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         try
         {
             using var process = Process.Start(start)!;
-            var output = process.StandardOutput.ReadToEndAsync();
-            var errors = process.StandardError.ReadToEndAsync();
+            var said = new StringBuilder();
+            // Not disposed: a process the fence command left behind may end its output, and signal this, long after.
+            var outputEnded = new CountdownEvent(2);
+            void Collect(DataReceivedEventArgs e)
+            {
+                if (e.Data is null) outputEnded.Signal();
+                else lock (said) said.AppendLine(e.Data);
+            }
+            process.OutputDataReceived += (_, e) => Collect(e);
+            process.ErrorDataReceived += (_, e) => Collect(e);
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
             if (!process.WaitForExit(options.FenceTimeout))
             {
                 process.Kill(entireProcessTree: true);
                 return $"it ran past --fence-timeout-s {options.FenceTimeout.TotalSeconds:0}";
             }
-            process.WaitForExit();
-            string said = $"{output.Result}{errors.Result}".Trim();
-            if (said.Length > 0) log.Info($"standby: the fence command said: {said}");
+            // Its exit is its answer. Something it left running may hold its output open: that is not waited for.
+            bool ended = outputEnded.Wait(FenceOutputGrace);
+            string text;
+            lock (said) text = said.ToString().Trim();
+            if (text.Length > 0) log.Info($"standby: the fence command said: {text}");
+            if (!ended) log.Warning("standby: the fence command exited, but something it started still holds its output open");
             return process.ExitCode == 0 ? null : $"it exited with {process.ExitCode}";
         }
         catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException or IOException)

@@ -58,6 +58,36 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
     }
 
+    /// <summary>A fence command that kills the primary and exits 0, but leaves a process of its own behind holding its
+    /// output open (a power switch's client daemonising, say): the standby takes the exit as the answer and fails
+    /// over, rather than waiting for the output to end. (It hung in 'fencing' for good: issue 18, defect 8.)</summary>
+    [Fact]
+    public void FenceCommandLeavesAChildHoldingItsOutput_TheStandbyFailsOverOnItsExit()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock"), lingering = Path.Combine(_directory, "lingering.pid");
+        var primary = StartSource(g, socket);
+        var (standby, address, _) = StartStandby("standby", $"sleep 600 & echo $! > {lingering}; {KillingFence(primary.Id)}");
+        try
+        {
+            Replicate(socket, address);
+            primary.Kill();
+            primary.WaitForExit(Patience);
+            int? standbyExit = standby.WaitForExit(Patience);
+            Show("primary", primary);
+            Show("standby", standby);
+
+            Assert.Equal(GuestSuccess, standbyExit);
+            Assert.Matches(@"failover: VM \S+ resumed from epoch \d+", standby.Log);
+            Assert.Contains("the fence command said: fenced", standby.Log);
+            AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
+        }
+        finally
+        {
+            if (File.Exists(lingering)) HostCommand.Run("kill", File.ReadAllText(lingering).Trim());
+        }
+    }
+
     [Fact]
     public void FenceCommandFails_NothingIsResumedAndTheReasonIsLogged_UntilTheOperatorFailsOver()
     {
