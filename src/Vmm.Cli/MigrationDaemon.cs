@@ -265,7 +265,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                     name = incoming.Name;
                 }
                 log.Info($"migration {n}: VM {name}");
-                DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
+                description = DiskDirectories.CheckAllowed(description, [.. options.DiskDirs]);
                 serialLog = options.SerialLog is null ? null : SerialLogFile.Open(PathFor(options.SerialLog, n, name));
                 var settings = RunCommand.HostSettings(serialLog ?? Console.OpenStandardOutput(), options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null) with { Name = name, HugePages = options.HugePages };
                 return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = incoming.DiskImagesOpenedAt }, log));
