@@ -8,10 +8,13 @@ using static Vmm.Tests.Devices.Virtio.VirtioBlockHarness;
 namespace Vmm.Tests.Devices.Virtio;
 
 /// <summary>virtio-blk over a temporary raw image, driven the way Linux's virtio_blk drives it.</summary>
-public sealed class VirtioBlockTests
+public sealed class VirtioBlockTests : IDisposable
 {
     private const int Sector = VirtioBlock.SectorBytes;
     private const int DiskSectors = 32;
+    private readonly string _directory = Directory.CreateTempSubdirectory("vmm-blk-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
 
     [Theory]
     [InlineData(512L)]
@@ -19,57 +22,33 @@ public sealed class VirtioBlockTests
     [InlineData(5L << 30)] // sparse: a capacity above 2^32 bytes
     public void Capacity_IsTheFileSizeInSectors(long fileBytes)
     {
-        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
-        try
-        {
-            string path = Path.Combine(directory.FullName, "disk.img");
-            using (var file = File.Create(path)) file.SetLength(fileBytes);
-            using var device = new VirtioBlock(new BlockDiskConfig(path, ReadOnly: false, Id: null));
-            var config = new byte[8];
-            device.ReadConfig(0, config);
-            Assert.Equal((ulong)(fileBytes / Sector), BitConverter.ToUInt64(config));
-            Assert.Equal(fileBytes, device.CapacityBytes);
-        }
-        finally
-        {
-            directory.Delete(recursive: true);
-        }
+        string path = Path.Combine(_directory, "disk.img");
+        using (var file = File.Create(path)) file.SetLength(fileBytes);
+        using var device = new VirtioBlock(new BlockDiskConfig(path, ReadOnly: false, Id: null));
+        var config = new byte[8];
+        device.ReadConfig(0, config);
+        Assert.Equal((ulong)(fileBytes / Sector), BitConverter.ToUInt64(config));
+        Assert.Equal(fileBytes, device.CapacityBytes);
     }
 
     [Fact]
     public void Constructor_FileSizeNotAMultipleOf512_ThrowsConfigurationExceptionNamingTheSize()
     {
-        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
-        try
-        {
-            string path = Path.Combine(directory.FullName, "odd.img");
-            File.WriteAllBytes(path, new byte[1000]);
-            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
-            Assert.Contains("1000 bytes", error.Message);
-            Assert.Contains("multiple of 512", error.Message);
-            Assert.Contains(path, error.Message);
-        }
-        finally
-        {
-            directory.Delete(recursive: true);
-        }
+        string path = Path.Combine(_directory, "odd.img");
+        File.WriteAllBytes(path, new byte[1000]);
+        var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+        Assert.Contains("1000 bytes", error.Message);
+        Assert.Contains("multiple of 512", error.Message);
+        Assert.Contains(path, error.Message);
     }
 
     [Fact]
     public void Constructor_EmptyFile_IsRefusedSayingSo()
     {
-        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
-        try
-        {
-            string path = Path.Combine(directory.FullName, "empty.img");
-            File.WriteAllBytes(path, []);
-            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
-            Assert.Contains($"{path} is empty (0 bytes)", error.Message);
-        }
-        finally
-        {
-            directory.Delete(recursive: true);
-        }
+        string path = Path.Combine(_directory, "empty.img");
+        File.WriteAllBytes(path, []);
+        var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+        Assert.Contains($"{path} is empty (0 bytes)", error.Message);
     }
 
     /// <summary>A block device's inode says 0 bytes (the guest once saw "0 512-byte logical blocks"): the capacity is
@@ -77,24 +56,16 @@ public sealed class VirtioBlockTests
     [Fact]
     public void Capacity_OfABlockDevice_IsTheDeviceSize()
     {
-        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
-        try
-        {
-            string path = Path.Combine(directory.FullName, "backing.img");
-            byte[] contents = Pattern(3 << 20);
-            File.WriteAllBytes(path, contents);
-            using var loop = LoopDevice.Attach(path);
-            Assert.Equal(0, new FileInfo(loop.Path).Length);
-            using var device = new VirtioBlock(new BlockDiskConfig(loop.Path, ReadOnly: true, Id: null));
-            var config = new byte[8];
-            device.ReadConfig(0, config);
-            Assert.Equal(3L << 20, device.CapacityBytes);
-            Assert.Equal((ulong)((3 << 20) / Sector), BitConverter.ToUInt64(config));
-        }
-        finally
-        {
-            directory.Delete(recursive: true);
-        }
+        string path = Path.Combine(_directory, "backing.img");
+        byte[] contents = Pattern(3 << 20);
+        File.WriteAllBytes(path, contents);
+        using var loop = LoopDevice.Attach(path);
+        Assert.Equal(0, new FileInfo(loop.Path).Length);
+        using var device = new VirtioBlock(new BlockDiskConfig(loop.Path, ReadOnly: true, Id: null));
+        var config = new byte[8];
+        device.ReadConfig(0, config);
+        Assert.Equal(3L << 20, device.CapacityBytes);
+        Assert.Equal((ulong)((3 << 20) / Sector), BitConverter.ToUInt64(config));
     }
 
     [Theory]
@@ -102,17 +73,9 @@ public sealed class VirtioBlockTests
     [InlineData("no-such-directory/missing.img")]
     public void Constructor_MissingFile_ThrowsConfigurationExceptionSayingItDoesNotExist(string relativePath)
     {
-        var directory = Directory.CreateTempSubdirectory("vmm-blk-");
-        try
-        {
-            string path = Path.Combine(directory.FullName, relativePath);
-            var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
-            Assert.Contains($"{path} does not exist", error.Message);
-        }
-        finally
-        {
-            directory.Delete(recursive: true);
-        }
+        string path = Path.Combine(_directory, relativePath);
+        var error = Assert.Throws<ConfigurationException>(() => new VirtioBlock(new BlockDiskConfig(path, false, null)));
+        Assert.Contains($"{path} does not exist", error.Message);
     }
 
     [Fact]
