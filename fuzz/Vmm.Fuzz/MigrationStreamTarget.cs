@@ -33,6 +33,7 @@ public sealed class MigrationStreamTarget : IFuzzTarget
         try
         {
             using var destination = receiver.Receive(description => new RamOnlyDestination(description));
+            receiver.AwaitCommit();
             receiver.ConfirmResumed();
             return null;
         }
@@ -88,7 +89,11 @@ public sealed class MigrationStreamTarget : IFuzzTarget
             channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
         }
         if (random.Next(8) == 0) channel.SendText(MigrationFrameType.Abort, "the source gave up");
-        else channel.Send(MigrationFrameType.State, StateSamples.State(random, description).ToBytes());
+        else
+        {
+            channel.Send(MigrationFrameType.State, StateSamples.State(random, description).ToBytes());
+            if (random.Next(4) != 0) channel.Send(MigrationFrameType.Commit, []);
+        }
         return output.ToArray();
     });
 

@@ -87,6 +87,9 @@ public static class CtlCommand
                     // The VM reads the TLS files, from its own working directory.
                     if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
                     break;
+                case "resume":
+                    if (options.TargetNotRunning) writer.WriteBoolean("targetNotRunning", true);
+                    break;
                 case "replicate":
                     if (options.Stop)
                     {

@@ -47,6 +47,9 @@ public sealed class CtlOptions
     [Option("tls-dir", HelpText = "migrate, replicate: mutual TLS with the target, using DIR/ca.pem (the CA to trust), DIR/cert.pem and DIR/key.pem (this host's identity); the target must run 'vmm migrate-receive --tls-dir'.")]
     public string? TlsDir { get; set; }
 
+    [Option("target-not-running", HelpText = "resume: a VM left in doubt by a migration (its target may run it) is resumed without asking the target. Only when you know the target does not run it: otherwise two copies run, and share or fork its disks.")]
+    public bool TargetNotRunning { get; set; }
+
     [Option("connections", Default = 1, HelpText = "migrate: how many TCP connections carry the pages and disk blocks (1 to 16), each sent and received on its own thread at both ends; the target must be a vmm that takes several.")]
     public int Connections { get; set; } = 1;
 }

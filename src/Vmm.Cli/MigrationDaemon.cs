@@ -28,6 +28,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
     private const int MaxAwaitingFirstFrame = MigrationHello.MaxConnections;
 
     private readonly MigrationJoins _joins = new();
+    private readonly MigrationOutcomes _outcomes = new();
     private int _awaitingFirstFrame;
     private readonly List<ReceivedVm> _running = [];
     /// <summary>The names of the VMs running here or arriving (guarded by <see cref="_running"/>).</summary>
@@ -47,7 +48,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
         using var control = options.ControlSocket is null ? null : StartSocket("--control-socket", options.ControlSocket,
-            path => JsonLineServer.Start(path, (request, _, _) => HandleControl(request), log, "daemon-control"));
+            path => JsonLineServer.Start(path, (request, _) => HandleControl(request), log, "daemon-control"));
         log.Info($"waiting for migrations on {listener.LocalEndpoint} ({(tls is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}")})");
         try
         {
@@ -231,7 +232,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             stream = IncomingMigrationStream.Open(connection, tls);
             if (stream is SslStream session) log.Info($"migration {n}: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
-            var receiver = new MigrationReceiver(stream, log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null, _joins, connection);
+            var receiver = new MigrationReceiver(stream, log, options.DiskDirs.FirstOrDefault() is { } copyInto ? Path.GetFullPath(copyInto) : null, _joins, connection, _outcomes);
             bool hello = receiver.ReadHelloOrServeJoin(index =>
             {
                 helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
@@ -240,7 +241,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             });
             if (!hello)
             {
-                log.Debug($"migration {n}: that connection's part is done");
+                log.Debug($"migration {n}: that connection's part is done (a further connection, or a question)");
                 return;
             }
             if (!slot.TryClaim())
@@ -271,6 +272,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
                 return new MachineDestination(MachineBuilder.ForRestore(description.ToConfig(settings) with { DiskImagesOpenedAt = incoming.DiskImagesOpenedAt }, log));
             });
             var machine = destination.Machine;
+            // Until the source's Commit the VM is the source's: nothing of it runs here, and any failure discards it.
+            receiver.AwaitCommit();
             string? apiSocket = options.ApiSocket is null ? null : PathFor(options.ApiSocket, n, name!);
             control = apiSocket is null ? null : StartSocket("--api-socket", apiSocket, path => ControlServer.Start(machine, path, log));
             if (options.Paused) machine.Pause();
@@ -283,10 +286,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             }
             catch (MigrationException e)
             {
-                // The source did not hear that the VM runs here, so it resumes it there: this copy must go.
-                machine.RequestStop(VmStop.Error($"migration {n}: could not confirm to the source ({e.Message}); this copy is discarded"));
-                run.Wait();
-                throw;
+                // Past the Commit the VM is ours: the source keeps its copy paused, in doubt, until it asks us.
+                log.Warning($"migration {n}: the VM runs here, and the source may not have heard so ({e.Message}); it stays paused there until it asks");
             }
             log.Info($"migration {n}: the VM {(options.Paused ? "is here, paused until 'vmm ctl resume'" : "runs here")} ({receiver.BytesReceived >> 20} MiB received in {started.Elapsed.TotalMilliseconds:F0} ms)");
             var vm = new ReceivedVm(name!, n, machine, run, control, apiSocket, serialLog);

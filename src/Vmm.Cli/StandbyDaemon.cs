@@ -50,7 +50,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     {
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => OnSignal(c, 2));
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => OnSignal(c, 15));
-        if (options.ApiSocket is { } path) _control = StartSocket(path, p => JsonLineServer.Start(p, (request, _, _) => HandleControl(request), log, "standby-control"));
+        if (options.ApiSocket is { } path) _control = StartSocket(path, p => JsonLineServer.Start(p, (request, _) => HandleControl(request), log, "standby-control"));
         log.Info($"standby: waiting for a primary on {listener.LocalEndpoint} ({(tls is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}")}), failover after {options.FailoverTimeoutMs} ms of silence{(options.FenceCommand is null ? ", on 'vmm ctl failover' (no --fence-command)" : "")}");
         new Thread(AcceptLoop) { Name = "standby-accept", IsBackground = true }.Start();
         _finished.Wait();

@@ -25,12 +25,14 @@ public sealed class ControlServer : IDisposable
     private string? _operation;
     /// <summary>The VM's replication to a standby, running or ended (its status stays visible), or null.</summary>
     private ReplicationSource? _replication;
+    /// <summary>A migration whose Commit went out unconfirmed: the VM stays paused until its target is asked.</summary>
+    private MigrationDoubt? _inDoubt;
 
     private ControlServer(Machine machine, string path, Logger log)
     {
         _machine = machine;
         _log = log;
-        _server = JsonLineServer.Start(path, (request, progress, afterAnswer) => Handle(request, progress, afterAnswer), log, "control");
+        _server = JsonLineServer.Start(path, Handle, log, "control");
     }
 
     /// <summary>Listens at <paramref name="path"/>. A stale socket file (no one answering) is replaced; a
@@ -38,11 +40,10 @@ public sealed class ControlServer : IDisposable
     public static ControlServer Start(Machine machine, string path, Logger log) => new(machine, path, log);
 
     /// <summary>Answers one request; public so tests can drive the protocol without a socket.</summary>
-    public byte[] Handle(ReadOnlySpan<byte> request) => Handle(request, _ => { }, _ => { });
+    public byte[] Handle(ReadOnlySpan<byte> request) => Handle(request, _ => { });
 
     /// <param name="progress">Writes an intermediate JSON line (a migration's passes) to the client.</param>
-    /// <param name="afterAnswer">Registers what to do once the answer is written (stop a migrated VM).</param>
-    private byte[] Handle(ReadOnlySpan<byte> request, Action<byte[]> progress, Action<Action> afterAnswer)
+    private byte[] Handle(ReadOnlySpan<byte> request, Action<byte[]> progress)
     {
         if (JsonAnswers.Parse(request, out byte[] malformed) is not var (root, command)) return malformed;
         if (command == "status") return Status();
@@ -62,16 +63,19 @@ public sealed class ControlServer : IDisposable
                     if (JsonAnswers.String(root, "path") is not { Length: > 0 } path) return JsonAnswers.Error("snapshot needs a \"path\": the directory to write");
                     Snapshot(path);
                     break;
+                case "migrate" or "replicate" when _inDoubt is { } doubt:
+                    return JsonAnswers.Error($"the VM is in doubt after its migration to {doubt.Target}; settle that first ('vmm ctl resume' asks the target)");
                 case "migrate":
                     if (_replication is { IsActive: true }) return JsonAnswers.Error("the VM is replicated to a standby; stop that first (vmm ctl replicate --stop)");
-                    return Migrate(root, progress, stop => afterAnswer(() => _machine.RequestStop(stop)));
+                    return Migrate(root, progress);
                 case "replicate":
-                    return Replicate(root, stop => afterAnswer(() => _machine.RequestStop(stop)));
+                    return Replicate(root);
                 case "pause":
                     using (_replication?.HoldEpochs()) _machine.Pause();
                     _log.Info("paused by the control socket");
                     break;
                 case "resume":
+                    if (_inDoubt is not null && SettleDoubt(JsonAnswers.Bool(root, "targetNotRunning")) is { } refusal) return refusal;
                     using (_replication?.HoldEpochs()) _machine.Resume();
                     _log.Info("resumed by the control socket");
                     break;
@@ -88,7 +92,7 @@ public sealed class ControlServer : IDisposable
         return Status();
     }
 
-    private byte[] Migrate(JsonElement root, Action<byte[]> progress, Action<VmStop> stopAfterAnswer)
+    private byte[] Migrate(JsonElement root, Action<byte[]> progress)
     {
         if (JsonAnswers.String(root, "to") is not { Length: > 0 } target) return JsonAnswers.Error("migrate needs \"to\": the target's HOST:PORT");
         var options = new MigrationOptions
@@ -134,7 +138,9 @@ public sealed class ControlServer : IDisposable
                 }));
             }, _log);
             _log.Info(report.ToString());
-            stopAfterAnswer(VmStop.Migrated(target));
+            // At once, not once the answer is written: a client that went away must not leave a copy here to resume.
+            // The process ends only after the answer is written (disposing this server waits for it).
+            _machine.RequestStop(VmStop.Migrated(target));
             return JsonAnswers.Json(writer =>
             {
                 writer.WriteBoolean("ok", true);
@@ -152,21 +158,57 @@ public sealed class ControlServer : IDisposable
         catch (MigrationException e)
         {
             _log.Error(e.Message);
-            return JsonAnswers.Error(e.Message);
+            if (e.Doubt is not { } doubt) return JsonAnswers.Error(e.Message);
+            _inDoubt = doubt;
+            return JsonAnswers.Json(writer =>
+            {
+                writer.WriteBoolean("ok", false);
+                writer.WriteString("error", e.Message);
+                writer.WriteString("state", "in-doubt");
+                writer.WriteString("target", doubt.Target);
+            });
+        }
+    }
+
+    /// <summary>Before a resume of a VM in doubt: asks its target what became of the migration. Returns null when the
+    /// VM may run here (the target discarded it, or the operator says it does not run there), or the answer to give:
+    /// the VM runs there (and this copy is stopped), or nobody can say yet.</summary>
+    private byte[]? SettleDoubt(bool targetNotRunning)
+    {
+        var doubt = _inDoubt!;
+        if (targetNotRunning)
+        {
+            _log.Warning($"resuming a VM in doubt after its migration to {doubt.Target}: the operator says the target does not run it");
+            _inDoubt = null;
+            return null;
+        }
+        var outcome = doubt.Ask(_log, out string why);
+        _log.Info($"asked what became of the migration to {doubt.Target}: {why}");
+        switch (outcome)
+        {
+            case MigrationOutcome.Discarded:
+                _inDoubt = null;
+                return null;
+            case MigrationOutcome.Committed:
+                _machine.RequestStop(VmStop.Migrated(doubt.Target));
+                return JsonAnswers.Error($"not resumed: {why}; this paused copy is stopped");
+            default:
+                return JsonAnswers.Error($"not resumed: the VM is in doubt after its migration to {doubt.Target}, and {why}. " +
+                    "If you know the target does not run it, 'vmm ctl resume --target-not-running' resumes it here");
         }
     }
 
     /// <summary>Starts replicating to a standby and answers once the VM is protected (the first epoch committed
     /// there), or why it is not; with <c>"stop":true</c>, ends the replication running; with <c>"handover":true</c>,
     /// hands the VM over to the standby and stops it here once the answer is written.</summary>
-    private byte[] Replicate(JsonElement root, Action<VmStop> stopAfterAnswer)
+    private byte[] Replicate(JsonElement root)
     {
         if (JsonAnswers.Bool(root, "handover"))
         {
             if (_replication is not { IsActive: true } replicated) return JsonAnswers.Error("the VM is not being replicated: there is nothing to hand over");
             _log.Info($"handing the VM over to the standby {replicated.Status.Standby}");
             long epoch = replicated.HandOver();
-            stopAfterAnswer(VmStop.HandedOver(replicated.Status.Standby));
+            _machine.RequestStop(VmStop.HandedOver(replicated.Status.Standby));
             return JsonAnswers.Json(writer =>
             {
                 writer.WriteBoolean("ok", true);
@@ -237,7 +279,16 @@ public sealed class ControlServer : IDisposable
     {
         writer.WriteBoolean("ok", true);
         writer.WriteString("name", _machine.Config.Name);
-        writer.WriteString("state", _machine.StopReason is not null ? "stopping" : Volatile.Read(ref _operation) == "migration" ? "migrating" : _machine.IsPaused ? "paused" : "running");
+        var doubt = _inDoubt;
+        writer.WriteString("state", _machine.StopReason is not null ? "stopping" : Volatile.Read(ref _operation) == "migration" ? "migrating"
+            : doubt is not null ? "in-doubt" : _machine.IsPaused ? "paused" : "running");
+        if (doubt is not null)
+        {
+            writer.WriteStartObject("inDoubt");
+            writer.WriteString("target", doubt.Target);
+            writer.WriteString("reason", doubt.Reason);
+            writer.WriteEndObject();
+        }
         writer.WriteNumber("vcpus", _machine.VcpuCount);
         writer.WriteNumber("memoryBytes", _machine.Memory.TotalBytes);
         writer.WriteNumber("uptimeMs", (long)_machine.Uptime.TotalMilliseconds);

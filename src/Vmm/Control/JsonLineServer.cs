@@ -12,9 +12,8 @@ public sealed class JsonLineServer : IDisposable
 {
     private const int MaxRequestBytes = 64 * 1024;
 
-    /// <summary>Answers one request line. <c>progress</c> writes an intermediate line to the client;
-    /// <c>afterAnswer</c> registers what to do once the answer is written.</summary>
-    public delegate byte[] Handler(ReadOnlySpan<byte> request, Action<byte[]> progress, Action<Action> afterAnswer);
+    /// <summary>Answers one request line. <c>progress</c> writes an intermediate line to the client.</summary>
+    public delegate byte[] Handler(ReadOnlySpan<byte> request, Action<byte[]> progress);
 
     private readonly Socket _listener;
     private readonly string _path;
@@ -107,11 +106,10 @@ public sealed class JsonLineServer : IDisposable
             using var stream = new NetworkStream(client, ownsSocket: false);
             while (ReadLine(stream) is { } request)
             {
-                Action? afterAnswer = null;
                 byte[] answer;
                 try
                 {
-                    answer = _handler(request, line => stream.Write(line), then => afterAnswer = then);
+                    answer = _handler(request, line => stream.Write(line));
                 }
                 catch (Exception e)
                 {
@@ -120,7 +118,6 @@ public sealed class JsonLineServer : IDisposable
                     answer = JsonAnswers.Error($"internal error in vmm: {e.Message}");
                 }
                 stream.Write(answer);
-                afterAnswer?.Invoke();
             }
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)

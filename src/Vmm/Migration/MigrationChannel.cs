@@ -5,18 +5,17 @@ namespace Vmm.Migration;
 
 /// <summary>One side of a migration connection: frames of <c>type (1) | length (4) | CRC-32C (4) | payload</c>,
 /// little-endian. A stream always starts with a <see cref="MigrationFrameType.Hello"/> carrying the magic
-/// and version. Version 2 added the guest's CPUID to the Hello's machine description; a target still takes a
-/// version-1 source (its VM gets the target's CPUID, as before). Whatever arrives is treated as hostile: a
+/// and version. Version 3 added the commit step (<see cref="MigrationFrameType.Prepared"/>, <see cref="MigrationFrameType.Commit"/>)
+/// and the migration's id; an older source, which took a lost confirmation for a failed migration and resumed its VM
+/// beside the target's, is refused. Whatever arrives is treated as hostile: a
 /// length above the frame type's limit, a bad checksum or an unknown type ends the migration with a
 /// <see cref="MigrationException"/>.</summary>
 public sealed class MigrationChannel(Stream stream)
 {
     public static ReadOnlySpan<byte> Magic => "VMMMIGRT"u8;
-    /// <summary>2: the Hello carries the VM's name, each vCPU's CPUID and whether the disk images travel in the
-    /// stream (DiskData, DiskZero).</summary>
-    public const uint ProtocolVersion = 2;
-    /// <summary>The version before: a Hello with the machine description alone.</summary>
-    public const uint ProtocolVersionWithoutCpuid = 1;
+    /// <summary>3: the Hello carries the VM's name, each vCPU's CPUID, whether the disk images travel in the stream
+    /// (DiskData, DiskZero) and the migration's id; the target resumes the VM only on Commit.</summary>
+    public const uint ProtocolVersion = 3;
     public const int PageSize = Memory.GuestMemoryRegion.PageSize;
     public const int MaxPagesPerFrame = 256;
     public const ulong ZeroPageFlag = 1;
@@ -45,7 +44,9 @@ public sealed class MigrationChannel(Stream stream)
         MigrationFrameType.Abort or MigrationFrameType.Error => 4096,
         MigrationFrameType.Ready => MigrationJoin.TokenBytes,
         MigrationFrameType.Join => MigrationJoin.Bytes,
-        MigrationFrameType.Resumed or MigrationFrameType.Heartbeat => 0,
+        MigrationFrameType.Resumed or MigrationFrameType.Heartbeat or MigrationFrameType.Prepared or MigrationFrameType.Commit => 0,
+        MigrationFrameType.Locate => MigrationLocate.MaxBytes,
+        MigrationFrameType.Located => 1,
         MigrationFrameType.EpochEnd or MigrationFrameType.EpochCommitted or MigrationFrameType.Handover => 8,
         _ => -1,
     };

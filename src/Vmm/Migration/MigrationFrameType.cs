@@ -18,7 +18,7 @@ public enum MigrationFrameType : byte
     /// connection, can never be overtaken by its older copy.</summary>
     PassEnd = 3,
     /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target makes copied disk images
-    /// durable, restores and resumes.</summary>
+    /// durable, restores, and answers <see cref="Prepared"/>; it resumes only on <see cref="Commit"/>.</summary>
     State = 4,
     /// <summary>The source gave up (the reason as text); the target discards everything.</summary>
     Abort = 5,
@@ -30,6 +30,11 @@ public enum MigrationFrameType : byte
     /// the token the target's <see cref="Ready"/> gave, and the connection's index. The target answers
     /// <see cref="Ready"/> and the connection carries Pages, disk frames and PassEnd from then on.</summary>
     Join = 8,
+    /// <summary>The point of no return (no payload): the target resumes the VM. Until the source sends it, the VM is the
+    /// source's, and any failure resumes it there; once it is sent, the source never resumes the VM by itself: without
+    /// <see cref="Resumed"/> it stays paused, in doubt, until the target is asked (<see cref="Locate"/>) or an
+    /// operator says the target does not run it. At no instant do two copies run guest code.</summary>
+    Commit = 9,
     /// <summary>Either side, replication only: nothing else to say, and still here. Answered in kind.</summary>
     Heartbeat = 10,
     /// <summary>Replication: the end of an epoch (its number, 8 bytes): its pages, disk blocks and State came
@@ -40,12 +45,16 @@ public enum MigrationFrameType : byte
     /// the primary then stops its VM, and the standby resumes it when asked, without fencing.</summary>
     Handover = 12,
 
+    /// <summary>The first frame of a connection that only asks what became of one migration (its id, 16 bytes, then the
+    /// VM's name): a source in doubt asks its target. Answered by <see cref="Located"/>.</summary>
+    Locate = 13,
+
     // Target to source.
     /// <summary>The target built the machine (its KVM offers the guest's CPUID) and takes pages. When the Hello asked
     /// for several connections, it carries the 16-byte token each further connection joins with; it also answers a
     /// <see cref="Join"/> it took. A standby's carries its failover timeout in milliseconds (4 bytes).</summary>
     Ready = 16,
-    /// <summary>The VM runs on the target: the source may stop.</summary>
+    /// <summary>The target took <see cref="Commit"/> and the VM runs there: the source stops.</summary>
     Resumed = 17,
     /// <summary>The target refused or failed (the reason as text).</summary>
     Error = 18,
@@ -56,4 +65,9 @@ public enum MigrationFrameType : byte
     /// <summary>Replication: the standby holds the epoch (its number) in full, applied: the primary may release
     /// that epoch's output.</summary>
     EpochCommitted = 20,
+    /// <summary>The target holds the whole VM (disk images durable, state restored) and resumes it on <see cref="Commit"/>;
+    /// without Commit it discards it. A source that does not get it may still resume its VM.</summary>
+    Prepared = 21,
+    /// <summary>The answer to <see cref="Locate"/>: one <see cref="MigrationOutcome"/> byte.</summary>
+    Located = 22,
 }

@@ -13,7 +13,11 @@ namespace Vmm.Migration;
 /// ranges inside their images, frame order); on any failure (a bug included) the half-built machine and any
 /// partial image are discarded, the source is told why, and a <see cref="MigrationException"/> says it to the
 /// caller. A migration may come over several connections: the one with the Hello, and others that join it
-/// (<see cref="MigrationJoins"/>, <see cref="JoiningConnections"/>); each is received on its own thread.</summary>
+/// (<see cref="MigrationJoins"/>, <see cref="JoiningConnections"/>); each is received on its own thread.
+/// <para>The commit: once the state is restored the target answers Prepared and waits; only the source's Commit lets
+/// the VM run here (<see cref="AwaitCommit"/>), and from then on it is this target's, whether or not the source hears
+/// Resumed. Until then any failure discards it, and the source resumes its own. Each migration's outcome is recorded
+/// (<see cref="MigrationOutcomes"/>) for a source that is left in doubt and asks (<see cref="MigrationLocate"/>).</para></summary>
 public sealed class MigrationReceiver
 {
     private readonly MigrationChannel _channel;
@@ -21,6 +25,7 @@ public sealed class MigrationReceiver
     private readonly string? _diskDirectory;
     private readonly MigrationJoins? _joins;
     private readonly IDisposable _connection;
+    private readonly MigrationOutcomes? _outcomes;
     private byte[] _buffer = new byte[1 << 20];
     private MigrationHello? _hello;
     private IncomingDiskImages? _disks;
@@ -29,8 +34,11 @@ public sealed class MigrationReceiver
     /// disks sit on shared storage.</param>
     /// <param name="joins">The migrations further connections may join; null: this target takes one connection per migration.</param>
     /// <param name="connection">What closes the connection under a read that blocks (its socket); null: the stream.</param>
-    public MigrationReceiver(Stream stream, Logger log, string? diskDirectory = null, MigrationJoins? joins = null, IDisposable? connection = null)
+    /// <param name="outcomes">Where this target records what became of each migration, and answers a source in doubt
+    /// from; null: it keeps no record, and says so.</param>
+    public MigrationReceiver(Stream stream, Logger log, string? diskDirectory = null, MigrationJoins? joins = null, IDisposable? connection = null, MigrationOutcomes? outcomes = null)
     {
+        _outcomes = outcomes;
         _channel = new MigrationChannel(stream);
         _log = log;
         _diskDirectory = diskDirectory;
@@ -43,7 +51,8 @@ public sealed class MigrationReceiver
     /// <summary>Reads the connection's first frame. A Hello begins a migration: returns true, and
     /// <see cref="Receive{T}(Func{IncomingMachine, T})"/> goes on with it. A Join makes this connection one more of a
     /// migration under way: <paramref name="joined"/> is called once it is taken, the connection carries that
-    /// migration's passes until it ends, and this returns false (or throws, failing that migration too).</summary>
+    /// migration's passes until it ends, and this returns false (or throws, failing that migration too). A Locate (a
+    /// source in doubt asking what became of its migration) is answered, and this returns false.</summary>
     public bool ReadHelloOrServeJoin(Action<int>? joined = null)
     {
         try
@@ -59,11 +68,21 @@ public sealed class MigrationReceiver
                 joining.Serve(join, _channel, _connection);
                 return false;
             }
+            if (type == MigrationFrameType.Locate)
+            {
+                var locate = MigrationLocate.Read(payload.ToArray());
+                var outcome = _outcomes?.Of(locate.Id) ?? MigrationOutcome.Unknown;
+                _log.Info($"a source asked what became of its migration of {locate.Name}: {outcome}");
+                _channel.Send(MigrationFrameType.Located, [(byte)outcome]);
+                _channel.Flush();
+                return false;
+            }
             if (type != MigrationFrameType.Hello) throw new MigrationException($"migration stream: expected a Hello frame, got {type}");
             _hello = MigrationHello.Read(payload.ToArray());
             if (_hello.Replication) throw new MigrationException("the source replicates its VM to a standby, and this is a migration target (replication goes to 'vmm standby')");
             if (_hello.Connections > 1 && _joins is null)
                 throw new MigrationException($"the source asks for {_hello.Connections} connections, and this target takes one per migration");
+            _outcomes?.Begin(_hello.MigrationId);
             return true;
         }
         catch (Exception e)
@@ -76,8 +95,9 @@ public sealed class MigrationReceiver
     public T Receive<T>(Func<MachineDescription, T> build) where T : IMigrationDestination => Receive((IncomingMachine incoming) => build(incoming.Description));
 
     /// <summary>Receives a VM: <paramref name="build"/> makes the destination (with zeroed RAM) from what the
-    /// source said it is, or refuses it (a CPUID this host cannot offer, a disk outside the allowed directories). Returns it restored and ready to run; the caller starts it and then calls
-    /// <see cref="ConfirmResumed"/>.</summary>
+    /// source said it is, or refuses it (a CPUID this host cannot offer, a disk outside the allowed directories). Returns it
+    /// restored, once the source was told Prepared; the caller then waits for <see cref="AwaitCommit"/>, and only then
+    /// starts it and calls <see cref="ConfirmResumed"/>.</summary>
     public T Receive<T>(Func<IncomingMachine, T> build) where T : IMigrationDestination
     {
         if (_hello is null && !ReadHelloOrServeJoin()) throw new InvalidOperationException("this connection joined another migration");
@@ -141,6 +161,8 @@ public sealed class MigrationReceiver
                         }
                         machine.Restore(state);
                         _log.Debug($"migration: state restored in {restoring.Elapsed.TotalMilliseconds:F1} ms");
+                        _channel.Send(MigrationFrameType.Prepared, []);
+                        _channel.Flush();
                         return machine;
                     case MigrationFrameType.Abort:
                         throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
@@ -157,6 +179,7 @@ public sealed class MigrationReceiver
             joining?.End();
             machine?.Dispose();
             _disks?.Dispose();
+            if (_hello is { } discarded) _outcomes?.Discarded(discarded.MigrationId);
             throw Failed(failure);
         }
         finally
@@ -165,15 +188,36 @@ public sealed class MigrationReceiver
         }
     }
 
-    /// <summary>Tells the source the VM runs here; if that fails the source will resume it, so the caller
-    /// must stop this copy (and its copied disk images are removed: the VM goes on with its own, there).</summary>
+    /// <summary>Waits for the source's Commit: once it returns, the VM is this target's to run (and its copied disk
+    /// images stay). Anything else (an Abort, the connection lost or silent) throws: the source resumes its own, so the
+    /// caller must discard this one, and the copied images go.</summary>
+    public void AwaitCommit()
+    {
+        var hello = _hello ?? throw new InvalidOperationException("no migration was received on this connection");
+        try
+        {
+            var (type, payload) = _channel.Receive(ref _buffer);
+            if (type == MigrationFrameType.Abort) throw new MigrationException($"the source gave up: {Encoding.UTF8.GetString(payload.Span)}");
+            if (type != MigrationFrameType.Commit) throw new MigrationException($"migration stream: expected the Commit, got {type}");
+            _outcomes?.Committed(hello.MigrationId);
+            _disks?.Keep();
+        }
+        catch (Exception e)
+        {
+            _outcomes?.Discarded(hello.MigrationId);
+            _disks?.Dispose();
+            throw e as MigrationException ?? new MigrationException(e is VmmException ? e.Message : $"internal error in vmm: {e}", e);
+        }
+    }
+
+    /// <summary>Tells the source the VM runs here. If that fails, the VM still runs here: the source, past its Commit,
+    /// keeps its copy paused, in doubt, until it learns where the VM runs (<see cref="MigrationLocate"/>).</summary>
     public void ConfirmResumed()
     {
         try
         {
             _channel.Send(MigrationFrameType.Resumed, []);
             _channel.Flush();
-            _disks?.Keep();
         }
         finally
         {

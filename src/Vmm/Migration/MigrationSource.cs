@@ -13,8 +13,11 @@ namespace Vmm.Migration;
 /// pass over RAM while the guest runs, passes of the pages it dirtied until the rest fits in the downtime
 /// limit, then pause, the last pages, disk flush and the device and vCPU state. With
 /// <see cref="MigrationOptions.CopyDisks"/> the disk images travel too, pass by pass with RAM
-/// (<see cref="DiskCopySender"/>), and count towards the downtime estimate. The source stops only
-/// after the target says the VM runs there; any failure before that resumes the VM here. A migration is a
+/// (<see cref="DiskCopySender"/>), and count towards the downtime estimate.
+/// <para>The invariant: at no instant do two copies of the VM run guest code. The target answers the state with
+/// Prepared and resumes only on the source's Commit, the point of no return. Any failure before the Commit resumes the
+/// VM here (the target discards its copy); once the Commit is sent, the VM is never resumed here by the source: with
+/// Resumed it stops, and without it stays paused, in doubt (<see cref="MigrationException.Doubt"/>).</para> A migration is a
 /// failure boundary: whatever goes wrong, a bug included, ends the migration, never the VM. When the VM
 /// itself stops meanwhile (the guest powers off, a signal), the migration ends at once and says so. The
 /// connection is plain TCP, or mutual TLS with <see cref="MigrationOptions.TlsDirectory"/> (see <see cref="MigrationTls"/>).
@@ -61,11 +64,22 @@ public sealed class MigrationSource
         using var connections = new OutgoingConnections(host, port, _options.Target, _options.IoTimeout, tls);
         // A VM that stops ends its migration: closing the sockets ends a send or receive that blocks.
         using var onVmStop = _machine.Stopping.Register(connections.CloseAll);
-        bool timedOut = false;
+        bool timedOut = false, committing = false;
+        var commitGate = new object();
         // Without --force the time limit is hard: closing the sockets ends a write (or a TLS handshake) that blocks.
+        // It ends nothing past the Commit, which it would only turn into a doubt.
         using var deadline = _options.TimeoutS > 0 && !_options.Force
-            ? new Timer(_ => { timedOut = true; connections.CloseAll(); }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
+            ? new Timer(_ =>
+            {
+                lock (commitGate)
+                {
+                    if (committing) return;
+                    timedOut = true;
+                }
+                connections.CloseAll();
+            }, null, TimeSpan.FromSeconds(_options.TimeoutS), Timeout.InfiniteTimeSpan)
             : null;
+        MigrationHello? hello = null;
         MigrationChannel? channel = null;
         FrameWriter? writer = null;
         DirtyPageTracker? tracker = null;
@@ -73,7 +87,7 @@ public sealed class MigrationSource
         try
         {
             channel = connections.OpenMain(_log);
-            var token = SendHello(channel);
+            (hello, var token) = SendHello(channel);
             if (_options.Connections > 1) connections.Join(token, _options.Connections);
             _writer = writer = new FrameWriter(connections.Channels);
             tracker = _machine.StartDirtyTracking();
@@ -151,14 +165,32 @@ public sealed class MigrationSource
             channel.Flush();
             double stateMs = downtime.Elapsed.TotalMilliseconds;
             connections.MainSocket.ReceiveTimeout = (int)_options.ConfirmTimeout.TotalMilliseconds;
+            OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Prepared, "the target did not take the VM's state");
+            double preparedMs = downtime.Elapsed.TotalMilliseconds;
+            lock (commitGate)
+            {
+                if (timedOut) throw new MigrationException("timed out");
+                committing = true;
+            }
+            channel.Send(MigrationFrameType.Commit, []);
+            channel.Flush();
             OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Resumed, "the target did not confirm that the VM runs there");
             downtime.Stop();
             _machine.StopDirtyTracking(tracker);
             if (tracker.UsesDirtyRing) _log.Debug($"migration: vCPUs found their dirty ring full {_machine.DirtyRingFullExits} times so far");
             _log.Info($"migration: downtime {downtime.Elapsed.TotalMilliseconds:F1} ms = pause {pausedMs:F1} + last {finalPages} pages{(disks is null ? "" : $" and {finalDiskBytes >> 10} KiB of disk")} {pagesMs - pausedMs:F1} + " +
-                      $"disk flush and state {stateMs - pagesMs:F1} + target restore, resume and confirmation {downtime.Elapsed.TotalMilliseconds - stateMs:F1}");
+                      $"disk flush and state {stateMs - pagesMs:F1} + target restore {preparedMs - stateMs:F1} + commit, resume and confirmation {downtime.Elapsed.TotalMilliseconds - preparedMs:F1}");
             return new MigrationReport(_options.Target, pass + 1, connections.BytesSent, _pagesSent, total.Elapsed.TotalMilliseconds,
                 downtime.Elapsed.TotalMilliseconds, forced, disks?.BytesSent ?? 0);
+        }
+        catch (Exception e) when (Volatile.Read(ref committing) && _machine.StopReason is null)
+        {
+            // Past the point of no return: the target may run the VM, so this copy must not.
+            string why = e is VmmException ? e.Message : $"internal error in vmm: {e}";
+            var doubt = new MigrationDoubt(_options.Target, new MigrationLocate(hello!.MigrationId, hello.Name), _options.TlsDirectory, why);
+            _log.Error($"migration to {_options.Target}: the Commit went out and no confirmation came back ({why}); the VM stays paused here, in doubt");
+            throw new MigrationException($"migration to {_options.Target} is in doubt: the Commit went out and the target did not confirm ({why}); " +
+                "the VM stays paused here, as the target may run it: 'vmm ctl resume' asks the target, and resumes here only if it never ran the VM there", e) { Doubt = doubt };
         }
         catch (Exception e)
         {
@@ -203,8 +235,8 @@ public sealed class MigrationSource
         }
     }
 
-    /// <summary>Sends the Hello; returns the token further connections join with (with several).</summary>
-    private UInt128 SendHello(MigrationChannel channel)
+    /// <summary>Sends the Hello; returns it, and the token further connections join with (with several).</summary>
+    private (MigrationHello, UInt128) SendHello(MigrationChannel channel)
     {
         // The CPUID the guest was shown goes along, so a target that cannot offer it refuses now, before the pause.
         var description = MachineDescription.Of(_machine.Config) with { VcpuCpuid = _machine.VcpuCpuid };
@@ -212,7 +244,7 @@ public sealed class MigrationSource
         channel.Send(MigrationFrameType.Hello, hello.ToBytes());
         channel.Flush();
         var ready = OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
-        return _options.Connections > 1 ? MigrationJoin.ReadToken(ready) : 0;
+        return (hello, _options.Connections > 1 ? MigrationJoin.ReadToken(ready) : 0);
     }
 
     /// <summary>Sends the pages (see <see cref="PageFrames"/>): frames are built here and sent by the

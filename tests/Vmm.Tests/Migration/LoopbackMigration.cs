@@ -67,6 +67,15 @@ internal sealed class LoopbackMigration : IDisposable
             if (!receiver.ReadHelloOrServeJoin()) return;
             var machine = receiver.Receive(d => new MachineDestination(MachineBuilder.ForRestore(d.Description.ToConfig(new MachineConfig { SerialOutput = Stream.Null })
                 with { DiskImagesOpenedAt = d.DiskImagesOpenedAt }, _log))).Machine;
+            try
+            {
+                receiver.AwaitCommit();
+            }
+            catch
+            {
+                machine.Dispose();
+                throw;
+            }
             var run = Task.Factory.StartNew(machine.Run, TaskCreationOptions.LongRunning);
             receiver.ConfirmResumed();
             _target.TrySetResult((machine, run));

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Vmm.Firmware;
+using Vmm.Migration;
 using Vmm.Tests.EndToEnd;
 using Vmm.Tests.Migration;
 using Xunit;
@@ -102,5 +103,52 @@ public sealed class OcfAgentTests : IDisposable
         // Only that VM stopped: the daemon, which would take the next one, runs on.
         Assert.False(daemon.HasExited, $"the daemon exited with the VM\n{daemon}");
         Assert.Contains("stop requested on the control socket", daemon.Log);
+    }
+
+    /// <summary>A migrate_to whose commit loses its last packet leaves the VM in doubt; the agent asks the target and
+    /// answers what happened: the Resumed lost, the VM runs there (success); the Commit lost, it never ran there and
+    /// runs on here (failure, and the VM running).</summary>
+    [Theory]
+    [InlineData(MigrationFrameType.Resumed, false)]
+    [InlineData(MigrationFrameType.Commit, true)]
+    public void MigrateTo_InDoubt_AsksTheTargetWhereTheVmRuns(MigrationFrameType lost, bool fromSource)
+    {
+        var (config, name, socket) = VmConfig();
+        Directory.CreateDirectory(Path.Combine(_directory, "received"));
+        string received = Path.Combine(_directory, "received", "{name}.sock");
+        using var daemon = new RunningVmm(["migrate-receive", "--listen", "127.0.0.1:0", "--api-socket", received]);
+        Match? listening = null;
+        Assert.True(daemon.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for migrations on 127\.0\.0\.1:(\d+)")).Success, Patience), $"the daemon did not listen\n{daemon}");
+        using var proxy = new FrameCuttingProxy(int.Parse(listening!.Groups[1].Value), lost, fromSource);
+        string[] parameters =
+        [
+            $"OCF_RESKEY_config={config}", $"OCF_RESKEY_name={name}", $"OCF_RESKEY_api_socket={socket}",
+            $"OCF_RESKEY_vmm_binary={VmmWrapper()}", $"OCF_RESKEY_state_dir={Path.Combine(_directory, "state")}",
+            $"OCF_RESKEY_received_api_socket={received}", $"OCF_RESKEY_migrate_receive_port={proxy.Address.Split(':')[1]}",
+            "OCF_RESKEY_migration_addresses=this-node=127.0.0.1", "OCF_RESKEY_CRM_meta_migrate_target=this-node",
+        ];
+        (int, string) Agent(string action) => HostCommand.Run(["env", "OCF_ROOT=/usr/lib/ocf", .. parameters, Path.Combine(RepositoryPaths.Root, "ocf", "vm"), action]);
+
+        Assert.Equal(0, Agent("start").Item1);
+        var migrated = Agent("migrate_to");
+        Assert.True(proxy.Cut, $"the link was never cut\n{migrated.Item2}\n{daemon}");
+        Assert.Contains("in doubt; asking the target", migrated.Item2);
+        if (!fromSource)
+        {
+            Assert.True(migrated.Item1 == 0, $"migrate_to: {migrated.Item2}\n{daemon}");
+            Assert.False(File.Exists(socket), "the paused copy still serves its socket");
+            Assert.Equal(0, Agent("migrate_from").Item1);
+        }
+        else
+        {
+            Assert.True(migrated.Item1 == 1, $"migrate_to: {migrated.Item2}\n{daemon}");
+            Assert.Contains("the target never ran it", migrated.Item2);
+            using var status = new RunningVmm(["ctl", "--socket", socket, "status"]);
+            Assert.Equal(0, status.WaitForExit(Patience));
+            Assert.Contains("\"state\":\"running\"", status.Console);
+            Assert.DoesNotContain("runs here", daemon.Log);
+        }
+        Assert.Equal(0, Agent("stop").Item1);
+        Assert.Equal(7, Agent("monitor").Item1);
     }
 }

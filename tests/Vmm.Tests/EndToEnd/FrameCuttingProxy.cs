@@ -1,0 +1,107 @@
+using System.Net;
+using System.Net.Sockets;
+using Vmm.Migration;
+
+namespace Vmm.Tests.EndToEnd;
+
+/// <summary>A TCP forwarder between a migration source and its target that reads every frame both ways and cuts the
+/// link the first time one frame of a chosen type goes the chosen way: that frame is lost, nothing more passes, and
+/// both ends see their connection close. The last packet of a protocol step lost, made certain. Connections after the
+/// cut (a source in doubt asking its target) pass untouched.</summary>
+internal sealed class FrameCuttingProxy : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly int _targetPort;
+    private readonly MigrationFrameType _cutAt;
+    private readonly bool _fromSource;
+    private readonly List<Task> _connections = [];
+    private readonly Task _accepting;
+    private int _cut;
+
+    /// <param name="fromSource">Whether the frame to lose goes from the source to the target (else the other way).</param>
+    public FrameCuttingProxy(int targetPort, MigrationFrameType cutAt, bool fromSource)
+    {
+        (_targetPort, _cutAt, _fromSource) = (targetPort, cutAt, fromSource);
+        _listener.Start();
+        _accepting = Task.Run(Accept);
+    }
+
+    public string Address => $"127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+
+    /// <summary>Whether the link was cut.</summary>
+    public bool Cut => Volatile.Read(ref _cut) == 1;
+
+    private async Task Accept()
+    {
+        while (true)
+        {
+            Socket source;
+            try
+            {
+                source = await _listener.AcceptSocketAsync();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return;
+            }
+            lock (_connections) _connections.Add(Task.Run(() => Forward(source)));
+        }
+    }
+
+    private void Forward(Socket source)
+    {
+        using var _ = source;
+        using var target = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            target.Connect(IPAddress.Loopback, _targetPort);
+        }
+        catch (SocketException)
+        {
+            // The target is gone: the source finds its connection closed, as it would finding nobody there.
+            return;
+        }
+        var back = Task.Run(() => Pass(target, source, fromSource: false));
+        Pass(source, target, fromSource: true);
+        back.Wait();
+    }
+
+    private void Pass(Socket from, Socket to, bool fromSource)
+    {
+        using var input = new NetworkStream(from, ownsSocket: false);
+        using var output = new NetworkStream(to, ownsSocket: false);
+        var reader = new MigrationChannel(input);
+        var writer = new MigrationChannel(output);
+        byte[] buffer = new byte[1 << 20];
+        try
+        {
+            while (true)
+            {
+                var (type, payload) = reader.Receive(ref buffer);
+                if (type == _cutAt && fromSource == _fromSource && Interlocked.Exchange(ref _cut, 1) == 0)
+                {
+                    from.Shutdown(SocketShutdown.Both);
+                    to.Shutdown(SocketShutdown.Both);
+                    return;
+                }
+                writer.Send(type, payload.Span);
+                writer.Flush();
+            }
+        }
+        catch (Exception e) when (e is MigrationException or IOException or SocketException or ObjectDisposedException)
+        {
+            // One side hung up (or the link was cut the other way): pass that on.
+            try { to.Shutdown(SocketShutdown.Send); }
+            catch (Exception) { }
+        }
+    }
+
+    public void Dispose()
+    {
+        _listener.Stop();
+        _accepting.Wait(TimeSpan.FromSeconds(10));
+        Task[] connections;
+        lock (_connections) connections = [.. _connections];
+        Task.WaitAll(connections, TimeSpan.FromSeconds(30));
+    }
+}
