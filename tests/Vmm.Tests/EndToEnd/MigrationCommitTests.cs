@@ -119,4 +119,30 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
         Assert.Equal(GuestSuccess, sourceExit);
         Assert.Equal(ExpectedConsole(g), source.Console);
     }
+
+    [Fact]
+    public void AClientKilledBeforeTheAnswer_StillLeavesNoCopyHere()
+    {
+        // The source stops once the target confirmed, whether or not anyone is left to read the answer.
+        var g = Guest();
+        string socket = Path.Combine(_directory, "src.sock");
+        var (target, listen) = StartTarget(once: false);
+        using var source = StartSource(g, socket);
+        RunningVmm? ctl = null;
+        using var proxy = new GatedMigrationProxy(PortOf(listen), (type, _) =>
+        {
+            if (type != MigrationFrameType.Resumed) return;
+            ctl!.Kill();
+            ctl.WaitForExit(Patience);
+        });
+        using (ctl = Migrate(socket, proxy.Address, "--force"))
+            Assert.True(ctl.WaitForExit(Patience) is not (0 or 1), $"the client was not killed before the answer\n{ctl}");
+        int? sourceExit = source.WaitForExit(Patience);
+        Assert.True(target.WaitFor((_, log) => log.Contains("migration 1: VM stopped"), Patience), target.ToString());
+        Show("source", source); Show("target", target);
+
+        Assert.Equal(0, sourceExit);
+        Assert.Contains("the VM now runs on", source.Log);
+        Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
 }
