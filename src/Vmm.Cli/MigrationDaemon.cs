@@ -29,7 +29,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
 
     private readonly MigrationJoins _joins = new();
     private readonly MigrationOutcomes _outcomes = new();
-    private int _awaitingFirstFrame;
+    private int _awaitingFirstFrame, _refusing;
+    private const int MaxRefusing = 8;
     private readonly List<ReceivedVm> _running = [];
     /// <summary>The names of the VMs running here or arriving (guarded by <see cref="_running"/>).</summary>
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
@@ -119,7 +120,18 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             Interlocked.Decrement(ref _awaitingFirstFrame);
             log.Warning($"connection {n} from {source} refused: {options.MaxIncoming * MaxAwaitingFirstFrame} connections are already waiting for their first frame");
-            Task.Run(() => RefuseBusy(connection, "connections are waiting to begin"));
+            // Refusals are bounded too: past a few in flight, a flood of connections is only closed.
+            if (Interlocked.Increment(ref _refusing) > MaxRefusing)
+            {
+                Interlocked.Decrement(ref _refusing);
+                connection.Dispose();
+                return;
+            }
+            Task.Run(() =>
+            {
+                try { RefuseBusy(connection, "connections are waiting to begin"); }
+                finally { Interlocked.Decrement(ref _refusing); }
+            });
             return;
         }
         lock (_incoming) _incoming.Add(connection);

@@ -14,6 +14,11 @@ public static class StandbyCommand
             log.Error($"--disk-dir {options.DiskDir} is not a directory");
             return ExitCodes.VmmError;
         }
+        if (options.Name is { } name && !VmName.IsValid(name))
+        {
+            log.Error($"--name '{name}' is not a VM name: 1 to {VmName.MaxLength} letters, digits, '.', '_' or '-', starting with a letter or digit");
+            return ExitCodes.VmmError;
+        }
         if (options.TimeoutRefusal() is { } refusal)
         {
             log.Error(refusal);

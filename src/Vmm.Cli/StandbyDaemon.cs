@@ -12,7 +12,11 @@ using Vmm.Vm;
 namespace Vmm.Cli;
 
 /// <summary><c>vmm standby</c>: holds the last committed epoch of one replicated VM and resumes it when the primary
-/// dies. One replication stream at a time (a second is told the standby is busy). When the stream breaks or goes
+/// dies. Each connection is a session of its own (<see cref="Session"/>) until its Hello is admitted; only an admitted
+/// session becomes the standby's replication, and only its end changes what the standby holds: a port scan, a health
+/// check or a stalled handshake leaves a held replica, its primary's address and the phase as they were. One
+/// replication at a time (another is told the standby is busy). While a lost primary's replica is held, only that VM's
+/// primary is admitted (it is alive, so what was held goes); with --name, only that VM ever is. When the stream breaks or goes
 /// silent after an epoch committed, the standby waits until the primary has been silent for the failover timeout,
 /// runs the fence command, and only when that succeeds resumes the VM from the last committed epoch; without a fence
 /// command it waits for <c>vmm ctl failover</c>, and a fence that fails leaves the VM not running until an operator who
@@ -30,10 +34,12 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private readonly ManualResetEventSlim _finished = new();
     /// <summary>What the standby is doing, for status and logs (guarded by <see cref="_lock"/>).</summary>
     private string _phase = "waiting";
-    private StandbyReceiver? _receiver;
-    private string? _primary;
-    /// <summary>The checkpoint of a primary that was lost, not yet resumed (fencing failed, or none was configured).</summary>
+    /// <summary>The admitted stream, replicating into this standby.</summary>
+    private Session? _replicating;
+    /// <summary>The checkpoint of a primary that was lost, not yet resumed (fencing failed, or none was configured), and
+    /// where that primary connected from (what the fence command is told).</summary>
     private StandbyCheckpoint? _orphan;
+    private string? _orphanPrimary;
     /// <summary>The orphan was handed over by its primary, which stopped it: it is resumed without fencing.</summary>
     private bool _handedOver;
     private Machine? _machine;
@@ -43,8 +49,17 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private Stream? _serialLog;
     private int _exitCode = ExitCodes.GuestFinished;
     private bool _fencing;
-    /// <summary>A replication stream is being taken in (from its accept to its end).</summary>
-    private bool _receiving;
+    /// <summary>Connections not yet past their Hello, and refusals being sent: each bounded, so that no peer holds the
+    /// standby's place by connecting, and connecting faster only gets its connections closed.</summary>
+    private int _awaitingHello, _refusing;
+    private const int MaxAwaitingHello = 8, MaxRefusing = 8;
+
+    /// <summary>One incoming connection: where it came from, and what it received once admitted.</summary>
+    private sealed class Session(string source)
+    {
+        public string Source => source;
+        public StandbyReceiver? Receiver { get; set; }
+    }
 
     public int Run()
     {
@@ -69,7 +84,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                     log.Warning($"standby: stopping without resuming VM {orphan.Name}: its disk images stay in {options.DiskDir} as of epoch " +
                                 $"{orphan.Epoch} (its memory is lost; boot it from them, or delete them, by hand)");
             }
-            _receiver?.Checkpoint?.Dispose();
+            _replicating?.Receiver?.Checkpoint?.Dispose();
         }
         return _exitCode;
     }
@@ -102,41 +117,79 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                 continue;
             }
             string? busy;
-            lock (_lock)
+            lock (_lock) busy = _machine is not null ? "the VM runs here already" : null;
+            if (busy is null && Interlocked.Increment(ref _awaitingHello) > MaxAwaitingHello)
             {
-                busy = _machine is not null ? "the VM runs here already"
-                    : _receiving ? $"it takes a replica from {_primary} already"
-                    : _fencing ? "it is fencing a lost primary" : null;
-                if (busy is null)
-                {
-                    _receiving = true;
-                    _phase = "receiving";
-                    _primary = connection.RemoteEndPoint?.ToString();
-                }
+                Interlocked.Decrement(ref _awaitingHello);
+                busy = $"{MaxAwaitingHello} connections are waiting to begin";
             }
             if (busy is not null)
             {
-                log.Warning($"standby: refused a connection from {connection.RemoteEndPoint}: {busy}");
-                Task.Run(() => Refuse(connection, $"the standby is busy: {busy}"));
+                Refuse(connection, $"the standby is busy: {busy}");
                 continue;
             }
             new Thread(() => Receive(connection)) { Name = "standby-receive", IsBackground = true }.Start();
         }
     }
 
+    /// <summary>Tells a peer why it is refused, on a task of its own; past <see cref="MaxRefusing"/> at once, it is only
+    /// closed.</summary>
     private void Refuse(Socket connection, string why)
     {
-        try
+        log.Warning($"standby: refused a connection from {connection.RemoteEndPoint}: {why}");
+        if (Interlocked.Increment(ref _refusing) > MaxRefusing)
         {
-            connection.SendTimeout = 1000;
-            using var stream = new NetworkStream(connection, ownsSocket: true);
-            var channel = new MigrationChannel(stream);
-            channel.SendText(MigrationFrameType.Error, why);
-            channel.Flush();
+            Interlocked.Decrement(ref _refusing);
+            connection.Dispose();
+            return;
         }
-        catch (MigrationException)
+        Task.Run(() =>
         {
-            // It went away already.
+            try
+            {
+                connection.SendTimeout = 1000;
+                using var stream = new NetworkStream(connection, ownsSocket: true);
+                var channel = new MigrationChannel(stream);
+                channel.SendText(MigrationFrameType.Error, why);
+                channel.Flush();
+            }
+            catch (MigrationException)
+            {
+                // It went away already.
+            }
+            finally
+            {
+                connection.Dispose();
+                Interlocked.Decrement(ref _refusing);
+            }
+        });
+    }
+
+    /// <summary>Admits a session whose Hello checked out, making it the standby's replication, or refuses it (throws):
+    /// the VM runs here, another replicates, a fence is under way, another VM's replica is held for its lost primary,
+    /// or --name names another VM. The held replica's own primary is admitted: it is alive, so the replica goes.</summary>
+    private void Admit(Session session, MigrationHello hello)
+    {
+        lock (_lock)
+        {
+            string? busy = _machine is not null ? "the VM runs here already"
+                : _replicating is { } other ? $"it takes a replica from {other.Source} already"
+                : _fencing ? "it is fencing a lost primary"
+                : _orphan is { } held && _handedOver ? $"it holds VM {held.Name}, handed over by its primary: 'vmm ctl failover' resumes it here"
+                : _orphan is { } lost && lost.Name != hello.Name ? $"it holds the replica of VM {lost.Name} for its lost primary; only that VM's primary may connect until an operator fails it over or stops this standby"
+                : null;
+            if (busy is not null) throw new MigrationException($"the standby is busy: {busy}");
+            if (options.Name is { } bound && hello.Name != bound)
+                throw new MigrationException($"this standby holds VM {bound} only (--name), and the primary replicates VM {hello.Name}");
+            if (_orphan is { } old)
+            {
+                log.Info($"standby: the primary of VM {old.Name} connected again from {session.Source}: it is alive, so the replica at epoch {old.Epoch} is discarded");
+                old.Dispose();
+                _orphan = null;
+                _orphanPrimary = null;
+            }
+            _replicating = session;
+            _phase = "replicating";
         }
     }
 
@@ -144,9 +197,16 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private void Receive(Socket connection)
     {
         string source = connection.RemoteEndPoint?.ToString() ?? "?";
+        var session = new Session(source);
         StandbyOutcome outcome;
         Stream? stream = null;
-        bool helloLate = false;
+        bool helloLate = false, awaitingHello = true;
+        void HelloRead()
+        {
+            if (!awaitingHello) return;
+            awaitingHello = false;
+            Interlocked.Decrement(ref _awaitingHello);
+        }
         using var helloDeadline = new Timer(_ => { helloLate = true; connection.Dispose(); }, null, MigrationDaemon.HelloDeadline, Timeout.InfiniteTimeSpan);
         try
         {
@@ -155,30 +215,16 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
             // A silent primary is a dead one: a read that waits this long ends the stream.
             connection.ReceiveTimeout = connection.SendTimeout = options.FailoverTimeoutMs;
             stream = IncomingMigrationStream.Open(connection, tls);
-            if (stream is SslStream session) log.Info($"standby: mutual TLS ({session.SslProtocol}) with {session.RemoteCertificate?.Subject}");
-            var receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout,
+            if (stream is SslStream tlsSession) log.Info($"standby: mutual TLS ({tlsSession.SslProtocol}) with {tlsSession.RemoteCertificate?.Subject}");
+            var receiver = session.Receiver = new StandbyReceiver(new MigrationChannel(stream), log, Path.GetFullPath(options.DiskDir), _failoverTimeout,
                 options.FenceTimeout);
-            lock (_lock)
-            {
-                _receiver = receiver;
-                _primary = source;
-            }
             outcome = receiver.Run(hello =>
             {
                 helloDeadline.Change(Timeout.Infinite, Timeout.Infinite);
+                HelloRead();
                 if (helloLate) throw new MigrationException($"no valid Hello within {MigrationDaemon.HelloDeadline.TotalSeconds:0} s");
                 MachineBuilder.CheckCpuid(hello.Description.ToConfig(HostSettings(Stream.Null, hello.Name)));
-                lock (_lock)
-                {
-                    // A primary that speaks again is alive: what was held of its last stream will never be resumed.
-                    if (_orphan is { } old)
-                    {
-                        log.Info($"standby: a primary connected again; the replica of {old.Name} at epoch {old.Epoch} is discarded");
-                        old.Dispose();
-                        _orphan = null;
-                    }
-                    _phase = "replicating";
-                }
+                Admit(session, hello);
             });
         }
         catch (Exception e)
@@ -187,15 +233,22 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         }
         finally
         {
+            HelloRead();
             stream?.Dispose();
             connection.Dispose();
         }
-        var sinceHeard = _receiver?.SinceHeard ?? TimeSpan.Zero;
+        var sinceHeard = session.Receiver?.SinceHeard ?? TimeSpan.Zero;
         lock (_lock)
         {
-            _receiver = null;
-            _receiving = false;
+            // A session never admitted changes nothing the standby holds.
+            if (_replicating != session)
+            {
+                log.Info($"standby: a connection from {source} ended before it was admitted: {outcome.Reason}");
+                return;
+            }
+            _replicating = null;
             _orphan = outcome.Checkpoint;
+            _orphanPrimary = outcome.Checkpoint is null ? null : source;
             _handedOver = outcome.HandedOver;
             _phase = _orphan is null ? "waiting" : outcome.HandedOver ? "handed-over" : "primary-lost";
         }
@@ -311,7 +364,7 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         var start = new ProcessStartInfo("/bin/sh", ["-c", command]) { RedirectStandardOutput = true, RedirectStandardError = true };
         start.Environment["VMM_VM_NAME"] = checkpoint.Name;
         start.Environment["VMM_EPOCH"] = checkpoint.Epoch.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        start.Environment["VMM_PRIMARY"] = _primary ?? "";
+        lock (_lock) start.Environment["VMM_PRIMARY"] = _orphanPrimary ?? "";
         try
         {
             using var process = Process.Start(start)!;
@@ -360,8 +413,8 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
                 StandbyCheckpoint? orphan;
                 lock (_lock)
                 {
-                    if (_receiver is { } receiver && receiver.SinceHeard < _failoverTimeout)
-                        return JsonAnswers.Error($"the primary {_primary} was heard from {receiver.SinceHeard.TotalMilliseconds:F0} ms ago: it is alive, so the VM is not resumed here");
+                    if (_replicating is { Receiver: { } receiver } replicating && receiver.SinceHeard < _failoverTimeout)
+                        return JsonAnswers.Error($"the primary {replicating.Source} was heard from {receiver.SinceHeard.TotalMilliseconds:F0} ms ago: it is alive, so the VM is not resumed here");
                     orphan = _orphan;
                 }
                 if (orphan is null) return JsonAnswers.Error("there is no replica waiting for a failover here");
@@ -375,18 +428,20 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     {
         lock (_lock)
         {
-            var checkpoint = _orphan ?? _receiver?.Checkpoint;
+            var receiver = _replicating?.Receiver;
+            var checkpoint = _orphan ?? receiver?.Checkpoint;
             writer.WriteBoolean("ok", true);
             writer.WriteString("state", "standby");
             writer.WriteString("phase", _phase);
-            if (_primary is not null) writer.WriteString("primary", _primary);
+            if ((_replicating?.Source ?? _orphanPrimary) is { } primary) writer.WriteString("primary", primary);
+            if (options.Name is { } bound) writer.WriteString("boundTo", bound);
             if (checkpoint is not null)
             {
                 writer.WriteString("name", checkpoint.Name);
                 writer.WriteNumber("epoch", checkpoint.Epoch);
                 writer.WriteNumber("epochAgeMs", Math.Round(checkpoint.Age.TotalMilliseconds, 1));
             }
-            if (_receiver is { } receiver) writer.WriteNumber("sinceHeardMs", Math.Round(receiver.SinceHeard.TotalMilliseconds, 1));
+            if (receiver is not null) writer.WriteNumber("sinceHeardMs", Math.Round(receiver.SinceHeard.TotalMilliseconds, 1));
         }
     });
 

@@ -8,6 +8,9 @@ public sealed class StandbyOptions
     [Option("listen", Required = true, HelpText = "ADDRESS:PORT to take replication on, e.g. 0.0.0.0:7100; port 0 picks a free port (the log says which).")]
     public string Listen { get; set; } = "";
 
+    [Option("name", HelpText = "The one VM this standby holds: a primary replicating any other is refused. Without it, the first VM admitted, and while a lost primary's replica is held, only that VM's primary.")]
+    public string? Name { get; set; }
+
     [Option("disk-dir", Required = true, HelpText = "Where the replicated VM's disk images are kept, under their file names on the primary; an existing file is never replaced.")]
     public string DiskDir { get; set; } = "";
 

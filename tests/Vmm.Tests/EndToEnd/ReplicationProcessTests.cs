@@ -123,6 +123,81 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
     }
 
+    /// <summary>A standby whose fence failed holds the lost primary's replica, the only current copy of the VM. Whatever
+    /// connects meanwhile (a port scan, a peer that never speaks, another VM's primary) is a session of its own, refused
+    /// or dropped without touching that replica, the primary's address the fence is told, or the phase, and the
+    /// operator's failover still resumes it. (One such connection put the standby back to "waiting" and the replica
+    /// was lost: issue 18, defect 2.)</summary>
+    [Fact]
+    public void StrayConnectionsAndAnotherVmsPrimary_LeaveALostPrimarysReplicaResumable()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (standby, address, api) = StartStandby("standby", RefusingFence);
+        Replicate(socket, address);
+        primary.Kill();
+        Assert.True(standby.WaitFor((_, log) => log.Contains("fencing the primary failed"), Patience), $"the standby never fenced\n{standby}");
+        var held = Status(api);
+        Assert.Equal("fence-failed", held.GetProperty("phase").GetString());
+
+        int port = PortOf(address);
+        using (var scan = new System.Net.Sockets.TcpClient()) scan.Connect("127.0.0.1", port);
+        using var silent = new System.Net.Sockets.TcpClient();
+        silent.Connect("127.0.0.1", port);
+        string refusal = ReplicationHelloAnswer(port, "another-vm");
+        Assert.Contains("holds the replica of VM", refusal);
+        // Each ends unadmitted, the silent one at the Hello deadline: those three lines are what decides this.
+        Assert.True(standby.WaitFor((_, log) => Regex.Matches(log, "ended before it was admitted").Count >= 3, Patience), standby.ToString());
+
+        var after = Status(api);
+        Assert.Equal("fence-failed", after.GetProperty("phase").GetString());
+        Assert.Equal(held.GetProperty("epoch").GetInt64(), after.GetProperty("epoch").GetInt64());
+        Assert.Equal(held.GetProperty("primary").GetString(), after.GetProperty("primary").GetString());
+        using (var failover = new RunningVmm(["ctl", "--socket", api, "failover"]))
+            Assert.True(failover.WaitForExit(Patience) == 0, $"the operator's failover was refused\n{failover}\n{standby}");
+        int? standbyExit = standby.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.Equal(GuestSuccess, standbyExit);
+        AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
+    }
+
+    /// <summary>A peer that connects and says nothing holds no place: the real primary, connecting after it, is admitted
+    /// and protected at once. (The standby's one slot was taken at accept, for up to the 5 s Hello deadline, so a peer
+    /// reconnecting every 5 s kept the primary "busy" for ever: issue 18, defect 7.)</summary>
+    [Fact]
+    public void ASilentPeer_DoesNotKeepTheRealPrimaryOut()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        using var primary = StartSource(g, socket);
+        var (standby, address, api) = StartStandby("standby", RefusingFence);
+        using var silent = new System.Net.Sockets.TcpClient();
+        silent.Connect("127.0.0.1", PortOf(address));
+
+        Replicate(socket, address);
+        Assert.Equal("replicating", Status(api).GetProperty("phase").GetString());
+        Assert.Equal("protected", ReplicationState(Status(socket)));
+        Show("standby", standby);
+    }
+
+    /// <summary>Sends a replication Hello for VM <paramref name="name"/> and returns the standby's refusal.</summary>
+    private static string ReplicationHelloAnswer(int port, string name)
+    {
+        using var client = new System.Net.Sockets.TcpClient();
+        client.Connect("127.0.0.1", port);
+        var channel = new Vmm.Migration.MigrationChannel(client.GetStream());
+        var description = new Vmm.State.MachineDescription(64UL << 20, 1, [], []);
+        channel.Send(Vmm.Migration.MigrationFrameType.Hello, new Vmm.Migration.MigrationHello(name, description, [], Replication: true).ToBytes());
+        channel.Flush();
+        byte[] buffer = new byte[4096];
+        var (type, payload) = channel.Receive(ref buffer);
+        Assert.Equal(Vmm.Migration.MigrationFrameType.Error, type);
+        return System.Text.Encoding.UTF8.GetString(payload.Span);
+    }
+
     /// <summary>A standby stopped (SIGTERM) while it holds the replica of a lost primary, which its fence could not reach:
     /// that replica may be the only current copy of the VM, so its disk images stay, as of its last committed epoch.
     /// (They were deleted: issue 18, defect 4.)</summary>
