@@ -52,6 +52,15 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             ConfirmHandover(epoch);
             return new StandbyOutcome(Checkpoint, $"the primary handed the VM over at epoch {epoch}", HandedOver: true);
         }
+        catch (ReplicaStorageException e)
+        {
+            // Not a lost connection: the primary is there, and must know at once that this copy is gone. Whatever of the
+            // epoch was applied is applied, so what is held is no checkpoint at all (RAM and disks of different epochs).
+            log.Error($"standby: {e.Message}; the replica is discarded");
+            TryAnswer(MigrationFrameType.Error, $"the standby cannot keep the replica: {e.Message}");
+            Discard();
+            return new StandbyOutcome(null, $"the standby's storage failed: {e.Message}");
+        }
         catch (PrimaryEndedException e)
         {
             Discard();
@@ -108,10 +117,12 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     PagesFrames.Apply(checkpoint.Memory, payload.Span);
                     break;
                 case MigrationFrameType.DiskData:
-                    checkpoint.Disks.WriteData(payload.Span);
+                    checkpoint.Disks.Check(type, payload.Span);
+                    Store(() => checkpoint.Disks.WriteData(payload.Span));
                     break;
                 case MigrationFrameType.DiskZero:
-                    checkpoint.Disks.WriteZero(payload.Span);
+                    checkpoint.Disks.Check(type, payload.Span);
+                    Store(() => checkpoint.Disks.WriteZero(payload.Span));
                     break;
                 case MigrationFrameType.PassEnd when payload.Length == 4 && BinaryPrimitives.ReadInt32LittleEndian(payload.Span) == 1:
                     channel.Send(MigrationFrameType.PassDone, payload.Span);
@@ -214,7 +225,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     }
 
     /// <summary>Applies a whole epoch: every frame in it was checked on arrival, so only the host's disk can fail here
-    /// (and then the standby gives up rather than hold a torn checkpoint).</summary>
+    /// (and then the standby gives up rather than hold a torn checkpoint: <see cref="ReplicaStorageException"/>).</summary>
     private void Commit(long epoch, MachineState state)
     {
         var checkpoint = Checkpoint!;
@@ -224,12 +235,12 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             switch (type)
             {
                 case MigrationFrameType.Pages: PagesFrames.Apply(checkpoint.Memory, payload); break;
-                case MigrationFrameType.DiskData: checkpoint.Disks.WriteData(payload); break;
-                default: checkpoint.Disks.WriteZero(payload); break;
+                case MigrationFrameType.DiskData: Store(() => checkpoint.Disks.WriteData(payload)); break;
+                default: Store(() => checkpoint.Disks.WriteZero(payload)); break;
             }
         }
         // The first commit names the images; from then on they always match the committed RAM.
-        if (checkpoint.Epoch == 0) checkpoint.Disks.Commit();
+        if (checkpoint.Epoch == 0) Store(checkpoint.Disks.Commit);
         checkpoint.Commit(epoch, state);
         log.Debug($"standby: epoch {epoch} committed ({_epoch.Count} frames, {_epochBytes >> 10} KiB) in {committing.Elapsed.TotalMilliseconds:F1} ms");
         _epoch.Clear();
@@ -255,5 +266,21 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
         }
     }
 
+    /// <summary>Writes to the replica's disk images: a failure there (ENOSPC, EIO) is this host's, never the connection's.</summary>
+    private static void Store(Action write)
+    {
+        try
+        {
+            write();
+        }
+        catch (MigrationException e)
+        {
+            throw new ReplicaStorageException(e.Message, e);
+        }
+    }
+
     private sealed class PrimaryEndedException(string message) : VmmException(message);
+
+    /// <summary>The standby's own storage failed while it wrote the replica.</summary>
+    private sealed class ReplicaStorageException(string message, Exception inner) : VmmException(message, inner);
 }
