@@ -66,6 +66,7 @@ public sealed class ControlServer : IDisposable
                 case "migrate" or "replicate" when _inDoubt is { } doubt:
                     return JsonAnswers.Error($"the VM is in doubt after its migration to {doubt.Target}; settle that first ('vmm ctl resume' asks the target)");
                 case "migrate":
+                    if (_replication is { IsLosing: true } losing) return JsonAnswers.Error(LosingRefusal(losing, "migrate"));
                     if (_replication is { IsActive: true }) return JsonAnswers.Error("the VM is replicated to a standby; stop that first (vmm ctl replicate --stop)");
                     return Migrate(root, progress);
                 case "replicate":
@@ -224,6 +225,7 @@ public sealed class ControlServer : IDisposable
             _log.Info("replication stopped by the control socket");
             return Status();
         }
+        if (_replication is { IsLosing: true } losing) return JsonAnswers.Error(LosingRefusal(losing, "replicate"));
         if (_replication is { IsActive: true }) return JsonAnswers.Error($"the VM is replicated to {_replication.Status.Standby} already");
         if (JsonAnswers.String(root, "to") is not { Length: > 0 } standby) return JsonAnswers.Error("replicate needs \"to\": the standby's HOST:PORT");
         var options = new ReplicationOptions
@@ -237,6 +239,15 @@ public sealed class ControlServer : IDisposable
         var replication = _replication = ReplicationSource.Start(_machine, options, _log);
         replication.WaitUntilProtected();
         return Status();
+    }
+
+    /// <summary>Why the VM may not move or get a new standby yet: its lost standby may still take over, and until then
+    /// (the hold of its output) a second copy elsewhere could run beside the one it would resume.</summary>
+    private static string LosingRefusal(ReplicationSource losing, string command)
+    {
+        var status = losing.Status;
+        return $"the VM's standby {status.Standby} was lost ({status.Reason}) and may still take over for {status.HoldRemainingMs:F0} ms more " +
+               $"(the guest's output is held until then); {command} again after that";
     }
 
     /// <summary>A client that stopped reading progress must not fail the migration itself.</summary>
@@ -308,6 +319,7 @@ public sealed class ControlServer : IDisposable
             writer.WriteNumber("outputDelayAverageMs", Math.Round(replication.OutputDelayAverageMs, 2));
             writer.WriteNumber("outputDelayMaxMs", Math.Round(replication.OutputDelayMaxMs, 2));
             writer.WriteNumber("lagMs", Math.Round(replication.LagMs, 1));
+            if (replication.State == "losing") writer.WriteNumber("holdRemainingMs", Math.Round(replication.HoldRemainingMs));
             if (replication.Reason is { } reason) writer.WriteString("reason", reason);
             writer.WriteEndObject();
         }

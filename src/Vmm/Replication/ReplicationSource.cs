@@ -59,6 +59,10 @@ public sealed class ReplicationSource : IDisposable
     /// <summary>When the standby last answered (ticks of <see cref="Stopwatch"/>).</summary>
     private long _lastHeardTicks;
     private long _lastCommittedCheckpointTicks;
+    /// <summary>Set once epochs have ended: what is left is the hold of the guest's output (state "losing").</summary>
+    private volatile bool _epochsEnded;
+    /// <summary>When the output hold after a lost standby ends (ticks of <see cref="Stopwatch"/>; 0: no hold).</summary>
+    private long _holdEndsTicks;
 
     private ReplicationSource(Machine machine, ReplicationOptions options, Logger log)
     {
@@ -92,12 +96,18 @@ public sealed class ReplicationSource : IDisposable
                 OutputDelayAverageMs = output.ReleaseDelay.AverageMs,
                 OutputDelayMaxMs = output.ReleaseDelay.MaxMs,
                 LagMs = status.Epoch == 0 ? 0 : Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastCommittedCheckpointTicks)).TotalMilliseconds,
+                HoldRemainingMs = status.State == "losing" ? Math.Max(0, -Stopwatch.GetElapsedTime(Interlocked.Read(ref _holdEndsTicks)).TotalMilliseconds) : 0,
             };
         }
     }
 
-    /// <summary>Whether replication still runs (copying or protected).</summary>
+    /// <summary>Whether replication still runs (copying, protected, or losing: the standby lost, and the output held
+    /// until it can no longer take over). Nothing else may move the VM meanwhile.</summary>
     public bool IsActive => _thread.IsAlive;
+
+    /// <summary>The standby is lost and the guest's output held until it can no longer take over: replication has
+    /// ended, but not its promise to that standby.</summary>
+    public bool IsLosing => _epochsEnded && _thread.IsAlive;
 
     /// <summary>Waits until the standby has committed the first epoch: the VM is protected from then on. Throws a
     /// <see cref="ReplicationException"/> saying why when replication ended before.</summary>
@@ -144,11 +154,12 @@ public sealed class ReplicationSource : IDisposable
     }
 
     /// <summary>Ends replication on purpose: the standby is told (and discards its copy), the output held leaves,
-    /// and the VM runs on here. Returns once replication has ended.</summary>
+    /// and the VM runs on here. Returns once replication has ended, or at once when it has already (the standby lost):
+    /// the output hold then runs its course, as the lost standby may still take over.</summary>
     public void Stop()
     {
         _stop.Cancel();
-        _thread.Join();
+        if (!_epochsEnded) _thread.Join();
     }
 
     public void Dispose()
@@ -205,9 +216,10 @@ public sealed class ReplicationSource : IDisposable
             disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
             connection?.Dispose();
+            _epochsEnded = true;
         }
         // Handed over, the standby knows, and the paused VM has nothing held past the final epoch's release.
-        ReleaseHeldOutput(toldStandby || handedOver > 0);
+        ReleaseHeldOutput(toldStandby || handedOver > 0, why);
         _status = _status with { State = handedOver > 0 ? "handed-over" : "unprotected", Reason = why };
         if (handedOver > 0) _log.Info($"replication: VM handed over to {_options.Standby} at epoch {handedOver}; it stops here");
         else if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
@@ -465,7 +477,7 @@ public sealed class ReplicationSource : IDisposable
     /// <summary>A standby that knows replication ended will not resume the VM: what is held may leave now. One that
     /// may still take over (silent, cut off) fences this host first, within its failover timeout: output leaves
     /// only once that time has passed twice over since the standby last answered, and this primary still runs.</summary>
-    private void ReleaseHeldOutput(bool standbyKnows)
+    private void ReleaseHeldOutput(bool standbyKnows, string? why)
     {
         if (!_machine.Output.IsHolding) return;
         if (!standbyKnows)
@@ -475,6 +487,9 @@ public sealed class ReplicationSource : IDisposable
             var wait = 2 * _standbyFailoverTimeout + _standbyFenceTimeout - Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
             if (wait > TimeSpan.Zero)
             {
+                // Not protected any more, and said so at once: the hold is the lost standby's due, not protection.
+                Interlocked.Exchange(ref _holdEndsTicks, Stopwatch.GetTimestamp() + (long)(wait.TotalSeconds * Stopwatch.Frequency));
+                _status = _status with { State = "losing", Reason = why };
                 _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more");
                 _machine.Stopping.WaitHandle.WaitOne(wait);
             }

@@ -3,9 +3,10 @@ namespace Vmm.Replication;
 /// <summary>What <c>vmm ctl status</c> shows of a VM's replication.</summary>
 public sealed record ReplicationStatus
 {
-    /// <summary>connecting, copying (the first full copy), protected (epochs commit), handed-over (the VM's last epoch is
-    /// the standby's, and the VM stops here), unprotected (the standby was lost or replication was stopped; see
-    /// <see cref="Reason"/>).</summary>
+    /// <summary>connecting, copying (the first full copy), protected (epochs commit), losing (the standby was lost and
+    /// may still take over: the guest's output is held for <see cref="HoldRemainingMs"/> more), handed-over (the VM's
+    /// last epoch is the standby's, and the VM stops here), unprotected (the standby was lost or replication was
+    /// stopped; see <see cref="Reason"/>).</summary>
     public required string State { get; init; }
     public required string Standby { get; init; }
     public int IntervalMs { get; init; }
@@ -26,4 +27,6 @@ public sealed record ReplicationStatus
     /// <summary>How far the standby's checkpoint is behind the running VM: the time since the last commit's checkpoint was taken.</summary>
     public double LagMs { get; init; }
     public string? Reason { get; init; }
+    /// <summary>While losing: how much longer the guest's output stays held.</summary>
+    public double HoldRemainingMs { get; init; }
 }

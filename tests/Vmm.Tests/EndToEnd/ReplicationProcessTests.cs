@@ -183,6 +183,34 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         Show("standby", standby);
     }
 
+    /// <summary>A standby lost (killed) while its fence may still run for 30 s: the primary says "losing" at once, not
+    /// "protected" for the whole hold of the guest's output; a replicate --stop answers at once (the hold runs its course),
+    /// a handover is refused at once, and so is a new standby, with the reason and the time left. (Status said protected
+    /// throughout, and --stop and a handover blocked for the hold: issue 18, defect 12.)</summary>
+    [Fact]
+    public void StandbyLost_StatusSaysLosingAtOnce_AndStopHandoverAndANewStandbyDoNotWaitOutTheHold()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        using var primary = StartSource(g, socket);
+        var (standby, address, _) = StartStandby("standby", RefusingFence, fenceTimeoutS: 30);
+        Replicate(socket, address);
+        standby.Kill();
+
+        var losing = WaitForStatus(socket, s => ReplicationState(s) != "protected", "the primary noticing its standby is gone");
+        Assert.Equal("losing", ReplicationState(losing));
+        Assert.True(losing.GetProperty("replication").GetProperty("holdRemainingMs").GetDouble() > 0, losing.ToString());
+        Assert.Contains("may still take over", Refused("--socket", socket, "replicate", "--to", address));
+        Assert.Contains("not protected (replication is losing)", Refused("--socket", socket, "replicate", "--handover"));
+        using (var stop = new RunningVmm(["ctl", "--socket", socket, "replicate", "--stop"]))
+        {
+            Assert.True(stop.WaitForExit(Patience) == 0, stop.ToString());
+            // Answered while the hold still runs: the stop did not wait it out.
+            Assert.Contains("\"state\":\"losing\"", stop.Console);
+        }
+        Show("primary", primary);
+    }
+
     /// <summary>Sends a replication Hello for VM <paramref name="name"/> and returns the standby's refusal.</summary>
     private static string ReplicationHelloAnswer(int port, string name)
     {
@@ -365,13 +393,13 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
     /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
     /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
     /// timeout: 3 s keeps that short. Without a fence command it resumes only on 'vmm ctl failover'.</summary>
-    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand)
+    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand, int fenceTimeoutS = 3)
     {
         string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
         string api = Path.Combine(_directory, $"{name}.sock");
         string[] fence = fenceCommand is null ? [] : ["--fence-command", fenceCommand];
         var standby = Started(new RunningVmm(["standby", "-v", "--listen", "127.0.0.1:0", "--disk-dir", disks, "--failover-timeout-ms", "1000",
-                                              "--fence-timeout-s", "3", "--api-socket", api, .. fence]));
+                                              "--fence-timeout-s", fenceTimeoutS.ToString(), "--api-socket", api, .. fence]));
         Match? listening = null;
         Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
         return (standby, listening!.Groups[1].Value, api);
