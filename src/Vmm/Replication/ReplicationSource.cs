@@ -162,9 +162,12 @@ public sealed class ReplicationSource : IDisposable
         if (!_epochsEnded) _thread.Join();
     }
 
+    /// <summary>Ends replication and waits for its thread, the output hold after a lost standby included: a VM that
+    /// stopped lets out its held output only once that standby can no longer take over.</summary>
     public void Dispose()
     {
-        Stop();
+        _stop.Cancel();
+        _thread.Join();
         _stop.Dispose();
         _handoverAsked.Dispose();
     }
@@ -491,7 +494,14 @@ public sealed class ReplicationSource : IDisposable
                 Interlocked.Exchange(ref _holdEndsTicks, Stopwatch.GetTimestamp() + (long)(wait.TotalSeconds * Stopwatch.Frequency));
                 _status = _status with { State = "losing", Reason = why };
                 _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more");
-                _machine.Stopping.WaitHandle.WaitOne(wait);
+                // A VM that stops meanwhile changes nothing: the standby may still resume an epoch before that output,
+                // and then the guest would say it again. It leaves once that can no longer happen, or never (killed).
+                if (_machine.Stopping.WaitHandle.WaitOne(wait))
+                {
+                    var left = -Stopwatch.GetElapsedTime(Interlocked.Read(ref _holdEndsTicks));
+                    _log.Info($"replication: the VM stopped; its {_machine.Output.HeldBytes} bytes of held output leave in {Math.Max(0, left.TotalMilliseconds):F0} ms, once the lost standby can no longer take over");
+                    if (left > TimeSpan.Zero) Thread.Sleep(left);
+                }
             }
         }
         _machine.Output.StopHolding();

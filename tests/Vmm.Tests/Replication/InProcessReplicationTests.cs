@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Vmm.Control;
 using Vmm.Diagnostics;
 using Vmm.Firmware;
+using Vmm.Tests.Integration;
 using Vmm.Migration;
 using Vmm.Replication;
 using Vmm.Tests.EndToEnd;
@@ -43,7 +44,7 @@ public sealed class InProcessReplicationTests : IDisposable
     private delegate ulong GuestMemoryReader(ulong address);
 
     /// <summary>One standby taking one stream on a port of its own; the outcome once the stream ends.</summary>
-    private (int Port, Task<StandbyOutcome> Outcome) StartStandby(Action<StandbyReceiver>? onStart = null)
+    private (int Port, Task<StandbyOutcome> Outcome) StartStandby(Action<StandbyReceiver>? onStart = null, TimeSpan fenceTimeout = default)
     {
         var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
@@ -54,7 +55,7 @@ public sealed class InProcessReplicationTests : IDisposable
             listener.Stop();
             connection.ReceiveTimeout = connection.SendTimeout = 5000;
             using var stream = new NetworkStream(connection);
-            var receiver = new StandbyReceiver(new MigrationChannel(stream), _log, _directory + "/standby", TimeSpan.FromSeconds(1), TimeSpan.Zero);
+            var receiver = new StandbyReceiver(new MigrationChannel(stream), _log, _directory + "/standby", TimeSpan.FromSeconds(1), fenceTimeout);
             onStart?.Invoke(receiver);
             return receiver.Run(_ => { });
         }, TaskCreationOptions.LongRunning);
@@ -101,6 +102,42 @@ public sealed class InProcessReplicationTests : IDisposable
         primary.RequestStop(VmStop.Error("test over"));
         await standbyRun;
         await run;
+    }
+
+    /// <summary>The standby cut off (it may still take over, within its failover and fence timeouts), and then the VM
+    /// stops: the output the standby never committed stays held until that standby can no longer resume an earlier
+    /// epoch, and leaves only then. (It left the moment the VM stopped: issue 18, defect 6.)</summary>
+    [Fact]
+    public async Task TheStandbyCutOff_ThenTheVmStops_ItsUncommittedOutputWaitsOutTheHold()
+    {
+        var g = new DirtyingGuestOptions(RegionMiB: 4, DirtyMiBPerSecond: 10, GuestTsc.Khz, TickMs: 50, Ticks: 100_000);
+        string kernel = Path.Combine(_directory, "ticks.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
+        var console = new MemoryStream();
+        using var primary = MachineBuilder.Boot(new MachineConfig
+        {
+            KernelPath = kernel, MemoryBytes = FirmwareGuests.DirtyingRegionAddress + (32UL << 20),
+            SerialOutput = Stream.Synchronized(console), Name = "ticks",
+        }, _log);
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var (port, _) = StartStandby(fenceTimeout: TimeSpan.FromSeconds(4));
+        using var link = new LinkCutProxy(port);
+        var replication = Protected(primary, link.Address);
+        WaitFor(() => replication.Status.Epoch >= 3, "three epochs");
+
+        link.Close();
+        WaitFor(() => replication.Status.State == "losing" && primary.Output.HeldBytes > 0, "the primary losing its standby, with output held");
+        primary.RequestStop(VmStop.Error("the guest powered off"));
+        await run;
+        WaitFor(() => _logText.ToString().Contains("the VM stopped; its"), "the replication noticing the stop");
+        long released = primary.Output.ReleasedBytes;
+
+        Assert.Equal("losing", replication.Status.State);
+        Assert.True(primary.Output.HeldBytes > 0);
+        replication.Dispose();
+        Assert.Equal(0, primary.Output.HeldBytes);
+        Assert.True(primary.Output.ReleasedBytes > released, "the held output never left after the hold");
+        Assert.Equal("unprotected", replication.Status.State);
     }
 
     [Fact]
