@@ -505,7 +505,12 @@ public sealed class ReplicationSource : IDisposable
             }
         }
         _machine.Output.StopHolding();
+        // Out before the VM's process may close its console; a console blocked for good loses what is left, as unheld.
+        if (!_machine.Output.WaitUntilWritten(ReleasedOutputGrace))
+            _log.Warning($"replication: the guest's released output could not all be written out within {ReleasedOutputGrace.TotalSeconds:0} s (a blocked console?)");
     }
+
+    private static readonly TimeSpan ReleasedOutputGrace = TimeSpan.FromSeconds(10);
 
     /// <summary>The standby said it ends replication (it refused or failed): it will not resume the VM.</summary>
     private sealed class StandbyGaveUpException(string message) : VmmException(message);
