@@ -151,4 +151,63 @@ public sealed class OcfAgentTests : IDisposable
         Assert.Equal(0, Agent("stop").Item1);
         Assert.Equal(7, Agent("monitor").Item1);
     }
+
+    private (int, string) RunAgent(string action, params string[] parameters) =>
+        HostCommand.Run(["timeout", "120", "env", "OCF_ROOT=/usr/lib/ocf", .. parameters, Path.Combine(RepositoryPaths.Root, "ocf", "vm"), action]);
+
+    /// <summary>A VM whose config file went away under it (validation fails): a probe does not call it "not running", and a
+    /// stop stops it before it says so. (Both answered at once without looking, so Pacemaker could start it elsewhere
+    /// while it ran here: issue 18, defect 13.)</summary>
+    [Fact]
+    public void ValidationFailing_WhileTheVmRuns_ProbeSaysSoAndStopStopsIt()
+    {
+        var (config, name, socket) = VmConfig();
+        string[] parameters =
+        [
+            $"OCF_RESKEY_config={config}", $"OCF_RESKEY_name={name}", $"OCF_RESKEY_api_socket={socket}",
+            $"OCF_RESKEY_vmm_binary={VmmWrapper()}", $"OCF_RESKEY_state_dir={Path.Combine(_directory, "state")}",
+        ];
+        Assert.Equal(0, RunAgent("start", parameters).Item1);
+        File.Move(config, config + ".gone");
+
+        var probe = RunAgent("monitor", parameters);
+        Assert.True(probe.Item1 == 1, $"probe: {probe}");
+        Assert.Contains("yet its vmm (pid", probe.Item2);
+        var stop = RunAgent("stop", parameters);
+        Assert.True(stop.Item1 == 0, $"stop: {stop}");
+        Assert.False(File.Exists(socket), "the VM still runs after the stop");
+        Assert.Equal(7, RunAgent("monitor", parameters).Item1);
+    }
+
+    /// <summary>Paths are words of their own (a space or a '*' in one changes nothing), a name that is no VM name is
+    /// refused before it reaches sed, and a promotable VM needs tls_dir or an explicit insecure=true. (Paths were split,
+    /// the name went into sed unchecked, and the agent chose plain TCP on its own: issue 18, defect 13.)</summary>
+    [Fact]
+    public void SocketPathsWithSpaces_NamesThatAreNoVmNames_AndReplicationWithoutTls()
+    {
+        string odd = Directory.CreateDirectory(Path.Combine(_directory, "a dir *")).FullName;
+        File.WriteAllBytes(Path.Combine(odd, "spin.elf"), FirmwareGuests.SpinForever());
+        string name = $"ocf-test-{Guid.NewGuid():N}"[..20];
+        string config = Path.Combine(odd, "vm.json"), socket = Path.Combine(odd, "vm.sock");
+        File.WriteAllText(config, $$"""{"name": "{{name}}", "kernel": "spin.elf", "memory": "32M", "apiSocket": "vm.sock"}""");
+        string[] parameters =
+        [
+            $"OCF_RESKEY_config={config}", $"OCF_RESKEY_name={name}", $"OCF_RESKEY_api_socket={socket}",
+            $"OCF_RESKEY_vmm_binary={VmmWrapper()}", $"OCF_RESKEY_state_dir={Path.Combine(_directory, "state")}",
+        ];
+        Assert.Equal(0, RunAgent("start", parameters).Item1);
+        Assert.Equal(0, RunAgent("monitor", [.. parameters, "OCF_RESKEY_CRM_meta_interval=10000"]).Item1);
+        Assert.Equal(0, RunAgent("stop", parameters).Item1);
+        Assert.False(File.Exists(socket));
+
+        var badName = RunAgent("validate-all", [parameters[0], "OCF_RESKEY_name=a/b&c", .. parameters[2..]]);
+        Assert.True(badName.Item1 == 6, badName.ToString());
+        Assert.Contains("is not a VM name", badName.Item2);
+
+        string[] promotable = [.. parameters, "OCF_RESKEY_CRM_meta_promotable=true", $"OCF_RESKEY_replica_dir={_directory}"];
+        var plain = RunAgent("validate-all", promotable);
+        Assert.True(plain.Item1 == 6, plain.ToString());
+        Assert.Contains("set tls_dir", plain.Item2);
+        Assert.Equal(0, RunAgent("validate-all", [.. promotable, "OCF_RESKEY_insecure=true"]).Item1);
+    }
 }

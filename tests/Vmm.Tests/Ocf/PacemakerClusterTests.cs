@@ -168,7 +168,7 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         File.WriteAllText(crm, $"""
             primitive {name} ocf:vmm:vm \
                 params config="{config}" name={name} api_socket=/run/vmm/{name}.sock vmm_binary="{_cluster.Vmm}" \
-                    replica_dir=/run/vmm/replica replication_port=7100 migration_addresses="{addresses}" \
+                    replica_dir=/run/vmm/replica replication_port=7100 migration_addresses="{addresses}" insecure=true \
                     failover_timeout_ms=1000 fence_timeout_s={fenceTimeoutS} standby_serial_log="{console}" \
                 op monitor interval=9s role=Promoted timeout=30s op monitor interval=11s role=Unpromoted timeout=20s \
                 op start timeout=60s op promote timeout=90s op demote timeout=90s op notify timeout=60s
