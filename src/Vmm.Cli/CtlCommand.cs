@@ -108,6 +108,7 @@ public static class CtlCommand
                     }
                     writer.WriteString("to", options.To);
                     writer.WriteNumber("intervalMs", options.IntervalMs);
+                    if (options.NoWait) writer.WriteBoolean("noWait", true);
                     if (options.TlsDir is not null) writer.WriteString("tlsDir", Path.GetFullPath(options.TlsDir));
                     break;
             }

@@ -41,6 +41,9 @@ public sealed class CtlOptions
     [Option("stop", HelpText = "replicate: end the replication running; the standby discards its replica and the VM runs on here.")]
     public bool Stop { get; set; }
 
+    [Option("no-wait", HelpText = "replicate --to: answer once replication has started, not once the VM is protected (status shows the first full copy, then protected).")]
+    public bool NoWait { get; set; }
+
     [Option("handover", HelpText = "replicate: a planned, lossless move to the standby: the VM pauses, its last epoch commits there, the standby confirms, and the VM stops here (exit code 0); 'vmm ctl failover' on the standby then resumes it. If the standby does not confirm, the VM runs on here. Only while the VM is protected.")]
     public bool Handover { get; set; }
 

@@ -237,7 +237,8 @@ public sealed class ControlServer : IDisposable
         _log.Info($"replicating to {standby} (epochs of {options.IntervalMs} ms{(options.TlsDirectory is { } tls ? $", mutual TLS with {tls}" : "")})");
         _replication?.Dispose();
         var replication = _replication = ReplicationSource.Start(_machine, options, _log);
-        replication.WaitUntilProtected();
+        // "noWait": the first full copy of a large VM may take longer than the caller can wait; status follows it.
+        if (!JsonAnswers.Bool(root, "noWait")) replication.WaitUntilProtected();
         return Status();
     }
 

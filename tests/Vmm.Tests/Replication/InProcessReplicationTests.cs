@@ -140,6 +140,27 @@ public sealed class InProcessReplicationTests : IDisposable
         Assert.Equal("unprotected", replication.Status.State);
     }
 
+    /// <summary>replicate --no-wait answers while the first full copy is under way (here: a standby that never answers
+    /// the Hello), so a cluster action starting the copy of a large VM never runs into its timeout. (The agent's notify,
+    /// monitor and demote waited for protection: issue 18, defect 13.)</summary>
+    [Fact]
+    public async Task ReplicateWithoutWaiting_AnswersWhileTheFirstCopyIsUnderWay()
+    {
+        using var primary = StartCountingGuest();
+        var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
+        var silent = new TcpListener(IPAddress.Loopback, 0);
+        silent.Start();
+        string api = Path.Combine(_directory, "api.sock");
+        using (var control = ControlServer.Start(primary, api, _log))
+        {
+            var answer = ControlSocketClient.Ask(api, new { command = "replicate", to = $"127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}", intervalMs = 20, noWait = true });
+            Assert.Contains(answer.GetProperty("replication").GetProperty("state").GetString(), new[] { "connecting", "copying" });
+            primary.RequestStop(VmStop.Error("test over"));
+            await run;
+        }
+        silent.Stop();
+    }
+
     [Fact]
     public async Task ThePrimaryStopsReplicating_TheStandbyHoldsNothingToResume()
     {
