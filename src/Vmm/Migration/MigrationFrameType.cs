@@ -15,7 +15,8 @@ public enum MigrationFrameType : byte
     /// <summary>The end of one copy pass (its number); the target answers <see cref="PassDone"/> once it has
     /// written every page of the pass. With several connections it ends the pass on each, and the source starts
     /// the next pass only once every connection said PassDone: a page sent again in a later pass, on another
-    /// connection, can never be overtaken by its older copy.</summary>
+    /// connection, can never be overtaken by its older copy. In replication: the first full copy is pass 1, and passes
+    /// 2, 3, ... before the first epoch carry what the guest changed meanwhile (the standby applies each in place).</summary>
     PassEnd = 3,
     /// <summary>The paused VM's <see cref="State.MachineState"/>: after it, the target makes copied disk images
     /// durable, restores, and answers <see cref="Prepared"/>; it resumes only on <see cref="Commit"/>.</summary>

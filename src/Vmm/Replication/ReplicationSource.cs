@@ -197,7 +197,7 @@ public sealed class ReplicationSource : IDisposable
             SendHello(channel);
             tracker = _machine.StartDirtyTracking();
             disks = new DiskCopySender(_machine.Disks);
-            CopyEverything(channel, disks);
+            CopyEverything(channel, tracker, disks);
             onVmStop.Dispose();
             // From here on a silent standby is a lost one: it fails over after its own timeout, and we wait twice that.
             socket.SendTimeout = socket.ReceiveTimeout = (int)Math.Max(1000, 2 * _standbyFailoverTimeout.TotalMilliseconds);
@@ -265,24 +265,53 @@ public sealed class ReplicationSource : IDisposable
         Heard();
     }
 
-    /// <summary>The first full copy, while the guest runs: every disk extent that holds data, every page that may.</summary>
-    private void CopyEverything(MigrationChannel channel, DiskCopySender disks)
+    /// <summary>The most catch-up passes after the first full copy.</summary>
+    private const int MaxCatchUpPasses = 5;
+
+    /// <summary>The first full copy, while the guest runs: every disk extent that holds data, every page that may; then,
+    /// still running, passes of what the guest changed meanwhile, each acknowledged by the standby (so each is paced by
+    /// the link, not by socket buffers), until that stops shrinking. The first epoch, copied with the guest paused into
+    /// memory, then holds only what changed since the last pass, not everything the guest wrote during the whole copy.
+    /// The standby applies each pass in place: nothing of it is committed yet.</summary>
+    private void CopyEverything(MigrationChannel channel, DirtyPageTracker tracker, DiskCopySender disks)
     {
         _status = _status with { State = "copying" };
         var copying = Stopwatch.StartNew();
         long diskBytes;
         long pages;
+        var catchUp = new List<long>();
         using (var writer = new FrameWriter([channel]))
         {
             diskBytes = disks.SendAllocated(writer);
             pages = PageFrames.Build(writer, _machine.Memory, DirtyPages.MayHoldData(_machine.Memory)).Pages;
             writer.Drain();
+            EndPass(channel, 1);
+            long previous = long.MaxValue;
+            for (int pass = 2; pass <= 1 + MaxCatchUpPasses; pass++)
+            {
+                var dirty = tracker.Collect();
+                long changed = dirty.Count + disks.CollectDirty() / MigrationChannel.PageSize;
+                if (changed == 0) break;
+                diskBytes += disks.SendPending(writer);
+                PageFrames.Build(writer, _machine.Memory, dirty);
+                writer.Drain();
+                EndPass(channel, pass);
+                catchUp.Add(dirty.Count);
+                // Done once what changed stops shrinking by a tenth: more passes would only chase the guest.
+                if (changed > previous * 9 / 10) break;
+                previous = changed;
+            }
         }
-        channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(1));
+        _log.Info($"replication: first full copy to {_options.Standby} in {copying.Elapsed.TotalMilliseconds:F0} ms ({pages} pages, {diskBytes >> 20} MiB of disk; " +
+                  $"then pages changed meanwhile: {string.Join(", ", catchUp)})");
+    }
+
+    private void EndPass(MigrationChannel channel, int pass)
+    {
+        channel.Send(MigrationFrameType.PassEnd, BitConverter.GetBytes(pass));
         channel.Flush();
-        OutgoingConnections.ExpectFrame(channel, MigrationFrameType.PassDone, "the standby did not take the first full copy");
+        OutgoingConnections.ExpectFrame(channel, MigrationFrameType.PassDone, pass == 1 ? "the standby did not take the first full copy" : $"the standby did not take catch-up pass {pass}");
         Heard();
-        _log.Info($"replication: first full copy to {_options.Standby} in {copying.Elapsed.TotalMilliseconds:F0} ms ({pages} pages, {diskBytes >> 20} MiB of disk)");
     }
 
     /// <summary>Runs epochs until replication fails (an exception) or the VM is handed over (the epoch it was

@@ -25,6 +25,8 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     private byte[] _buffer = new byte[1 << 20];
     private readonly List<(MigrationFrameType Type, byte[] Payload)> _epoch = [];
     private long _epochBytes;
+    /// <summary>The passes of the first copy taken so far: the full one, then catch-up passes before the first epoch.</summary>
+    private int _passes = 1;
     private long _lastHeardTicks = Stopwatch.GetTimestamp();
 
     /// <summary>The VM being replicated here, once its Hello was accepted.</summary>
@@ -88,7 +90,9 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
 
     private StandbyCheckpoint Hold(MigrationHello hello, IReadOnlyList<long> diskBytes)
     {
-        if (HostMemory.Refusal(hello.Description.MemoryBytes, HostMemory.ReadMeminfo()) is { } refusal) throw new ConfigurationException(refusal);
+        // The replica's RAM, and an epoch kept aside until its end (every page of it, at worst): two copies of RAM.
+        if (HostMemory.Refusal(2 * hello.Description.MemoryBytes, HostMemory.ReadMeminfo()) is { } refusal)
+            throw new ConfigurationException($"a standby holds the VM's RAM and, while it arrives, an epoch of up to as much again: {refusal}");
         var disks = IncomingDiskImages.Create(diskDirectory, hello.Description.Disks, diskBytes);
         try
         {
@@ -139,8 +143,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     private long ReceiveEpochs(MigrationHello hello)
     {
         var checkpoint = Checkpoint!;
-        // An epoch cannot hold more than every page and every disk block once: a bound on what a peer may make us keep.
-        long maxEpochBytes = (long)hello.Description.MemoryBytes * 2 + diskBytesBound(hello) + (64 << 20);
+        long maxEpochBytes = MaxEpochBytes(hello);
         MachineState? state = null;
         while (true)
         {
@@ -173,6 +176,17 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     channel.Send(MigrationFrameType.EpochCommitted, payload.Span);
                     channel.Flush();
                     break;
+                case MigrationFrameType.PassEnd:
+                    // Before the first epoch, a catch-up pass of the first copy (what the guest changed while it ran):
+                    // nothing is committed yet, so it goes straight in.
+                    int pass = payload.Length == 4 ? BinaryPrimitives.ReadInt32LittleEndian(payload.Span) : -1;
+                    if (checkpoint.Epoch != 0 || state is not null || pass != _passes + 1)
+                        throw new MigrationException($"migration stream: pass {pass} ended {(checkpoint.Epoch != 0 ? $"after epoch {checkpoint.Epoch}" : $"after pass {_passes}")}");
+                    ApplyKept();
+                    _passes = pass;
+                    channel.Send(MigrationFrameType.PassDone, payload.Span);
+                    channel.Flush();
+                    break;
                 case MigrationFrameType.Abort:
                     throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
                 case MigrationFrameType.Handover:
@@ -187,7 +201,14 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             }
         }
 
-        static long diskBytesBound(MigrationHello hello) => hello.CopiedDiskBytes!.Sum();
+    }
+
+    /// <summary>An epoch carries each dirty page and disk block once (with its 8-byte address), and the state: a bound on
+    /// what a peer may make this standby keep aside, on top of the replica's RAM.</summary>
+    private static long MaxEpochBytes(MigrationHello hello)
+    {
+        long ram = (long)hello.Description.MemoryBytes;
+        return ram + ram / MigrationChannel.PageSize * 8 + hello.CopiedDiskBytes!.Sum() + (64 << 20);
     }
 
     /// <summary>Answers the Handover (the checkpoint is final: the epoch applied, nothing kept aside) and waits for the
@@ -230,6 +251,19 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     {
         var checkpoint = Checkpoint!;
         var committing = Stopwatch.StartNew();
+        int frames = _epoch.Count;
+        long bytes = _epochBytes;
+        ApplyKept();
+        // The first commit names the images; from then on they always match the committed RAM.
+        if (checkpoint.Epoch == 0) Store(checkpoint.Disks.Commit);
+        checkpoint.Commit(epoch, state);
+        log.Debug($"standby: epoch {epoch} committed ({frames} frames, {bytes >> 10} KiB) in {committing.Elapsed.TotalMilliseconds:F1} ms");
+    }
+
+    /// <summary>Applies the frames kept aside (checked on arrival) and empties the store.</summary>
+    private void ApplyKept()
+    {
+        var checkpoint = Checkpoint!;
         foreach (var (type, payload) in _epoch)
         {
             switch (type)
@@ -239,10 +273,6 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                 default: Store(() => checkpoint.Disks.WriteZero(payload)); break;
             }
         }
-        // The first commit names the images; from then on they always match the committed RAM.
-        if (checkpoint.Epoch == 0) Store(checkpoint.Disks.Commit);
-        checkpoint.Commit(epoch, state);
-        log.Debug($"standby: epoch {epoch} committed ({_epoch.Count} frames, {_epochBytes >> 10} KiB) in {committing.Elapsed.TotalMilliseconds:F1} ms");
         _epoch.Clear();
         _epochBytes = 0;
     }

@@ -7,21 +7,25 @@ namespace Vmm.Tests.EndToEnd;
 /// <summary>A TCP forwarder between a migration source and its target that reads every frame both ways and cuts the
 /// link the first time one frame of a chosen type goes the chosen way: that frame is lost, nothing more passes, and
 /// both ends see their connection close. The last packet of a protocol step lost, made certain. Connections after the
-/// cut (a source in doubt asking its target) pass untouched.</summary>
+/// cut (a source in doubt asking its target) pass untouched. A test may also hold frames up: <c>beforeForward</c> runs,
+/// and may wait, before each frame goes on.</summary>
 internal sealed class FrameCuttingProxy : IDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
     private readonly int _targetPort;
-    private readonly MigrationFrameType _cutAt;
+    private readonly MigrationFrameType? _cutAt;
     private readonly bool _fromSource;
+    private readonly Action<MigrationFrameType, bool>? _beforeForward;
     private readonly List<Task> _connections = [];
     private readonly Task _accepting;
     private int _cut;
 
+    /// <param name="cutAt">The frame to lose; null: none.</param>
     /// <param name="fromSource">Whether the frame to lose goes from the source to the target (else the other way).</param>
-    public FrameCuttingProxy(int targetPort, MigrationFrameType cutAt, bool fromSource)
+    /// <param name="beforeForward">Gets each frame's type and whether it comes from the source, before it goes on.</param>
+    public FrameCuttingProxy(int targetPort, MigrationFrameType? cutAt, bool fromSource, Action<MigrationFrameType, bool>? beforeForward = null)
     {
-        (_targetPort, _cutAt, _fromSource) = (targetPort, cutAt, fromSource);
+        (_targetPort, _cutAt, _fromSource, _beforeForward) = (targetPort, cutAt, fromSource, beforeForward);
         _listener.Start();
         _accepting = Task.Run(Accept);
     }
@@ -84,6 +88,7 @@ internal sealed class FrameCuttingProxy : IDisposable
                     to.Shutdown(SocketShutdown.Both);
                     return;
                 }
+                _beforeForward?.Invoke(type, fromSource);
                 writer.Send(type, payload.Span);
                 writer.Flush();
             }

@@ -140,6 +140,21 @@ public sealed class StandbyStreamValidationTests : IDisposable
         return Frame(MigrationFrameType.DiskData, payload);
     }
 
+    /// <summary>Catch-up passes of the first copy (what the guest changed while it was copied) go straight in before the
+    /// first epoch: each is acknowledged, and the first epoch builds on them.</summary>
+    [Fact]
+    public void CatchUpPasses_BeforeTheFirstEpoch_AreAppliedAndAcknowledged()
+    {
+        var (outcome, answers) = Receive(Hello(), PageFrame(PageA, 0x10), PassEnd,
+            PageFrame(PageA, 0x11), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(2)),
+            PageFrame(PageA, 0x12), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(3)),
+            State(), Number(MigrationFrameType.EpochEnd, 1));
+        using var checkpoint = outcome.Checkpoint!;
+        Assert.Equal(1, checkpoint.Epoch);
+        Assert.Equal([MigrationFrameType.Ready, MigrationFrameType.PassDone, MigrationFrameType.PassDone, MigrationFrameType.PassDone, MigrationFrameType.EpochCommitted], AnswerTypes(answers));
+        Assert.Equal(0x12, PageByte(checkpoint));
+    }
+
     [Fact]
     public void LostBeforeTheFirstCommit_NothingToResume_AndNoImageLeft()
     {
@@ -160,6 +175,8 @@ public sealed class StandbyStreamValidationTests : IDisposable
     [InlineData("handover with pages kept aside")]
     [InlineData("handover with a state kept aside")]
     [InlineData("handover of another epoch")]
+    [InlineData("catch-up pass out of order")]
+    [InlineData("catch-up pass after the first epoch")]
     public void AMalformedStream_IsRefused_ThePrimaryIsTold_AndNothingIsHeld(string fault)
     {
         byte[][] frames = fault switch
@@ -173,6 +190,8 @@ public sealed class StandbyStreamValidationTests : IDisposable
             "handover with pages kept aside" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), PageFrame(PageA, 1), Number(MigrationFrameType.Handover, 1)],
             "handover with a state kept aside" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), State(), Number(MigrationFrameType.Handover, 1)],
             "handover of another epoch" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), Number(MigrationFrameType.Handover, 2)],
+            "catch-up pass out of order" => [Hello(), PassEnd, PageFrame(PageA, 1), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(3))],
+            "catch-up pass after the first epoch" => [Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), Frame(MigrationFrameType.PassEnd, BitConverter.GetBytes(2))],
             _ => [Hello(), PassEnd, Corrupt(PageFrame(PageA, 1))],
         };
         var (outcome, answers) = Receive(frames);
