@@ -39,6 +39,8 @@ public sealed class JsonLineServer : IDisposable
             if (IsAnswering(path)) throw new IOException($"{path} is the control socket of a running vmm");
             File.Delete(path);
         }
+        // Its directory too: sockets live under /run, which a reboot empties.
+        if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } directory) Directory.CreateDirectory(directory);
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {

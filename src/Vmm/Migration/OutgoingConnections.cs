@@ -9,7 +9,7 @@ namespace Vmm.Migration;
 /// the time limit) ends every send and read that blocks on any of them.</summary>
 internal sealed class OutgoingConnections : IDisposable
 {
-    private readonly string _host, _target;
+    private readonly string _host, _target, _listener;
     private readonly int _port;
     private readonly TimeSpan _ioTimeout;
     private readonly MigrationTls? _tls;
@@ -19,9 +19,10 @@ internal sealed class OutgoingConnections : IDisposable
     private bool _closed;
 
     /// <summary>Connects the first connection (a <see cref="MigrationException"/> when nothing listens there).</summary>
-    public OutgoingConnections(string host, int port, string target, TimeSpan ioTimeout, MigrationTls? tls)
+    /// <param name="listener">What should listen there, for the error when nothing does.</param>
+    public OutgoingConnections(string host, int port, string target, TimeSpan ioTimeout, MigrationTls? tls, string listener = "vmm migrate-receive --listen")
     {
-        (_host, _port, _target, _ioTimeout, _tls) = (host, port, target, ioTimeout, tls);
+        (_host, _port, _target, _ioTimeout, _tls, _listener) = (host, port, target, ioTimeout, tls, listener);
         MainSocket = Connect();
         _sockets.Add(MainSocket);
     }
@@ -151,7 +152,7 @@ internal sealed class OutgoingConnections : IDisposable
         catch (Exception e) when (e is SocketException or OperationCanceledException)
         {
             socket.Dispose();
-            throw new MigrationException($"cannot connect to the migration target {_target}: {e.Message} (is 'vmm migrate-receive --listen' running there?)");
+            throw new MigrationException($"cannot connect to {_target}: {e.Message} (is '{_listener}' running there?)");
         }
     }
 }

@@ -185,7 +185,7 @@ public sealed class ReplicationSource : IDisposable
         {
             MigrationSource.TryParseEndpoint(_options.Standby, out string host, out int port);
             using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
-            connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls);
+            connection = new OutgoingConnections(host, port, _options.Standby, _options.IoTimeout, tls, "vmm standby --listen");
             var socket = connection.MainSocket;
             // A VM that stops is not lost: the standby must hear so (an Abort), or it would fence this host and resume
             // the VM. The epoch loop notices the stop at once. During the first copy (long writes, a 30 s timeout) a send

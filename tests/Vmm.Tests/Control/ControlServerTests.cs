@@ -124,4 +124,28 @@ public sealed class ControlServerTests : IDisposable
         VmStop stop = await _run.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal("stopped while paused", stop.Description);
     }
+
+    /// <summary>A socket whose directory is missing (under /run after a reboot) gets its directory. (A promotion after a
+    /// node's reboot failed with exit 2 for want of /run/vmm: issue 18, defect 15.)</summary>
+    [Fact]
+    public void ASocketInADirectoryThatDoesNotExistYet_GetsItsDirectory()
+    {
+        string path = Path.Combine(_directory, "run", "vmm", "other.sock");
+        using var second = JsonLineServer.Start(path, (_, _) => JsonAnswers.Json(w => w.WriteBoolean("ok", true)), new Logger(TextWriter.Null, LogLevel.Error), "test");
+        Assert.True(File.Exists(path));
+    }
+
+    /// <summary>A replication that cannot reach its standby says what should listen there: a standby, not a migration
+    /// target. (It hinted at 'vmm migrate-receive': issue 18, defect 15.)</summary>
+    [Fact]
+    public void ReplicatingToNothing_SaysAStandbyShouldListenThere()
+    {
+        var closed = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        closed.Start();
+        int port = ((System.Net.IPEndPoint)closed.LocalEndpoint).Port;
+        closed.Stop();
+        var answer = Send($$"""{"command":"replicate","to":"127.0.0.1:{{port}}"}""");
+        Assert.False(answer.GetProperty("ok").GetBoolean());
+        Assert.Contains("is 'vmm standby --listen' running there?", answer.GetProperty("error").GetString());
+    }
 }
