@@ -7,18 +7,18 @@ using Xunit;
 
 namespace Vmm.Tests.Cli;
 
-/// <summary>The config file's documentation says what vmm reads: README's example parses with vmm's own parser,
-/// and it, the JSON Schema in docs/ and README's table of fields name the same fields.</summary>
+/// <summary>The config file's documentation says what vmm reads: docs/config.md's example parses with vmm's own
+/// parser, and it, the JSON Schema in docs/ and docs/config.md's table of fields name the same fields.</summary>
 public sealed class VmConfigDocumentationTests : IDisposable
 {
     private readonly string _directory = Directory.CreateTempSubdirectory("vmm-config-doc-").FullName;
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    private static string Readme => File.ReadAllText(Path.Combine(RepositoryPaths.Root, "README.md"));
+    private static string Readme => File.ReadAllText(Path.Combine(RepositoryPaths.Root, "docs", "config.md"));
 
     private static string ReadmeExample =>
-        Regex.Match(Readme, @"### Config file.*?```json\n(.*?)```", RegexOptions.Singleline).Groups[1].Value;
+        Regex.Match(Readme, @"## Config file.*?```json\n(.*?)```", RegexOptions.Singleline).Groups[1].Value;
 
     private static JsonElement Schema =>
         JsonDocument.Parse(File.ReadAllText(Path.Combine(RepositoryPaths.Root, "docs", "vm-config.schema.json"))).RootElement;
