@@ -175,6 +175,35 @@ public sealed class ReplicationSource : IDisposable
     private void Run()
     {
         using var ram = _machine.Memory.Lease();
+        bool toldStandby, reprotecting = false;
+        string? why;
+        long handedOver;
+        while (true)
+        {
+            (toldStandby, why, handedOver) = Replicate(reprotecting);
+            _epochsEnded = true;
+            // Handed over, the standby knows, and the paused VM has nothing held past the final epoch's release.
+            if (ReleaseHeldOutput(toldStandby || handedOver > 0, why) != HoldEnd.StandbyAnsweredAgain) break;
+            reprotecting = true;
+            _epochsEnded = false;
+            _status = _status with { State = "connecting", Epoch = 0, Reason = null };
+        }
+        _status = _status with { State = handedOver > 0 ? "handed-over" : "unprotected", Reason = why };
+        if (handedOver > 0) _log.Info($"replication: VM handed over to {_options.Standby} at epoch {handedOver}; it stops here");
+        else if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
+        _protectedOrEnded.Set();
+        lock (_handoverLock)
+        {
+            _ended = true;
+            if (handedOver > 0) _handover?.TrySetResult(handedOver);
+            else _handover?.TrySetException(new ReplicationException($"the handover to {_options.Standby} failed: {why}; the VM runs on here, unprotected"));
+        }
+    }
+
+    /// <summary>One replication stream, from the connection to its end: whether the standby knows it ended (and so will
+    /// not resume the VM), why it ended, and the epoch handed over (0: none).</summary>
+    private (bool ToldStandby, string? Why, long HandedOver) Replicate(bool reprotecting)
+    {
         bool toldStandby = false;
         string? why = null;
         DirtyPageTracker? tracker = null;
@@ -211,7 +240,7 @@ public sealed class ReplicationSource : IDisposable
                 : e is VmmException ? e.Message
                 : $"internal error in vmm: {e}";
             toldStandby = e is StandbyGaveUpException || TryAbort(connection, why);
-            if (_status.Epoch == 0) _startFailure = new ReplicationException($"replication to {_options.Standby} failed: {why}", e);
+            if (_status.Epoch == 0 && !reprotecting) _startFailure = new ReplicationException($"replication to {_options.Standby} failed: {why}", e);
         }
         finally
         {
@@ -219,20 +248,8 @@ public sealed class ReplicationSource : IDisposable
             disks?.Dispose();
             if (tracker is not null) _machine.StopDirtyTracking(tracker);
             connection?.Dispose();
-            _epochsEnded = true;
         }
-        // Handed over, the standby knows, and the paused VM has nothing held past the final epoch's release.
-        ReleaseHeldOutput(toldStandby || handedOver > 0, why);
-        _status = _status with { State = handedOver > 0 ? "handed-over" : "unprotected", Reason = why };
-        if (handedOver > 0) _log.Info($"replication: VM handed over to {_options.Standby} at epoch {handedOver}; it stops here");
-        else if (_machine.StopReason is null) _log.Warning($"replication to {_options.Standby} ended: {why}; the VM runs on here, unprotected");
-        _protectedOrEnded.Set();
-        lock (_handoverLock)
-        {
-            _ended = true;
-            if (handedOver > 0) _handover?.TrySetResult(handedOver);
-            else _handover?.TrySetException(new ReplicationException($"the handover to {_options.Standby} failed: {why}; the VM runs on here, unprotected"));
-        }
+        return (toldStandby, why, handedOver);
     }
 
     private static MigrationTls LoadTls(string directory)
@@ -509,10 +526,15 @@ public sealed class ReplicationSource : IDisposable
     /// <summary>A standby that knows replication ended will not resume the VM: what is held may leave now. One that
     /// may still take over (silent, cut off) fences this host first, within its failover timeout: output leaves
     /// only once that time has passed twice over since the standby last answered, and this primary still runs.</summary>
-    private void ReleaseHeldOutput(bool standbyKnows, string? why)
+    private enum HoldEnd { Released, StandbyAnsweredAgain }
+
+    /// <summary>How often a primary that lost its standby knocks on its address again while it holds the output.</summary>
+    private static readonly TimeSpan ReknockEvery = TimeSpan.FromSeconds(1);
+
+    private HoldEnd ReleaseHeldOutput(bool standbyKnows, string? why)
     {
-        if (!_machine.Output.IsHolding) return;
-        if (!standbyKnows)
+        var end = HoldEnd.Released;
+        if (_machine.Output.IsHolding && !standbyKnows)
         {
             // It starts fencing once we have been silent for its failover timeout, and the fence may run its whole
             // timeout; one failover timeout more covers the resume and the clocks' drift.
@@ -522,24 +544,69 @@ public sealed class ReplicationSource : IDisposable
                 // Not protected any more, and said so at once: the hold is the lost standby's due, not protection.
                 Interlocked.Exchange(ref _holdEndsTicks, Stopwatch.GetTimestamp() + (long)(wait.TotalSeconds * Stopwatch.Frequency));
                 _status = _status with { State = "losing", Reason = why };
-                _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more");
-                // A VM that stops meanwhile changes nothing: the standby may still resume an epoch before that output,
-                // and then the guest would say it again. It leaves once that can no longer happen, or never (killed).
-                if (_machine.Stopping.WaitHandle.WaitOne(wait))
-                {
-                    var left = -Stopwatch.GetElapsedTime(Interlocked.Read(ref _holdEndsTicks));
-                    _log.Info($"replication: the VM stopped; its {_machine.Output.HeldBytes} bytes of held output leave in {Math.Max(0, left.TotalMilliseconds):F0} ms, once the lost standby can no longer take over");
-                    if (left > TimeSpan.Zero) Thread.Sleep(left);
-                }
+                _log.Info($"replication: the standby may still take over; the guest's output stays held for {wait.TotalMilliseconds:F0} ms more, unless a standby answers at {_options.Standby} again");
+                end = WaitOutHold();
             }
         }
         _machine.Output.StopHolding();
         // Out before the VM's process may close its console; a console blocked for good loses what is left, as unheld.
         if (!_machine.Output.WaitUntilWritten(ReleasedOutputGrace))
             _log.Warning($"replication: the guest's released output could not all be written out within {ReleasedOutputGrace.TotalSeconds:0} s (a blocked console?)");
+        return end;
     }
 
     private static readonly TimeSpan ReleasedOutputGrace = TimeSpan.FromSeconds(10);
+
+    /// <summary>Waits until the lost standby can no longer take over: its hold ran out, or a standby admitted this VM at
+    /// its address again, which ends the old replica there (a standby gives a lost primary's replica up only to that
+    /// VM's own primary, and a new process on that address means the old one is gone). A VM that stops meanwhile, or a
+    /// replicate --stop, waits the hold out: the standby may still resume an epoch before the held output, and then the
+    /// guest would say it again.</summary>
+    private HoldEnd WaitOutHold()
+    {
+        while (true)
+        {
+            var left = -Stopwatch.GetElapsedTime(Interlocked.Read(ref _holdEndsTicks));
+            if (left <= TimeSpan.Zero) return HoldEnd.Released;
+            if (_machine.StopReason is not null || _stop.IsCancellationRequested)
+            {
+                if (_machine.StopReason is not null)
+                    _log.Info($"replication: the VM stopped; its {_machine.Output.HeldBytes} bytes of held output leave in {left.TotalMilliseconds:F0} ms, once the lost standby can no longer take over");
+                Thread.Sleep(left);
+                return HoldEnd.Released;
+            }
+            if (StandbyAdmitsUsAgain())
+            {
+                _log.Warning($"replication: a standby at {_options.Standby} admitted this VM again, so the one lost there can no longer take over; the held output leaves, and replication starts over");
+                return HoldEnd.StandbyAnsweredAgain;
+            }
+            WaitHandle.WaitAny([_machine.Stopping.WaitHandle, _stop.Token.WaitHandle], left < ReknockEvery ? left : ReknockEvery);
+        }
+    }
+
+    /// <summary>Knocks: a Hello, and on the standby's Ready an Abort at once (it discards the nothing it took). True when
+    /// it was admitted.</summary>
+    private bool StandbyAdmitsUsAgain()
+    {
+        OutgoingConnections? connection = null;
+        try
+        {
+            MigrationSource.TryParseEndpoint(_options.Standby, out string host, out int port);
+            using var tls = _options.TlsDirectory is { } directory ? LoadTls(directory) : null;
+            connection = new OutgoingConnections(host, port, _options.Standby, ReknockEvery * 2, tls, "vmm standby --listen");
+            SendHello(connection.OpenMain(_log));
+            TryAbort(connection, "the primary knocked to learn whether its lost standby is gone; replication starts over");
+            return true;
+        }
+        catch (Exception e) when (e is VmmException or IOException or SocketException or ObjectDisposedException)
+        {
+            return false;
+        }
+        finally
+        {
+            connection?.Dispose();
+        }
+    }
 
     /// <summary>The standby said it ends replication (it refused or failed): it will not resume the VM.</summary>
     private sealed class StandbyGaveUpException(string message) : VmmException(message);

@@ -133,6 +133,8 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     channel.Flush();
                     log.Debug($"standby: first full copy received ({channel.BytesReceived >> 20} MiB)");
                     return;
+                case MigrationFrameType.Abort:
+                    throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
                 default:
                     throw new MigrationException($"migration stream: unexpected {type} frame in the first full copy");
             }

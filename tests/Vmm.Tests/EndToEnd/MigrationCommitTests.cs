@@ -132,7 +132,9 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
         using var proxy = new GatedMigrationProxy(PortOf(listen), (type, _) =>
         {
             if (type != MigrationFrameType.Resumed) return;
-            ctl!.Kill();
+            // SIGKILL by pid: Process.Kill of a whole tree can throw when a child ends meanwhile, and then nothing
+            // would be killed and the Resumed never forwarded.
+            HostCommand.Run("kill", "-KILL", ctl!.Id.ToString());
             ctl.WaitForExit(Patience);
         });
         using (ctl = Migrate(socket, proxy.Address, "--force"))

@@ -211,6 +211,41 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         Show("primary", primary);
     }
 
+    /// <summary>The standby lost (killed) while its fence may still run for 30 s, then a standby back at its address: the
+    /// primary knocks there while it holds its output, is admitted (the old replica is gone: a new process holds that
+    /// address, and a standby gives a lost primary's replica up only to that VM's primary), releases the output and is
+    /// protected again, without waiting out the hold. Then the primary is killed: the new standby resumes the VM from
+    /// the new replica, with nothing lost or repeated. (Item 7 of issue 18: the VM stayed unprotected for the whole
+    /// hold, and a second failure in that window lost its running state.)</summary>
+    [Fact]
+    public void StandbyLostAndBack_ProtectedAgainWithoutWaitingOutTheHold_ThenAFailoverResumesTheNewReplica()
+    {
+        var g = Guest(regionMiB: 32, dirtyMiBPerSecond: 50, ticks: 400);
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (first, address, _) = StartStandby("first", RefusingFence, fenceTimeoutS: 30);
+        Replicate(socket, address);
+        first.Kill();
+        first.WaitForExit(Patience);
+        Assert.Equal("losing", ReplicationState(WaitForStatus(socket, s => ReplicationState(s) != "protected", "the primary noticing its standby is gone")));
+
+        var (second, _, _) = StartStandby("second", KillingFence(primary.Id), fenceTimeoutS: 30, listen: address);
+        long epoch = WaitForStatus(socket, s => ReplicationState(s) == "protected", "protection by the standby back at the address")
+            .GetProperty("replication").GetProperty("epoch").GetInt64();
+        Assert.Contains("admitted this VM again", primary.Log);
+        WaitForStatus(socket, s => s.GetProperty("replication").GetProperty("epoch").GetInt64() >= epoch + 3, "epochs committing on the new standby");
+        Assert.False(primary.HasExited, $"the guest ended before the primary was killed\n{primary}");
+        primary.Kill();
+        primary.WaitForExit(Patience);
+        int? secondExit = second.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("second standby", second);
+
+        Assert.Equal(GuestSuccess, secondExit);
+        Assert.Matches(@"failover: VM \S+ resumed from epoch \d+", second.Log);
+        AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, second);
+    }
+
     /// <summary>Sends a replication Hello for VM <paramref name="name"/> and returns the standby's refusal.</summary>
     private static string ReplicationHelloAnswer(int port, string name)
     {
@@ -393,12 +428,12 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
     /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
     /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
     /// timeout: 3 s keeps that short. Without a fence command it resumes only on 'vmm ctl failover'.</summary>
-    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand, int fenceTimeoutS = 3)
+    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand, int fenceTimeoutS = 3, string listen = "127.0.0.1:0")
     {
         string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
         string api = Path.Combine(_directory, $"{name}.sock");
         string[] fence = fenceCommand is null ? [] : ["--fence-command", fenceCommand];
-        var standby = Started(new RunningVmm(["standby", "-v", "--listen", "127.0.0.1:0", "--disk-dir", disks, "--failover-timeout-ms", "1000",
+        var standby = Started(new RunningVmm(["standby", "-v", "--listen", listen, "--disk-dir", disks, "--failover-timeout-ms", "1000",
                                               "--fence-timeout-s", fenceTimeoutS.ToString(), "--api-socket", api, .. fence]));
         Match? listening = null;
         Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
