@@ -10,6 +10,8 @@ public static unsafe class BlockDevice
 {
     // _IOR(0x12, 114, size_t)
     private const nuint BlkGetSize64 = 0x80081272;
+    // _IO(0x12, 119)
+    private const nuint BlkDiscard = 0x1277;
     private const int ENOTTY = 25;
 
     /// <summary>The size of the block device open as <paramref name="file"/>, or null when it is not a block device.</summary>
@@ -21,5 +23,15 @@ public static unsafe class BlockDevice
         // Anything else has no such ioctl: file systems answer ENOTTY, a few EINVAL.
         if (errno is ENOTTY or Libc.EINVAL) return null;
         throw new PosixException("ioctl BLKGETSIZE64", errno);
+    }
+
+    /// <summary>Tells the device the range is unused (BLKDISCARD): a thin LVM volume or an SSD frees it, DRBD passes it to
+    /// its peer. Advice: what the range reads afterwards is the device's business. False when the device takes no discards.</summary>
+    public static bool Discard(SafeFileHandle device, long offset, long length)
+    {
+        ulong* range = stackalloc ulong[2];
+        range[0] = (ulong)offset;
+        range[1] = (ulong)length;
+        return Libc.Ioctl((int)device.DangerousGetHandle(), BlkDiscard, range) == 0;
     }
 }

@@ -30,6 +30,8 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     private const uint RangeFlagUnmap = 1;
 
     private readonly SafeFileHandle _file;
+    /// <summary>The disk is a host block device (a loop device, an LVM volume, DRBD), not an image file.</summary>
+    private readonly bool _isBlockDevice;
     private readonly byte[] _id;
     private VirtioActivation? _activation;
     /// <summary>Set while a copy of the image runs (storage migration): what the guest changes is marked.</summary>
@@ -53,7 +55,10 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         try
         {
             // A block device's inode says 0 bytes: its size is the device's own.
-            length = RandomAccess.GetLength(_file) is var fileBytes and > 0 ? fileBytes : BlockDevice.SizeBytes(_file) ?? 0;
+            long fileBytes = RandomAccess.GetLength(_file);
+            long? deviceBytes = fileBytes > 0 ? null : BlockDevice.SizeBytes(_file);
+            _isBlockDevice = deviceBytes is not null;
+            length = deviceBytes ?? fileBytes;
         }
         catch (PosixException e)
         {
@@ -193,7 +198,10 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             if ((flags & ~RangeFlagUnmap) != 0 || (discard && flags != 0)) return StatusUnsupported;
             long start = (long)sector * SectorBytes, length = (long)sectors * SectorBytes;
             int fd = (int)_file.DangerousGetHandle();
-            bool done = discard || (flags & RangeFlagUnmap) != 0
+            // On a block device a discard is BLKDISCARD, passed down to what is below (thin LVM, an SSD, DRBD's peer):
+            // fallocate there zeroes the range instead of freeing it.
+            bool done = discard && _isBlockDevice ? BlockDevice.Discard(_file, start, length)
+                : discard || (flags & RangeFlagUnmap) != 0
                 ? Libc.Fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0
                 : Libc.Fallocate(fd, Libc.FALLOC_FL_ZERO_RANGE | Libc.FALLOC_FL_KEEP_SIZE, start, length) == 0;
             // A discard is advice: a file system that cannot punch holes just keeps the data. Zeroes must land.

@@ -60,6 +60,36 @@ public sealed class VirtioBlockZeroingTests
         Assert.Equal(original.AsSpan(16 * Sector).ToArray(), blk.Image.AsSpan(16 * Sector).ToArray());
     }
 
+    /// <summary>On a host block device (here a loop device) a discard is BLKDISCARD, which the device passes down: the
+    /// loop device frees the blocks of its backing file.</summary>
+    [Fact]
+    public void Discard_OnABlockDevice_ReachesTheDevice_WhichFreesTheBlocks()
+    {
+        string directory = Directory.CreateTempSubdirectory("vmm-blk-discard-").FullName;
+        try
+        {
+            string backing = Path.Combine(directory, "backing.img");
+            File.WriteAllBytes(backing, Pattern(4 << 20));
+            long allocatedBefore = AllocatedBytes(backing);
+            using (var loop = LoopDevice.Attach(backing))
+            using (var blk = Open(loop.Path))
+            {
+                blk.Start();
+                WriteRanges(blk, 0, (0, 2048, 0));
+                blk.Post(0, VirtioBlock.RequestDiscard, 0, 16);
+                blk.Driver.Kick(0);
+                Assert.Equal(VirtioBlock.StatusOk, blk.Status(0));
+            }
+            Assert.True(AllocatedBytes(backing) <= allocatedBefore - (1 << 20), $"{AllocatedBytes(backing)} bytes still allocated, {allocatedBefore} before");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static long AllocatedBytes(string path) => long.Parse(HostCommand.Checked("stat", "-c", "%b", path).Trim()) * 512;
+
     [Fact]
     public void Discard_WithTheUnmapFlag_IsUnsupported()
     {
