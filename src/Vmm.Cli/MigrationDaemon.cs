@@ -286,6 +286,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             var machine = destination.Machine;
             // Until the source's Commit the VM is the source's: nothing of it runs here, and any failure discards it.
             receiver.AwaitCommit();
+            log.Info($"migration {n}: the source committed: VM {name} is this host's now");
             string? apiSocket = options.ApiSocket is null ? null : PathFor(options.ApiSocket, n, name!);
             control = apiSocket is null ? null : StartSocket("--api-socket", apiSocket, path => ControlServer.Start(machine, path, log));
             if (options.Paused) machine.Pause();

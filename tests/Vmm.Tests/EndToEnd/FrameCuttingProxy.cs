@@ -4,30 +4,33 @@ using Vmm.Migration;
 
 namespace Vmm.Tests.EndToEnd;
 
-/// <summary>A TCP forwarder between a migration source and its target that reads every frame both ways and cuts the
-/// link the first time one frame of a chosen type goes the chosen way: that frame is lost, nothing more passes, and
-/// both ends see their connection close. The last packet of a protocol step lost, made certain. Connections after the
-/// cut (a source in doubt asking its target) pass untouched. A test may also hold frames up: <c>beforeForward</c> runs,
-/// and may wait, before each frame goes on.</summary>
+/// <summary>A TCP forwarder between a migration source and its target that reads every frame both ways and asks the
+/// test about each before it goes on: the test may hold it up (wait), do something at that very step (kill a side),
+/// or cut the link there: that frame is lost, nothing more passes, and both ends see their connection close. The last
+/// packet of a protocol step lost, made certain. Connections after the cut (a source in doubt asking its target) pass
+/// untouched.</summary>
 internal sealed class FrameCuttingProxy : IDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
     private readonly int _targetPort;
-    private readonly MigrationFrameType? _cutAt;
-    private readonly bool _fromSource;
-    private readonly Action<MigrationFrameType, bool>? _beforeForward;
+    private readonly Func<MigrationFrameType, bool, bool> _forward;
     private readonly List<Task> _connections = [];
     private readonly Task _accepting;
     private int _cut;
 
-    /// <param name="cutAt">The frame to lose; null: none.</param>
-    /// <param name="fromSource">Whether the frame to lose goes from the source to the target (else the other way).</param>
-    /// <param name="beforeForward">Gets each frame's type and whether it comes from the source, before it goes on.</param>
-    public FrameCuttingProxy(int targetPort, MigrationFrameType? cutAt, bool fromSource, Action<MigrationFrameType, bool>? beforeForward = null)
+    /// <param name="forward">Gets each frame's type and whether it comes from the source, before it goes on; false cuts
+    /// the link there (the first time; from then on everything passes).</param>
+    public FrameCuttingProxy(int targetPort, Func<MigrationFrameType, bool, bool> forward)
     {
-        (_targetPort, _cutAt, _fromSource, _beforeForward) = (targetPort, cutAt, fromSource, beforeForward);
+        (_targetPort, _forward) = (targetPort, forward);
         _listener.Start();
         _accepting = Task.Run(Accept);
+    }
+
+    /// <summary>Cuts the link at the first frame of type <paramref name="cutAt"/> going the way <paramref name="fromSource"/> says.</summary>
+    public FrameCuttingProxy(int targetPort, MigrationFrameType cutAt, bool fromSource)
+        : this(targetPort, (type, source) => type != cutAt || source != fromSource)
+    {
     }
 
     public string Address => $"127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
@@ -82,13 +85,12 @@ internal sealed class FrameCuttingProxy : IDisposable
             while (true)
             {
                 var (type, payload) = reader.Receive(ref buffer);
-                if (type == _cutAt && fromSource == _fromSource && Interlocked.Exchange(ref _cut, 1) == 0)
+                if (!Cut && !_forward(type, fromSource) && Interlocked.Exchange(ref _cut, 1) == 0)
                 {
                     from.Shutdown(SocketShutdown.Both);
                     to.Shutdown(SocketShutdown.Both);
                     return;
                 }
-                _beforeForward?.Invoke(type, fromSource);
                 writer.Send(type, payload.Span);
                 writer.Flush();
             }

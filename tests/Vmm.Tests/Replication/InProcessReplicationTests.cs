@@ -159,11 +159,12 @@ public sealed class InProcessReplicationTests : IDisposable
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, _) = StartStandby();
         int heldOnce = 0;
-        using var proxy = new FrameCuttingProxy(port, cutAt: null, fromSource: true, (type, fromSource) =>
+        using var proxy = new FrameCuttingProxy(port, (type, fromSource) =>
         {
-            if (!fromSource || type != MigrationFrameType.Pages || Interlocked.Exchange(ref heldOnce, 1) == 1) return;
+            if (!fromSource || type != MigrationFrameType.Pages || Interlocked.Exchange(ref heldOnce, 1) == 1) return true;
             int from = Ticks();
             WaitFor(() => Ticks() >= from + 80, "the guest writing 80 ticks' pages during the first copy");
+            return true;
         });
         using var replication = Protected(primary, proxy.Address);
         var firstEpoch = System.Text.RegularExpressions.Regex.Match(_logText.ToString(), @"epoch 1 committed: pause [\d.]+ ms, (\d+) pages");
