@@ -51,7 +51,8 @@ internal sealed class FrameCuttingProxy : IDisposable
             {
                 return;
             }
-            lock (_connections) _connections.Add(Task.Run(() => Forward(source)));
+            // Threads of their own: each blocks for the whole migration, and a starved thread pool must not delay a frame.
+            lock (_connections) _connections.Add(Task.Factory.StartNew(() => Forward(source), TaskCreationOptions.LongRunning));
         }
     }
 
@@ -68,7 +69,7 @@ internal sealed class FrameCuttingProxy : IDisposable
             // The target is gone: the source finds its connection closed, as it would finding nobody there.
             return;
         }
-        var back = Task.Run(() => Pass(target, source, fromSource: false));
+        var back = Task.Factory.StartNew(() => Pass(target, source, fromSource: false), TaskCreationOptions.LongRunning);
         Pass(source, target, fromSource: true);
         back.Wait();
     }

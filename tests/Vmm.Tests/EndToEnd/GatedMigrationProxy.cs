@@ -29,7 +29,9 @@ internal sealed class GatedMigrationProxy : IDisposable
         using var source = await _listener.AcceptSocketAsync();
         using var target = new Socket(SocketType.Stream, ProtocolType.Tcp);
         await target.ConnectAsync(IPAddress.Loopback, targetPort);
-        var answers = Task.Run(() => ForwardAnswers(target, source, beforeAnswer));
+        // Blocking reads and the test's gate on threads of their own: under the whole suite the thread pool can be starved
+        // for a long while, and a gate run from it came 90 s late.
+        var answers = Task.Factory.StartNew(() => ForwardAnswers(target, source, beforeAnswer), TaskCreationOptions.LongRunning);
         var buffer = new byte[64 << 10];
         try
         {
@@ -54,7 +56,7 @@ internal sealed class GatedMigrationProxy : IDisposable
                 var (type, payload) = reader.Receive(ref buffer);
                 int pass = type == MigrationFrameType.PassDone ? BitConverter.ToInt32(payload.Span) : 0;
                 byte[] frame = Frame(type, payload.Span);
-                var gate = Task.Run(() => beforeAnswer(type, pass));
+                var gate = Task.Factory.StartNew(() => beforeAnswer(type, pass), TaskCreationOptions.LongRunning);
                 // The source reads each answer with a 30 s timeout, and a guest held up by a loaded host can take longer
                 // than that to reach what the test waits for: a byte of the answer every few seconds keeps the read
                 // alive (each byte that arrives completes one), for as many bytes as the frame has but its last.

@@ -138,7 +138,7 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
             ctl.WaitForExit(Patience);
         });
         using (ctl = Migrate(socket, proxy.Address, "--force"))
-            Assert.True(ctl.WaitForExit(Patience) is not (0 or 1), $"the client was not killed before the answer\n{ctl}");
+            Assert.True(ctl.WaitForExit(Patience) is { } killed && killed is not (0 or 1), $"the client was not killed before the answer\n{ctl}");
         int? sourceExit = source.WaitForExit(Patience);
         Assert.True(target.WaitFor((_, log) => log.Contains("migration 1: VM stopped"), Patience), target.ToString());
         Show("source", source); Show("target", target);

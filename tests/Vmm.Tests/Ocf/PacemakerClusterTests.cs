@@ -155,6 +155,40 @@ public sealed class PacemakerClusterTests(ITestOutputHelper output) : IDisposabl
         AssertTicksContinued(console);
     }
 
+    /// <summary>Issue 18's lost standby, in the cluster: the standby's node killed, fenced and started again, its new
+    /// standby protects the VM again (the primary knocks at its address while it holds its output, rather than wait
+    /// out the hold), and then the VM's node is killed: node2 is promoted and resumes the VM from the new replica, its
+    /// console going on from the last tick let out, not one twice. (The VM came back booted from disk, its running
+    /// state lost, although a standby had been back for 20 s.)</summary>
+    [Fact]
+    public void ReplicatedVm_StandbysNodeKilledAndBack_IsProtectedAgain_ThenItsOwnNodeKilled_ResumesFromTheNewReplica()
+    {
+        _step.Start();
+        _cluster.Up();
+        _cluster.EnableFencing();
+        var (_, console) = ConfigureReplicatedVm("tick4", "node1=10.77.0.1 node2=10.77.0.2", fenceTimeoutS: 30);
+        _cluster.WaitForStatus("node1", @"Promoted: \[ node1 \]", "tick4 was not promoted on node1");
+        _cluster.WaitForStatus("node1", @"Unpromoted: \[ node2 \]", "no standby of tick4 on node2");
+        WaitUntilProtected("node1", "/run/vmm/tick4.sock");
+        int tick = TestCluster.WaitForTickAfter(console, 2, "the guest on node1");
+        Took("tick4 promoted on node1 and protected by node2's standby");
+
+        _cluster.Script("kill", "node2");
+        WaitUntil(() => _cluster.Script("exec", "node1", "stonith_admin", "--history", "node2").Output.Contains("reboot of node2 successful"), "node2 to be fenced");
+        _cluster.Script("start", "node2");
+        _cluster.WaitForStatus("node1", @"Unpromoted: \[ node2 \]", "node2 did not come back as the standby");
+        WaitUntilProtected("node1", "/run/vmm/tick4.sock");
+        Took("node2 killed, fenced and started again, until its new standby protects the VM");
+        tick = TestCluster.WaitForTickAfter(console, tick + 2, "the guest on node1, protected again");
+
+        _cluster.Script("kill", "node1");
+        _cluster.WaitForStatus("node2", @"Promoted: \[ node2 \]", "node2 was not promoted");
+        Took("node1 killed, until node2 promoted (resumed from the new replica)");
+        Assert.Contains("\"name\":\"tick4\"", _cluster.In("node2", _cluster.Vmm, "ctl", "--socket", "/run/resource-agents/vmm/tick4.standby.sock", "status"));
+        TestCluster.WaitForTickAfter(console, tick + 2, "the guest resumed on node2");
+        AssertTicksContinued(console);
+    }
+
     /// <summary>A replicated VM as a promotable clone, preferring node1, its disk in each node's replica_dir (its
     /// private /run here): node1 has it, node2 gets the replica. Returns the image's original and the console.</summary>
     private (string Image, string Console) ConfigureReplicatedVm(string name, string addresses, int fenceTimeoutS)
