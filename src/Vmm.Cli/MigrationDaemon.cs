@@ -29,8 +29,8 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
 
     private readonly MigrationJoins _joins = new();
     private readonly MigrationOutcomes _outcomes = new();
-    private int _awaitingFirstFrame, _refusing;
-    private const int MaxRefusing = 8;
+    private int _awaitingFirstFrame;
+    private readonly ConnectionRefusals _refusals = new();
     private readonly List<ReceivedVm> _running = [];
     /// <summary>The names of the VMs running here or arriving (guarded by <see cref="_running"/>).</summary>
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
@@ -120,18 +120,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             Interlocked.Decrement(ref _awaitingFirstFrame);
             log.Warning($"connection {n} from {source} refused: {options.MaxIncoming * MaxAwaitingFirstFrame} connections are already waiting for their first frame");
-            // Refusals are bounded too: past a few in flight, a flood of connections is only closed.
-            if (Interlocked.Increment(ref _refusing) > MaxRefusing)
-            {
-                Interlocked.Decrement(ref _refusing);
-                connection.Dispose();
-                return;
-            }
-            Task.Run(() =>
-            {
-                try { RefuseBusy(connection, "connections are waiting to begin"); }
-                finally { Interlocked.Decrement(ref _refusing); }
-            });
+            _refusals.Refuse(connection, "the target is busy: connections are waiting to begin; try again");
             return;
         }
         lock (_incoming) _incoming.Add(connection);
@@ -147,7 +136,7 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
             {
                 lock (_incoming) _incoming.Remove(connection);
                 slot.FirstFrameRead();
-                CloseLeavingTheLastWord(connection);
+                ConnectionRefusals.CloseLeavingTheLastWord(connection);
                 slot.Release();
                 _receiving.Signal();
             }
@@ -179,46 +168,6 @@ internal sealed class MigrationDaemon(MigrateReceiveOptions options, TcpListener
         {
             if (_claimed) Interlocked.Increment(ref daemon._freeSlots);
             _claimed = false;
-        }
-    }
-
-    private void RefuseBusy(Socket connection, string why)
-    {
-        connection.SendTimeout = 1000;
-        try
-        {
-            using var stream = new NetworkStream(connection, ownsSocket: false);
-            var channel = new MigrationChannel(stream);
-            channel.SendText(MigrationFrameType.Error, $"the target is busy: {why}; try again");
-            channel.Flush();
-        }
-        catch (MigrationException)
-        {
-            // It went away already.
-        }
-        CloseLeavingTheLastWord(connection);
-    }
-
-    /// <summary>Closes a connection the source may still be writing to, so that the error just sent reaches it:
-    /// a socket closed with unread data resets the connection, and the reset can discard that error before the
-    /// source reads it. So: end our side, read (and drop) what is in flight for a moment, then close.</summary>
-    private static void CloseLeavingTheLastWord(Socket connection)
-    {
-        try
-        {
-            connection.Shutdown(SocketShutdown.Send);
-            connection.ReceiveTimeout = 200;
-            byte[] sink = new byte[64 << 10];
-            var draining = Stopwatch.StartNew();
-            while (draining.Elapsed < TimeSpan.FromSeconds(1) && connection.Receive(sink) > 0) { }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            // Closed or reset already: nothing more to leave.
-        }
-        finally
-        {
-            connection.Dispose();
         }
     }
 

@@ -49,10 +49,11 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
     private Stream? _serialLog;
     private int _exitCode = ExitCodes.GuestFinished;
     private bool _fencing;
-    /// <summary>Connections not yet past their Hello, and refusals being sent: each bounded, so that no peer holds the
-    /// standby's place by connecting, and connecting faster only gets its connections closed.</summary>
-    private int _awaitingHello, _refusing;
-    private const int MaxAwaitingHello = 8, MaxRefusing = 8;
+    /// <summary>Connections not yet past their Hello: bounded, so that no peer holds the standby's place by connecting,
+    /// and connecting faster only gets its connections refused (refusals are bounded too).</summary>
+    private int _awaitingHello;
+    private const int MaxAwaitingHello = 8;
+    private readonly ConnectionRefusals _refusals = new();
 
     /// <summary>One incoming connection: where it came from, and what it received once admitted.</summary>
     private sealed class Session(string source)
@@ -132,37 +133,10 @@ internal sealed class StandbyDaemon(StandbyOptions options, TcpListener listener
         }
     }
 
-    /// <summary>Tells a peer why it is refused, on a task of its own; past <see cref="MaxRefusing"/> at once, it is only
-    /// closed.</summary>
     private void Refuse(Socket connection, string why)
     {
         log.Warning($"standby: refused a connection from {connection.RemoteEndPoint}: {why}");
-        if (Interlocked.Increment(ref _refusing) > MaxRefusing)
-        {
-            Interlocked.Decrement(ref _refusing);
-            connection.Dispose();
-            return;
-        }
-        Task.Run(() =>
-        {
-            try
-            {
-                connection.SendTimeout = 1000;
-                using var stream = new NetworkStream(connection, ownsSocket: true);
-                var channel = new MigrationChannel(stream);
-                channel.SendText(MigrationFrameType.Error, why);
-                channel.Flush();
-            }
-            catch (MigrationException)
-            {
-                // It went away already.
-            }
-            finally
-            {
-                connection.Dispose();
-                Interlocked.Decrement(ref _refusing);
-            }
-        });
+        _refusals.Refuse(connection, why);
     }
 
     /// <summary>Admits a session whose Hello checked out, making it the standby's replication, or refuses it (throws):

@@ -1,3 +1,4 @@
+using Vmm.Firmware;
 using Vmm.Migration;
 using Xunit;
 using Xunit.Abstractions;
@@ -9,17 +10,39 @@ namespace Vmm.Tests.EndToEnd;
 /// learns from its target, by asking, where the VM runs. Each test cuts the link at one frame, certainly (a
 /// <see cref="FrameCuttingProxy"/>), and checks the guest's whole console: every tick once, in order, across both hosts.</summary>
 [Trait("Category", "Process")]
-public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationProcessTestBase(output)
+public sealed class MigrationCommitTests : MigrationProcessTestBase
 {
+    private readonly DirtyingGuestOptions _guest = Guest();
+    private readonly string _socket;
+    private FrameCuttingProxy? _proxy;
+
+    public MigrationCommitTests(ITestOutputHelper output) : base(output) => _socket = Path.Combine(_directory, "src.sock");
+
+    public override void Dispose()
+    {
+        _proxy?.Dispose();
+        base.Dispose();
+    }
+
+    /// <summary>A target daemon, a source running the guest, and its migration through a proxy that loses the first
+    /// <paramref name="lost"/> frame going the way <paramref name="fromSource"/> says; returns once the request ended
+    /// (its answer is the caller's to judge). The proxy stays, passing what comes after: a source in doubt asks through it.</summary>
+    private (RunningVmm Source, RunningVmm Target, RunningVmm Ctl) MigrateLosing(MigrationFrameType lost, bool fromSource)
+    {
+        var (target, listen) = StartTarget(once: false);
+        var source = StartSource(_guest, _socket);
+        _proxy = new FrameCuttingProxy(PortOf(listen), lost, fromSource);
+        var ctl = Started(Migrate(_socket, _proxy.Address, "--force"));
+        ctl.WaitForExit(Patience);
+        return (source, target, ctl);
+    }
+
     [Fact]
     public void LostResumed_LeavesThisCopyPausedInDoubt_AndAResumeAsksTheTargetAndStopsThisCopy()
     {
-        var g = Guest();
-        string socket = Path.Combine(_directory, "src.sock");
-        var (target, listen) = StartTarget(once: false);
-        using var source = StartSource(g, socket);
-        using var proxy = new FrameCuttingProxy(PortOf(listen), MigrationFrameType.Resumed, fromSource: false);
-        using var ctl = Migrate(socket, proxy.Address, "--force");
+        var g = _guest;
+        string socket = _socket;
+        var (source, target, ctl) = MigrateLosing(MigrationFrameType.Resumed, fromSource: false);
         Assert.True(ctl.WaitForExit(Patience) == 1, ctl.ToString());
         Assert.Contains("\"state\":\"in-doubt\"", ctl.Console);
         Assert.True(target.WaitFor((_, log) => log.Contains("the VM runs here"), Patience), target.ToString());
@@ -48,12 +71,9 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
     [Fact]
     public void LostCommit_LeavesThisCopyInDoubt_AndAResumeAsksTheTargetAndRunsItHere()
     {
-        var g = Guest();
-        string socket = Path.Combine(_directory, "src.sock");
-        var (target, listen) = StartTarget(once: false);
-        using var source = StartSource(g, socket);
-        using var proxy = new FrameCuttingProxy(PortOf(listen), MigrationFrameType.Commit, fromSource: true);
-        using var ctl = Migrate(socket, proxy.Address, "--force");
+        var g = _guest;
+        string socket = _socket;
+        var (source, target, ctl) = MigrateLosing(MigrationFrameType.Commit, fromSource: true);
         Assert.True(ctl.WaitForExit(Patience) == 1, ctl.ToString());
         Assert.Contains("\"state\":\"in-doubt\"", ctl.Console);
         Assert.True(target.WaitFor((_, log) => log.Contains("failed and was discarded"), Patience), target.ToString());
@@ -72,12 +92,8 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
     [Fact]
     public void LostPrepared_ResumesTheVmHere_AndTheTargetNeverRunsIt()
     {
-        var g = Guest();
-        string socket = Path.Combine(_directory, "src.sock");
-        var (target, listen) = StartTarget(once: false);
-        using var source = StartSource(g, socket);
-        using var proxy = new FrameCuttingProxy(PortOf(listen), MigrationFrameType.Prepared, fromSource: false);
-        using var ctl = Migrate(socket, proxy.Address, "--force");
+        var g = _guest;
+        var (source, target, ctl) = MigrateLosing(MigrationFrameType.Prepared, fromSource: false);
         var (ctlExit, sourceExit, _) = WaitForAll(ctl, source, target: null);
         Assert.True(target.WaitFor((_, log) => log.Contains("failed and was discarded"), Patience), target.ToString());
         Show("target", target);
@@ -89,12 +105,9 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
     [Fact]
     public void InDoubtWithTheTargetGone_ResumeIsRefused_UntilTheOperatorSaysTheTargetDoesNotRunIt()
     {
-        var g = Guest();
-        string socket = Path.Combine(_directory, "src.sock");
-        var (target, listen) = StartTarget(once: false);
-        using var source = StartSource(g, socket);
-        using var proxy = new FrameCuttingProxy(PortOf(listen), MigrationFrameType.Commit, fromSource: true);
-        using var ctl = Migrate(socket, proxy.Address, "--force");
+        var g = _guest;
+        string socket = _socket;
+        var (source, target, ctl) = MigrateLosing(MigrationFrameType.Commit, fromSource: true);
         Assert.True(ctl.WaitForExit(Patience) == 1, ctl.ToString());
         Assert.True(target.WaitFor((_, log) => log.Contains("failed and was discarded"), Patience), target.ToString());
         target.Kill();
@@ -132,10 +145,10 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
         using var proxy = new GatedMigrationProxy(PortOf(listen), (type, _) =>
         {
             if (type != MigrationFrameType.Resumed) return;
-            // SIGKILL by pid: Process.Kill of a whole tree can throw when a child ends meanwhile, and then nothing
-            // would be killed and the Resumed never forwarded.
-            HostCommand.Run("kill", "-KILL", ctl!.Id.ToString());
-            ctl.WaitForExit(Patience);
+            // By pid, and waited for by pid: the test thread waits for this client (and then disposes it) at the same time.
+            int pid = ctl!.Id;
+            HostCommand.Run("kill", "-KILL", pid.ToString());
+            while (Alive(pid)) Thread.Sleep(20);
         });
         using (ctl = Migrate(socket, proxy.Address, "--force"))
             Assert.True(ctl.WaitForExit(Patience) is { } killed && killed is not (0 or 1), $"the client was not killed before the answer\n{ctl}");
@@ -146,5 +159,18 @@ public sealed class MigrationCommitTests(ITestOutputHelper output) : MigrationPr
         Assert.Equal(0, sourceExit);
         Assert.Contains("the VM now runs on", source.Log);
         Assert.Equal(ExpectedConsole(g), source.Console + target.Console);
+    }
+
+    /// <summary>Whether process <paramref name="pid"/> still runs (not gone, not a zombie waiting for its parent).</summary>
+    private static bool Alive(int pid)
+    {
+        try
+        {
+            return !File.ReadAllText($"/proc/{pid}/status").Contains("State:\tZ");
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 }
