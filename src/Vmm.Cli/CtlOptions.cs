@@ -20,7 +20,7 @@ public sealed class CtlOptions
     [Option("downtime-ms", Default = 300, HelpText = "migrate: the longest pause the guest may see; the last copy starts once the dirty pages left can be sent in this time.")]
     public int DowntimeMs { get; set; } = 300;
 
-    [Option("timeout-s", Default = 0, HelpText = "migrate: give up after this many seconds (0: no limit); the VM keeps running here.")]
+    [Option("timeout-s", Default = 0, HelpText = "migrate: give up after this many seconds (0: no limit); the VM keeps running here. Past the Commit (the target resumes the VM) it no longer applies.")]
     public int TimeoutS { get; set; }
 
     [Option("max-passes", Default = 30, HelpText = "migrate: the most copy passes before the downtime limit is given up on (see --force).")]
