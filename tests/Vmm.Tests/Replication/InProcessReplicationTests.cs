@@ -40,6 +40,18 @@ public sealed class InProcessReplicationTests : IDisposable
         return MachineBuilder.Boot(new MachineConfig { KernelPath = kernel, MemoryBytes = 64UL << 20, SerialOutput = Stream.Null, Name = "counter", Disks = disks }, _log);
     }
 
+    /// <summary>The checksum guest (ticks on its console, pages written at a set rate), booted, not yet run.</summary>
+    private Machine StartTickingGuest(DirtyingGuestOptions g, Stream console)
+    {
+        string kernel = Path.Combine(_directory, "ticks.elf");
+        File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
+        return MachineBuilder.Boot(new MachineConfig
+        {
+            KernelPath = kernel, MemoryBytes = FirmwareGuests.DirtyingRegionAddress + ((ulong)g.RegionMiB << 20) + (16UL << 20),
+            SerialOutput = console, Name = "ticks",
+        }, _log);
+    }
+
     private static ulong Counter(GuestMemoryReader read) => read(FirmwareGuests.CounterAddress);
     private delegate ulong GuestMemoryReader(ulong address);
 
@@ -110,17 +122,9 @@ public sealed class InProcessReplicationTests : IDisposable
     [Fact]
     public async Task TheStandbyCutOff_ThenTheVmStops_ItsUncommittedOutputWaitsOutTheHold()
     {
-        var g = new DirtyingGuestOptions(RegionMiB: 4, DirtyMiBPerSecond: 10, GuestTsc.Khz, TickMs: 50, Ticks: 100_000);
-        string kernel = Path.Combine(_directory, "ticks.elf");
-        File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
-        var console = new MemoryStream();
-        using var primary = MachineBuilder.Boot(new MachineConfig
-        {
-            KernelPath = kernel, MemoryBytes = FirmwareGuests.DirtyingRegionAddress + (32UL << 20),
-            SerialOutput = Stream.Synchronized(console), Name = "ticks",
-        }, _log);
+        using var primary = StartTickingGuest(new DirtyingGuestOptions(RegionMiB: 4, DirtyMiBPerSecond: 10, GuestTsc.Khz, TickMs: 50, Ticks: 100_000), Stream.Null);
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
-        var (port, _) = StartStandby(fenceTimeout: TimeSpan.FromSeconds(4));
+        var (port, _) = StartStandby(fenceTimeout: TimeSpan.FromSeconds(10));
         using var link = new LinkCutProxy(port);
         var replication = Protected(primary, link.Address);
         WaitFor(() => replication.Status.Epoch >= 3, "three epochs");
@@ -147,14 +151,9 @@ public sealed class InProcessReplicationTests : IDisposable
     public async Task TheFirstEpoch_HoldsWhatChangedSinceTheCatchUp_NotAllTheGuestWroteDuringTheFirstCopy()
     {
         var g = new DirtyingGuestOptions(RegionMiB: 32, DirtyMiBPerSecond: 5, GuestTsc.Khz, TickMs: 50, Ticks: 100_000);
-        string kernel = Path.Combine(_directory, "ticks.elf");
-        File.WriteAllBytes(kernel, FirmwareGuests.DirtyMemoryWithChecksum(g));
         var console = new MemoryStream();
         var output = Stream.Synchronized(console);
-        using var primary = MachineBuilder.Boot(new MachineConfig
-        {
-            KernelPath = kernel, MemoryBytes = FirmwareGuests.DirtyingRegionAddress + (48UL << 20), SerialOutput = output, Name = "ticks",
-        }, _log);
+        using var primary = StartTickingGuest(g, output);
         int Ticks() { lock (output) return System.Text.RegularExpressions.Regex.Matches(System.Text.Encoding.ASCII.GetString(console.ToArray()), "tick ").Count; }
         var run = Task.Factory.StartNew(primary.Run, TaskCreationOptions.LongRunning);
         var (port, _) = StartStandby();
