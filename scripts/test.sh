@@ -24,4 +24,17 @@ scripts/aot-smoke.sh "$aot/vmm"
 # in-process, no fuzzer needed (fuzz/README.md).
 dotnet run --project fuzz/Vmm.Fuzz -c Release -- --smoke 20000
 
-dotnet test Vmm.sln -c Release --logger "console;verbosity=normal" "$@"
+# The run's log is kept, and a failed run ends by repeating each failed test with its message and stack: whoever reads
+# only the end of a long CI log still sees what failed (a test host that crashed says so there too).
+log=$(mktemp)
+trap 'rm -rf "$aot" "$log"' EXIT
+set +e
+dotnet test Vmm.sln -c Release --logger "console;verbosity=normal" "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+if [[ $rc != 0 ]]; then
+    echo "=== test.sh: the run failed (exit $rc); what failed, again:"
+    awk '/^  Failed /{show=1} /^  Passed |^  Skipped /{show=0} show' "$log" | head -300
+    grep -E "Test host process crashed|Unhandled exception|The active test run was aborted" -A25 "$log" | head -80
+fi
+exit "$rc"

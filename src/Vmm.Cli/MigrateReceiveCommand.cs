@@ -1,9 +1,12 @@
+using Vmm.Control;
 using Vmm.Diagnostics;
+using Vmm.Migration;
 using Vmm.Vm;
 
 namespace Vmm.Cli;
 
-/// <summary><c>vmm migrate-receive</c>: parses the options and runs a <see cref="MigrationDaemon"/>.</summary>
+/// <summary><c>vmm migrate-receive</c>: checks the options and hosts a <see cref="MigrationDaemon"/>: its listener,
+/// its control sockets, the signals that stop it.</summary>
 public static class MigrateReceiveCommand
 {
     public static int Execute(MigrateReceiveOptions options)
@@ -26,9 +29,25 @@ public static class MigrateReceiveCommand
         }
         using var incoming = IncomingListener.Open(options.Listen, options.TlsDir, options.Insecure, "migrations", log);
         if (incoming is null) return ExitCodes.VmmError;
+        var settings = new MigrationDaemonSettings
+        {
+            MaxIncoming = options.MaxIncoming,
+            Once = options.Once,
+            Paused = options.Paused,
+            DiskDirs = [.. options.DiskDirs],
+            SerialLog = options.SerialLog,
+            ApiSocket = options.ApiSocket,
+            Host = RunCommand.HostSettings(Stream.Null, options.NoNestedWorkarounds, options.DirtyRing, dirtyRingEntries: null) with { HugePages = options.HugePages },
+            Transport = options.TlsDir is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}",
+        };
+        var daemon = new MigrationDaemon(settings, incoming.Listener, incoming.Tls, log,
+            (machine, path) => SocketOption.Start("--api-socket", path, p => ControlServer.Start(machine, p, log)));
         try
         {
-            return new MigrationDaemon(options, incoming.Listener, incoming.Tls, log).Run();
+            using var signals = TerminationSignals.Handle(daemon.Stop);
+            using var control = options.ControlSocket is null ? null
+                : SocketOption.Start("--control-socket", options.ControlSocket, path => MigrationDaemonControl.Start(daemon, path, log));
+            return daemon.Run();
         }
         catch (ConfigurationException e)
         {

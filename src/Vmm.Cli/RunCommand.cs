@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Vmm.Diagnostics;
 using Vmm.Snapshot;
 using Vmm.State;
@@ -10,8 +9,6 @@ namespace Vmm.Cli;
 /// turns how it stopped into the exit code.</summary>
 public static class RunCommand
 {
-    private const int SigInt = 2, SigTerm = 15;
-
     public static int Execute(RunOptions options)
     {
         var log = Logger.Stderr(options.Verbose ? LogLevel.Debug : LogLevel.Info);
@@ -94,9 +91,9 @@ public static class RunCommand
         {
             serialLog = serialLogPath is null ? null : SerialLogFile.Open(serialLogPath);
             using var machine = build(serialLog ?? Console.OpenStandardOutput());
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => StopBySignal(c, machine, "SIGINT", SigInt));
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => StopBySignal(c, machine, "SIGTERM", SigTerm));
-            using var control = apiSocketPath is null ? null : StartControl(machine, apiSocketPath, log);
+            // vmm stops the VM itself and exits with 128+N once the vCPUs are out of KVM_RUN.
+            using var signals = TerminationSignals.Handle(machine.RequestStop);
+            using var control = apiSocketPath is null ? null : SocketOption.Start("--api-socket", apiSocketPath, path => Control.ControlServer.Start(machine, path, log));
             using var terminal = TerminalInput.Start(machine);
             VmStop stop = machine.Run();
             terminal?.Dispose();
@@ -112,25 +109,6 @@ public static class RunCommand
         {
             serialLog?.Dispose();
         }
-    }
-
-    private static Control.ControlServer StartControl(Machine machine, string path, Logger log)
-    {
-        try
-        {
-            return Control.ControlServer.Start(machine, path, log);
-        }
-        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
-        {
-            throw new ConfigurationException($"--api-socket {path}: {e.Message}");
-        }
-    }
-
-    private static void StopBySignal(PosixSignalContext context, Machine machine, string name, int number)
-    {
-        // vmm stops the VM itself and exits with 128+N once the vCPUs are out of KVM_RUN.
-        context.Cancel = true;
-        machine.RequestStop(VmStop.BySignal(name, number));
     }
 
     private static void Report(Logger log, VmStop stop)

@@ -1,9 +1,13 @@
+using Vmm.Control;
 using Vmm.Diagnostics;
+using Vmm.Migration;
+using Vmm.Replication;
 using Vmm.Vm;
 
 namespace Vmm.Cli;
 
-/// <summary><c>vmm standby</c>: checks the options and runs a <see cref="StandbyDaemon"/>.</summary>
+/// <summary><c>vmm standby</c>: checks the options and hosts a <see cref="StandbyDaemon"/>: its listener, its control
+/// socket (the standby's, then the resumed VM's), the signals that stop it.</summary>
 public static class StandbyCommand
 {
     public static int Execute(StandbyOptions options)
@@ -26,9 +30,26 @@ public static class StandbyCommand
         }
         using var incoming = IncomingListener.Open(options.Listen, options.TlsDir, options.Insecure, "replication streams", log);
         if (incoming is null) return ExitCodes.VmmError;
+        var settings = new StandbySettings
+        {
+            Name = options.Name,
+            DiskDir = options.DiskDir,
+            FailoverTimeout = TimeSpan.FromMilliseconds(options.FailoverTimeoutMs),
+            FenceCommand = options.FenceCommand,
+            FenceTimeout = options.FenceTimeout,
+            SerialLog = options.SerialLog,
+            Host = RunCommand.HostSettings(Stream.Null, options.NoNestedWorkarounds, dirtyRing: false, dirtyRingEntries: null),
+            Transport = options.TlsDir is null ? "plain TCP" : $"mutual TLS with {options.TlsDir}",
+            ControlSocketForHints = options.ApiSocket ?? "API",
+        };
+        var standby = options.ApiSocket is not { } path ? new StandbyDaemon(settings, incoming.Listener, incoming.Tls, log)
+            : new StandbyDaemon(settings, incoming.Listener, incoming.Tls, log,
+                self => SocketOption.Start("--api-socket", path, p => StandbyControl.Start(self, p, log)),
+                machine => SocketOption.Start("--api-socket", path, p => ControlServer.Start(machine, p, log)));
         try
         {
-            return new StandbyDaemon(options, incoming.Listener, incoming.Tls, log).Run();
+            using var signals = TerminationSignals.Handle(standby.Stop);
+            return standby.Run();
         }
         catch (ConfigurationException e)
         {

@@ -194,8 +194,17 @@ public sealed class Machine : IDisposable
         }
     }
 
+    /// <summary>Releases the VM. One still running (its owner gave up on it: a host tearing down, a test that failed
+    /// half-way) is stopped first, so that no vCPU or device thread touches guest memory, the KVM file descriptors or
+    /// the stop latch after they are gone.</summary>
     public void Dispose()
     {
+        if (_started)
+        {
+            RequestStop(VmStop.Requested("its owner releasing it"));
+            foreach (var runner in _runners) runner.Join();
+            _parts.EventLoop.Stop();
+        }
         _throttle.Dispose();
         _parts.Dispose();
     }

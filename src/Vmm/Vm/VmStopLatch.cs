@@ -13,11 +13,21 @@ internal sealed class VmStopLatch : IMachineStop, IDisposable
     public VmStop? Reason => Volatile.Read(ref _reason);
     public CancellationToken Token => _stopping.Token;
 
-    /// <summary>Returns false when the VM was already stopping.</summary>
+    /// <summary>Returns false when the VM was already stopping, or is gone.</summary>
     public bool Request(VmStop stop)
     {
         if (Interlocked.CompareExchange(ref _reason, stop, null) is not null) return false;
-        _stopping.Cancel();
+        try
+        {
+            _stopping.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The VM was torn down before this request arrived (a signal racing a VM's end in a daemon, a vCPU thread
+            // outliving a machine disposed under it): there is nothing left to stop, and a late request must not take
+            // the process down with an unhandled exception on its thread.
+            return false;
+        }
         return true;
     }
 

@@ -1,5 +1,6 @@
 using System.Net;
 using Vmm.Cli;
+using Vmm.Migration;
 using Xunit;
 
 namespace Vmm.Tests.Cli;

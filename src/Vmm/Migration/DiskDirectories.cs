@@ -1,6 +1,6 @@
 using Vmm.State;
 
-namespace Vmm.Cli;
+namespace Vmm.Migration;
 
 /// <summary>The disk paths of an incoming VM come from the network: each must lie, with every symlink along it
 /// resolved, inside a directory the operator named with --disk-dir (resolved the same way), and the path checked is

@@ -1,9 +1,9 @@
-using Vmm.Cli;
+using Vmm.Migration;
 using Vmm.Devices.Virtio;
 using Vmm.State;
 using Xunit;
 
-namespace Vmm.Tests.Cli;
+namespace Vmm.Tests.Migration;
 
 /// <summary>An incoming VM's disk paths come from the network; --disk-dir bounds them. A symlinked directory inside
 /// the allowed one once let a path out (only its last component was resolved: issue 18, defect 10).</summary>

@@ -1,9 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using Vmm.Diagnostics;
-using Vmm.Migration;
 
-namespace Vmm.Cli;
+namespace Vmm.Migration;
 
 /// <summary>The listening side that <c>migrate-receive</c> and <c>standby</c> share: the --listen address, plain TCP
 /// refused beyond loopback unless --insecure, the --tls-dir files loaded, the port bound. Each refusal is logged and
