@@ -116,19 +116,38 @@ done
 echo
 
 echo "== 2. the guest as fast as it can: write rate achieved (ticks of 51200 pages = 200 MiB in ${window} s)"
+echo "   and where each epoch's time went in that window (primary's debug log; CPU seconds per thread from /proc)"
 echo
-echo "| replication | ticks | MiB/s written | relative |"
-echo "|---|---|---|---|"
+echo "| replication | ticks | MiB/s written | relative | epochs in the window | pause (median) | pages per epoch (median) | commit (median) | CPU s: vcpu0, replication, standby |"
+echo "|---|---|---|---|---|---|---|---|---|"
 start_primary "$out/flat-out.elf"
 base=$(measure_ticks)
 stop_all
-echo "| none | $base | $(( base * 200 / window )) | 1.00 |"
+echo "| none | $base | $(( base * 200 / window )) | 1.00 | | | | | |"
+# CPU seconds (user+system) of thread $2 of process $1 so far (0 when gone).
+thread_seconds() {
+    local task
+    for task in /proc/$1/task/*; do
+        [[ $(cat "$task/comm" 2>/dev/null) == "$2" ]] && awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); printf "%.2f\n", (f[12] + f[13]) / 100 }' "$task/stat" && return
+    done
+    echo 0
+}
 for interval in 25 50 100 200; do
     start_primary "$out/flat-out.elf"
     start_replication "$interval"
-    n=$(measure_ticks)
+    sleep 2
+    from=$(grep -ac "epoch .* committed: pause" "$out/primary.log" || true)
+    cpu0=("$(thread_seconds "$primary" vcpu0)" "$(thread_seconds "$primary" replication)" "$(thread_seconds "$standby" standby-receive)")
+    before=$(ticks)
+    sleep "$window"
+    n=$(( $(ticks) - before ))
+    cpu1=("$(thread_seconds "$primary" vcpu0)" "$(thread_seconds "$primary" replication)" "$(thread_seconds "$standby" standby-receive)")
+    epochs=$(tail -n +$(( from + 1 )) "$out/primary.log" | grep -a "epoch .* committed: pause")
     stop_all
-    echo "| epochs of $interval ms | $n | $(( n * 200 / window )) | $(awk -v a="$n" -v b="$base" 'BEGIN { printf "%.2f", b ? a / b : 0 }') |"
+    cpu=$(awk -v a="${cpu0[*]}" -v b="${cpu1[*]}" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f, %.1f, %.1f", y[1] - x[1], y[2] - x[2], y[3] - x[3] }')
+    echo "| epochs of $interval ms | $n | $(( n * 200 / window )) | $(awk -v a="$n" -v b="$base" 'BEGIN { printf "%.2f", b ? a / b : 0 }') |" \
+         "$(grep -c . <<<"$epochs") | $(sed -n 's/.*pause \([0-9.]*\) ms.*/\1/p' <<<"$epochs" | median) ms | $(sed -n 's/.*ms, \([0-9]*\) pages.*/\1/p' <<<"$epochs" | median) |" \
+         "$(sed -n 's/.*commit \([0-9.]*\) ms.*/\1/p' <<<"$epochs" | median) ms | $cpu |"
 done
 echo
 

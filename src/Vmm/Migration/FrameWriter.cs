@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 
 namespace Vmm.Migration;
 
@@ -30,11 +31,20 @@ internal sealed class FrameWriter : IFrameSink, IDisposable
         foreach (var thread in _threads) thread.Start();
     }
 
+    /// <summary>How long the builder waited in <see cref="Rent"/> for a free buffer (the sending was slower), in
+    /// <see cref="Stopwatch"/> ticks.</summary>
+    public long RentWaitTicks { get; private set; }
+
     /// <summary>A buffer to build the next frame in; waits while all are queued for sending.</summary>
     public byte[] Rent()
     {
         ThrowIfFailed();
-        var buffer = _free.Take();
+        if (!_free.TryTake(out var buffer))
+        {
+            long waiting = Stopwatch.GetTimestamp();
+            buffer = _free.Take();
+            RentWaitTicks += Stopwatch.GetTimestamp() - waiting;
+        }
         ThrowIfFailed();
         return buffer;
     }

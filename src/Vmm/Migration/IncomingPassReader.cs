@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using Vmm.Diagnostics;
 using Vmm.Memory;
 
@@ -14,6 +15,8 @@ internal sealed class IncomingPassReader(MigrationChannel channel, int connectio
     /// <summary>A Pages frame's count and addresses, and the addresses of its pages with data.</summary>
     private readonly byte[] _entries = new byte[4 + MigrationChannel.MaxPagesPerFrame * 8];
     private readonly ulong[] _dataPages = new ulong[MigrationChannel.MaxPagesPerFrame];
+    /// <summary>Where the pass under way began, for its breakdown: when, and the channel's times then.</summary>
+    private long _passStartedTicks = Stopwatch.GetTimestamp(), _socketTicksAtStart = channel.SocketTicks, _checksumTicksAtStart = channel.ChecksumTicks;
 
     /// <summary>Takes in <paramref name="frame"/> if it is one of a pass's frames; false, with its payload still
     /// unread, for any other.</summary>
@@ -28,7 +31,7 @@ internal sealed class IncomingPassReader(MigrationChannel channel, int connectio
                 var pass = channel.ReceivePayload(frame, ref _buffer);
                 // Found by fuzzing: a shorter one made the read below throw, which no filter then caught.
                 if (pass.Length != sizeof(int)) throw new MigrationException($"migration stream: a PassEnd frame of {pass.Length} bytes (its pass number takes 4)");
-                log.Debug($"migration: pass {BinaryPrimitives.ReadInt32LittleEndian(pass.Span)} received on connection {connection} ({channel.BytesReceived >> 20} MiB there so far)");
+                LogPassTimes(BinaryPrimitives.ReadInt32LittleEndian(pass.Span));
                 channel.Send(MigrationFrameType.PassDone, pass.Span);
                 channel.Flush();
                 return true;
@@ -41,6 +44,19 @@ internal sealed class IncomingPassReader(MigrationChannel channel, int connectio
             default:
                 return false;
         }
+    }
+
+    /// <summary>Where the pass's time went on this connection (debug log): socket reads are the kernel's copy into guest
+    /// RAM and, on a fresh target, the first touch of each page (a fault, and the page zeroed); the rest is this
+    /// thread's own work and its waits for the source.</summary>
+    private void LogPassTimes(int pass)
+    {
+        static double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
+        long now = Stopwatch.GetTimestamp();
+        double socketMs = Ms(channel.SocketTicks - _socketTicksAtStart), checksumMs = Ms(channel.ChecksumTicks - _checksumTicksAtStart), passMs = Ms(now - _passStartedTicks);
+        log.Debug($"migration: pass {pass} received on connection {connection} ({channel.BytesReceived >> 20} MiB there so far) in {passMs:F0} ms: " +
+                  $"socket reads {socketMs:F0} ms (the kernel's copies, and the first touch of guest RAM), checksums {checksumMs:F0} ms, the rest {passMs - socketMs - checksumMs:F0} ms");
+        (_passStartedTicks, _socketTicksAtStart, _checksumTicksAtStart) = (now, channel.SocketTicks, channel.ChecksumTicks);
     }
 
     /// <summary>Reads a Pages frame straight into guest RAM: the addresses first, then each page's bytes land in

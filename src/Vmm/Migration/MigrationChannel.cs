@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Text;
 
 namespace Vmm.Migration;
@@ -51,6 +52,12 @@ public sealed class MigrationChannel(Stream stream)
         _ => -1,
     };
 
+    /// <summary>Time spent computing checksums and in the socket's reads and writes (the kernel's copies, and on a
+    /// target the first touch of guest RAM the reads land in), in <see cref="Stopwatch"/> ticks: the breakdown a
+    /// migration logs. One thread uses a channel at a time.</summary>
+    public long ChecksumTicks { get; private set; }
+    public long SocketTicks { get; private set; }
+
     public void Send(MigrationFrameType type, ReadOnlySpan<byte> payload) => Send(type, payload, []);
 
     /// <summary>Sends one frame whose payload is <paramref name="first"/> followed by <paramref name="second"/>.</summary>
@@ -58,7 +65,10 @@ public sealed class MigrationChannel(Stream stream)
     {
         _sendHeader[0] = (byte)type;
         BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(1), (uint)(first.Length + second.Length));
+        long started = Stopwatch.GetTimestamp();
         BinaryPrimitives.WriteUInt32LittleEndian(_sendHeader.AsSpan(5), ~Crc32C.Append(Crc32C.Append(~0u, first), second));
+        long checksummed = Stopwatch.GetTimestamp();
+        ChecksumTicks += checksummed - started;
         try
         {
             int small = first.Length + second.Length;
@@ -82,6 +92,7 @@ public sealed class MigrationChannel(Stream stream)
         {
             throw new MigrationException($"the connection failed while sending a {type} frame: {e.Message}", e);
         }
+        SocketTicks += Stopwatch.GetTimestamp() - checksummed;
         BytesSent += HeaderBytes + first.Length + second.Length;
     }
 
@@ -161,8 +172,12 @@ public sealed class MigrationChannel(Stream stream)
         public void Read(Span<byte> into, string what)
         {
             if (into.Length > Remaining) throw new MigrationException($"migration stream: {frame.Type} frame truncated ({what} runs past its end)");
+            long started = Stopwatch.GetTimestamp();
             channel.ReadExactly(into, $"{frame.Type} frame");
+            long read = Stopwatch.GetTimestamp();
             _crc = Crc32C.Append(_crc, into);
+            channel.SocketTicks += read - started;
+            channel.ChecksumTicks += Stopwatch.GetTimestamp() - read;
             Remaining -= into.Length;
             channel.BytesReceived += into.Length;
         }

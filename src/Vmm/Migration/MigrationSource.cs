@@ -105,10 +105,13 @@ public sealed class MigrationSource
                 pass++;
                 var passTime = Stopwatch.StartNew();
                 long bytesBefore = connections.BytesSent;
+                var timesBefore = SendTimes(connections, writer);
                 long diskBytes = disks is null ? 0 : pass == 1 ? disks.SendAllocated(writer) : disks.SendPending(writer);
                 var (pages, zeroPages) = SendPages(pending);
+                double builtMs = passTime.Elapsed.TotalMilliseconds;
                 connections.EndPass(pass);
                 double seconds = passTime.Elapsed.TotalSeconds;
+                LogPassTimes(pass, seconds * 1000, builtMs, timesBefore, SendTimes(connections, writer));
                 long passBytes = connections.BytesSent - bytesBefore;
                 if (passBytes >= (1 << 20) || bandwidthBytesPerSecond == 0)
                     bandwidthBytesPerSecond = passBytes / Math.Max(seconds, 1e-6);
@@ -245,6 +248,24 @@ public sealed class MigrationSource
         channel.Flush();
         var ready = OutgoingConnections.ExpectFrame(channel, MigrationFrameType.Ready, "the target did not accept the VM");
         return (hello, _options.Connections > 1 ? MigrationJoin.ReadToken(ready) : 0);
+    }
+
+    /// <summary>The source's times so far, in <see cref="Stopwatch"/> ticks: the migration thread's waits for a free
+    /// buffer, and the writer threads' checksums and socket writes (summed over the connections).</summary>
+    private readonly record struct SendTimesSoFar(long RentWaitTicks, long ChecksumTicks, long SocketTicks);
+
+    private static SendTimesSoFar SendTimes(OutgoingConnections connections, FrameWriter writer) =>
+        new(writer.RentWaitTicks, connections.Channels.Sum(c => c.ChecksumTicks), connections.Channels.Sum(c => c.SocketTicks));
+
+    /// <summary>Where a pass's time went (debug log): what bounds a migration's speed on this host is the side that
+    /// did not wait.</summary>
+    private void LogPassTimes(int pass, double passMs, double builtMs, SendTimesSoFar before, SendTimesSoFar after)
+    {
+        static double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
+        double waitedMs = Ms(after.RentWaitTicks - before.RentWaitTicks);
+        _log.Debug($"migration pass {pass} took {passMs:F0} ms: the migration thread read guest RAM (and disks) into frames for {builtMs - waitedMs:F0} ms " +
+                   $"and waited {waitedMs:F0} ms for the writer{(_options.Connections > 1 ? "s" : "")}, which spent {Ms(after.ChecksumTicks - before.ChecksumTicks):F0} ms on checksums " +
+                   $"and {Ms(after.SocketTicks - before.SocketTicks):F0} ms in socket writes; the pass's end took {passMs - builtMs:F0} ms (the last frames out, the target's answer)");
     }
 
     /// <summary>Sends the pages (see <see cref="PageFrames"/>): frames are built here and sent by the
