@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The migration fault harness's long run (tests/Vmm.Tests/EndToEnd/MigrationFaultScheduleTests.cs): COUNT seeded
-# schedules from FIRST, each a live migration with a cut link, a killed source or target, or a stalled target at a
-# random protocol step, the invariants checked after each. Prints how many passed, and each failure's seed (rerun one
+# schedules from FIRST, each a live migration (plain, copying its disk, copying it onto a target disk that fills up,
+# or over several connections) with a cut link, a killed source or target, or a stalled target at a random protocol
+# step, the invariants checked after each. Prints how many passed, and each failure's seed (rerun one
 # with VMM_FAULT_SEEDS=SEED:1 and the same filter).
 # Usage: [FIRST=1] [COUNT=100] bench/fault-schedules.sh   (after scripts/test.sh has built everything once)
 set -euo pipefail
@@ -19,5 +20,7 @@ VMM_FAULT_SEEDS="$first:$count" dotnet test tests/Vmm.Tests -c Release --no-buil
 set -e
 echo "schedules $first..$((first + count - 1)), $(($(date +%s) - started)) s on $(nproc) cores, $(date -u +%F)"
 grep -oE '(CutLink|KillSource|KillTarget|StallTarget) at [A-Za-z]+' "$log" | sort | uniq -c | sort -rn | sed 's/^/  /'
+grep -oE '(plain|copying its disk onto a target disk that fills up|copying its disk|over [0-9]+ connections) \(VMM_FAULT' "$log" |
+    sed 's/ (VMM_FAULT//; s/over [0-9]* connections/over several connections/' | sort | uniq -c | sort -rn | sed 's/^/  /'
 grep -E '^\s+(Passed|Failed|Total tests|Passed:|Failed:)' "$log" | grep -E 'Total|Passed:|Failed:' || true
 grep -E '^\s+Failed Vmm' "$log" | grep -oE 'seed: [0-9]+' | sed 's/^/  failed: /' || true

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Vmm.Migration;
+using Vmm.Tests.Migration;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -7,17 +8,32 @@ namespace Vmm.Tests.EndToEnd;
 
 /// <summary>Live migration under faults at random steps (Jepsen's method, on one host): each schedule, drawn from its
 /// seed, picks a step of the protocol (the k-th frame of a type, going one way) and what happens there: the link is cut
-/// (that frame lost), the source or the target is killed (SIGKILL), or the target stalls (SIGSTOP, then SIGCONT).
+/// (that frame lost), the source or the target is killed (SIGKILL), or the target stalls (SIGSTOP, then SIGCONT); and
+/// how the VM travels: plain, with its disk image copied (<c>--copy-disks</c>; or copied onto a target disk too small
+/// for it, a tmpfs that fills up half way), or over several connections. (Not over
+/// TLS: the proxy that finds each step reads the frames.)
 /// Then it does what an operator would (a source left in doubt is resumed, which asks the target; a dead target that
 /// never ran the VM is declared so) and checks the invariants after each: the guest's console, source and target
 /// together, is its console had it never moved, cut short only where a killed host took the only copy with it, with no
-/// tick printed twice (two copies never ran), and nothing is left behind on the target. Seeded and replayable:
+/// tick printed twice (two copies never ran), nothing is left behind on the target, and a copied disk image is there
+/// whole (byte for byte the source's) exactly when the target may run the VM, and nowhere else. Seeded and replayable:
 /// <c>VMM_FAULT_SEEDS=FIRST:COUNT</c> runs COUNT schedules from FIRST (CI runs a few fixed ones; bench/README.md has
 /// a long run).</summary>
 [Trait("Category", "Process")]
 public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : MigrationProcessTestBase(output)
 {
     public enum Fault { CutLink, KillSource, KillTarget, StallTarget }
+
+    public enum Transport { Plain, CopyDisks, Connections, CopyDisksOntoAFullDisk }
+
+    /// <summary>A tmpfs mounted for a full target disk, unmounted when the test ends.</summary>
+    private string? _mounted;
+
+    public override void Dispose()
+    {
+        if (_mounted is not null) HostCommand.Run("umount", "-l", _mounted);
+        base.Dispose();
+    }
 
     /// <summary>The steps a fault may hit: frame type, whether the source sends it, and how many of it a run may see.</summary>
     private static readonly (MigrationFrameType Type, bool FromSource, int MaxIndex)[] Steps =
@@ -43,12 +59,35 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
         var step = Steps[random.Next(Steps.Length)];
         int index = random.Next(1, step.MaxIndex + 1);
         int stallMs = random.Next(500, 5000);
-        Note($"seed {seed}: {fault} at {step.Type} #{index} from the {(step.FromSource ? "source" : "target")}{(fault == Fault.StallTarget ? $", for {stallMs} ms" : "")} (VMM_FAULT_SEEDS={seed}:1 repeats it)");
+        var transport = (Transport)random.Next(4);
+        bool copiesDisk = transport is Transport.CopyDisks or Transport.CopyDisksOntoAFullDisk;
+        int connections = random.Next(2, MigrationHello.MaxConnections + 1);
+        // A copied disk travels first: some schedules hit one of its frames instead of a page's.
+        if (copiesDisk && step.Type == MigrationFrameType.Pages && random.Next(2) == 0)
+            (step, index) = ((MigrationFrameType.DiskData, true, DiskDataFrames), random.Next(1, DiskDataFrames + 1));
+        string how = transport switch
+        {
+            Transport.CopyDisks => "copying its disk",
+            Transport.CopyDisksOntoAFullDisk => "copying its disk onto a target disk that fills up",
+            Transport.Connections => $"over {connections} connections",
+            _ => "plain",
+        };
+        Note($"seed {seed}: {fault} at {step.Type} #{index} from the {(step.FromSource ? "source" : "target")}{(fault == Fault.StallTarget ? $", for {stallMs} ms" : "")}, {how} (VMM_FAULT_SEEDS={seed}:1 repeats it)");
 
         var g = Guest(ticks: 120);
         string socket = Path.Combine(_directory, "src.sock");
-        var (target, listen) = StartTarget(once: false);
-        var source = StartSource(g, socket);
+        string image = Path.Combine(_directory, "disk.img"), targetDisks = Directory.CreateDirectory(Path.Combine(_directory, "target-disks")).FullName;
+        if (transport == Transport.CopyDisksOntoAFullDisk)
+        {
+            // Half the image's 4 MiB of data fits.
+            HostCommand.Checked("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", targetDisks);
+            _mounted = targetDisks;
+        }
+        if (copiesDisk)
+            DiskImageFiles.CreateSparse(image, 16 << 20, (1L << 20, Devices.Virtio.VirtioBlockHarness.Pattern(2 << 20, seed)),
+                (8L << 20, Devices.Virtio.VirtioBlockHarness.Pattern(2 << 20, seed + 1)));
+        var (target, listen) = copiesDisk ? StartTarget(once: false, extra: ["--disk-dir", targetDisks]) : StartTarget(once: false);
+        var source = copiesDisk ? StartSource(g, socket, extra: ["--disk", image]) : StartSource(g, socket);
         int seen = 0;
         bool hit = false;
         using var proxy = new FrameCuttingProxy(PortOf(listen), (type, fromSource) =>
@@ -73,7 +112,13 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
             }
             return true;
         });
-        using (var ctl = Migrate(socket, proxy.Address, "--force"))
+        string[] travel = transport switch
+        {
+            Transport.CopyDisks or Transport.CopyDisksOntoAFullDisk => ["--copy-disks"],
+            Transport.Connections => ["--connections", connections.ToString()],
+            _ => [],
+        };
+        using (var ctl = Migrate(socket, proxy.Address, ["--force", .. travel]))
         {
             ctl.WaitForExit(Patience);
             Show("ctl", ctl);
@@ -102,6 +147,9 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
             Assert.True(sourceExit is 0 || sourceExit == GuestSuccess, $"source exit {sourceExit}");
         }
         if (!targetKilled) AssertNothingLeftOnTheTarget(target);
+        // A disk that cannot hold the copy ends the migration before the target can answer Prepared.
+        if (transport == Transport.CopyDisksOntoAFullDisk) Assert.False(ranOnTarget, "the VM went to a target that could not hold its disk");
+        if (copiesDisk) AssertTheDiskCopyGoesWithTheVm(image, targetDisks, target, ranOnTarget, targetKilled);
         target.Terminate();
         target.WaitForExit(Patience);
     }
@@ -126,6 +174,27 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
         string[] settle = target.Log.Contains("the source committed") ? ["stop"] : ["resume", "--target-not-running"];
         using var settled = new RunningVmm(["ctl", "--socket", socket, .. settle]);
         Assert.True(settled.WaitForExit(Patience) == 0, settled.ToString());
+    }
+
+    /// <summary>How many DiskData frames the copied image makes (its 4 MiB of data, 1 MiB a frame).</summary>
+    private const int DiskDataFrames = 4;
+
+    /// <summary>An image copy is named in the target's directory only once it is whole and durable, before the target
+    /// answers Prepared: where the VM may run on the target, it is there, the source's byte for byte; where the migration
+    /// failed before that, nothing is (not even a killed target's half copy); a target killed between the two may leave
+    /// the whole copy, never a part of one.</summary>
+    private static void AssertTheDiskCopyGoesWithTheVm(string image, string targetDisks, RunningVmm target, bool ranOnTarget, bool targetKilled)
+    {
+        if (!ranOnTarget && !targetKilled)
+        {
+            // The target gives a failed migration up when it notices; only then is there nothing to find.
+            Assert.True(target.WaitFor((_, log) => log.Contains("failed and was discarded"), Patience), target.ToString());
+            Assert.Empty(Directory.GetFileSystemEntries(targetDisks));
+            return;
+        }
+        var left = Directory.GetFileSystemEntries(targetDisks);
+        if (ranOnTarget) Assert.Single(left);
+        foreach (string copy in left) Assert.True(File.ReadAllBytes(image).AsSpan().SequenceEqual(File.ReadAllBytes(copy)), $"{copy} is not the source's image");
     }
 
     /// <summary>The daemon runs no VM any more, and holds no migration half taken in.</summary>
