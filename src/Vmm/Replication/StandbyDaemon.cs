@@ -16,7 +16,8 @@ namespace Vmm.Replication;
 /// breaks or goes silent after an epoch committed, the standby waits until the primary has been silent for the failover
 /// timeout, runs the fence command, and only when that succeeds resumes the VM from the last committed epoch; without a
 /// fence command it waits for <see cref="Failover"/>, and a fence that fails leaves the VM not running until an operator
-/// who made sure the primary is dead says so with <c>vmm ctl failover</c>.
+/// who made sure the primary is dead says so with <c>vmm ctl failover</c>. A standby that itself went silent too long
+/// (stopped, starved) does not fence at all when it wakes: see <see cref="TryFailover"/>.
 /// A primary that connects again meanwhile is evidently alive: its new stream replaces what was held. A stream that
 /// ends on purpose (the primary stopped replicating) or that this standby refuses leaves nothing to resume. Once
 /// resumed the VM runs in this process, and the exit code is the VM's.
@@ -200,7 +201,7 @@ public sealed class StandbyDaemon(StandbySettings settings, TcpListener listener
             log.Warning("standby: no --fence-command: the VM is resumed here on 'vmm ctl failover', once the primary is known to be dead");
             return;
         }
-        TryFailover(checkpoint, manual: false);
+        TryFailover(checkpoint, manual: false, session.Receiver);
     }
 
     /// <summary>The operator's word that the primary is dead (as Pacemaker's stonith_admin --confirm), or a handed-over
@@ -215,12 +216,19 @@ public sealed class StandbyDaemon(StandbySettings settings, TcpListener listener
             orphan = _orphan;
         }
         if (orphan is null) return "there is no replica waiting for a failover here";
-        return TryFailover(orphan, manual: true);
+        return TryFailover(orphan, manual: true, lostStream: null);
     }
 
     /// <summary>Resumes the VM: on the primary's silence only once the fence command succeeds; on the operator's
-    /// word (<paramref name="manual"/>) at once.</summary>
-    private string? TryFailover(StandbyCheckpoint checkpoint, bool manual)
+    /// word (<paramref name="manual"/>) at once. The automatic way fences only while the primary cannot yet have let out
+    /// output this replica would repeat: a primary that lost this standby holds it for twice the failover timeout
+    /// plus the fence timeout after it last heard from it (<see cref="LostStandbyHold"/>), and it last heard no earlier
+    /// than this standby's last answer it surely had (<see cref="StandbyReceiver.SinceAnswerHeard"/>). A fence started
+    /// later than two failover timeouts after that answer may end after the primary released that output (a standby
+    /// that was itself stopped or starved and woke to a primary long silent, or an epoch that took longer than a failover
+    /// timeout to arrive): then the replica is held for the operator instead (phase "stale"), and the primary, if it is
+    /// alive, runs on.</summary>
+    private string? TryFailover(StandbyCheckpoint checkpoint, bool manual, StandbyReceiver? lostStream)
     {
         bool handedOver;
         string? primary;
@@ -240,6 +248,14 @@ public sealed class StandbyDaemon(StandbySettings settings, TcpListener listener
             if (!manual)
             {
                 if (settings.FenceCommand is not { } fence) return "no fence command";
+                if (lostStream is { SinceAnswerHeard: var answered } && answered >= 2 * settings.FailoverTimeout)
+                {
+                    log.Error($"standby: the primary last surely heard from this standby {answered.TotalMilliseconds:F0} ms ago (was the standby stopped or starved?): " +
+                              $"a primary that lived on may have let out output this replica would print again, so it is not fenced, and the VM is NOT " +
+                              $"resumed here. If the primary is dead: vmm ctl --socket {settings.ControlSocketForHints} failover");
+                    lock (_lock) _phase = "stale";
+                    return "the replica is stale: this standby was silent too long to fence the primary safely";
+                }
                 var fencing = Stopwatch.StartNew();
                 if (new FenceCommand(fence, settings.FenceTimeout, log).Run(checkpoint.Name, checkpoint.Epoch, primary) is { } refusal)
                 {

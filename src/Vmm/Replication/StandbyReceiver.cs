@@ -28,12 +28,20 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     /// <summary>The passes of the first copy taken so far: the full one, then catch-up passes before the first epoch.</summary>
     private int _passes = 1;
     private long _lastHeardTicks = Stopwatch.GetTimestamp();
+    private long _lastAnsweredTicks = Stopwatch.GetTimestamp(), _answerHeardTicks = Stopwatch.GetTimestamp();
 
     /// <summary>The VM being replicated here, once its Hello was accepted.</summary>
     public StandbyCheckpoint? Checkpoint { get; private set; }
 
     /// <summary>When the primary was last heard from.</summary>
     public TimeSpan SinceHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastHeardTicks));
+
+    /// <summary>Since the last answer of this standby that the primary surely heard: one it sent a further frame after
+    /// (the primary asks one thing at a time: a pass, an epoch, a heartbeat, and sends nothing more until it has the
+    /// answer). The primary last heard from this standby no earlier than that, so its hold of the guest's output after
+    /// losing it ends no earlier than that plus twice the failover timeout and the fence timeout. An answer sent into a
+    /// link the primary had given up on (this standby stopped or starved meanwhile) does not count.</summary>
+    public TimeSpan SinceAnswerHeard => Stopwatch.GetElapsedTime(Interlocked.Read(ref _answerHeardTicks));
 
     /// <summary>Receives until the stream ends. <paramref name="admit"/> refuses a VM this host will not hold (a name
     /// in use, a CPUID its KVM cannot offer) by throwing.</summary>
@@ -46,8 +54,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             if (hello.CopiedDiskBytes is not { } diskBytes) throw new MigrationException("migration stream: a replication Hello without its disk images");
             admit(hello);
             Checkpoint = Hold(hello, diskBytes);
-            channel.Send(MigrationFrameType.Ready, [.. BitConverter.GetBytes((int)failoverTimeout.TotalMilliseconds), .. BitConverter.GetBytes((int)fenceTimeout.TotalMilliseconds)]);
-            channel.Flush();
+            Answer(MigrationFrameType.Ready, [.. BitConverter.GetBytes((int)failoverTimeout.TotalMilliseconds), .. BitConverter.GetBytes((int)fenceTimeout.TotalMilliseconds)]);
             log.Info($"standby: replicating VM {hello.Name} ({hello.Description.MemoryBytes >> 20} MiB, {hello.Description.Disks.Count} disks)");
             ReceiveFirstCopy();
             long epoch = ReceiveEpochs(hello);
@@ -129,8 +136,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     Store(() => checkpoint.Disks.WriteZero(payload.Span));
                     break;
                 case MigrationFrameType.PassEnd when payload.Length == 4 && BinaryPrimitives.ReadInt32LittleEndian(payload.Span) == 1:
-                    channel.Send(MigrationFrameType.PassDone, payload.Span);
-                    channel.Flush();
+                    Answer(MigrationFrameType.PassDone, payload.Span);
                     log.Debug($"standby: first full copy received ({channel.BytesReceived >> 20} MiB)");
                     return;
                 case MigrationFrameType.Abort:
@@ -153,8 +159,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
             switch (type)
             {
                 case MigrationFrameType.Heartbeat:
-                    channel.Send(MigrationFrameType.Heartbeat, []);
-                    channel.Flush();
+                    Answer(MigrationFrameType.Heartbeat, []);
                     break;
                 case MigrationFrameType.Pages:
                     PagesFrames.Check(checkpoint.Memory, payload.Span);
@@ -175,8 +180,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                     if (state is null) throw new MigrationException($"migration stream: epoch {epoch} ended without its state");
                     Commit(epoch, state.WithDescription(checkpoint.Description));
                     state = null;
-                    channel.Send(MigrationFrameType.EpochCommitted, payload.Span);
-                    channel.Flush();
+                    Answer(MigrationFrameType.EpochCommitted, payload.Span);
                     break;
                 case MigrationFrameType.PassEnd:
                     // Before the first epoch, a catch-up pass of the first copy (what the guest changed while it ran):
@@ -186,8 +190,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
                         throw new MigrationException($"migration stream: pass {pass} ended {(checkpoint.Epoch != 0 ? $"after epoch {checkpoint.Epoch}" : $"after pass {_passes}")}");
                     ApplyKept();
                     _passes = pass;
-                    channel.Send(MigrationFrameType.PassDone, payload.Span);
-                    channel.Flush();
+                    Answer(MigrationFrameType.PassDone, payload.Span);
                     break;
                 case MigrationFrameType.Abort:
                     throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
@@ -219,8 +222,7 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     /// before any resume), as it may still run.</summary>
     private void ConfirmHandover(long epoch)
     {
-        channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
-        channel.Flush();
+        Answer(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
         try
         {
             var (type, payload) = Receive();
@@ -237,7 +239,17 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     {
         var frame = channel.Receive(ref _buffer);
         Interlocked.Exchange(ref _lastHeardTicks, Stopwatch.GetTimestamp());
+        // A frame after an answer: the primary had that answer.
+        Interlocked.Exchange(ref _answerHeardTicks, Interlocked.Read(ref _lastAnsweredTicks));
         return frame;
+    }
+
+    /// <summary>Sends the primary an answer (Ready, PassDone, a heartbeat, a commit, a handover's echo) and notes when.</summary>
+    private void Answer(MigrationFrameType type, ReadOnlySpan<byte> payload)
+    {
+        channel.Send(type, payload);
+        channel.Flush();
+        Interlocked.Exchange(ref _lastAnsweredTicks, Stopwatch.GetTimestamp());
     }
 
     private void Keep(MigrationFrameType type, ReadOnlyMemory<byte> payload, long maxEpochBytes)

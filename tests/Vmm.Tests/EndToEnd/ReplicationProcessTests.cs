@@ -123,6 +123,56 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         AssertTheResumedGuestContinuedWhereThePrimaryLeftOff(g, primary, standby);
     }
 
+    /// <summary>A standby stopped (SIGSTOP) for longer than its primary waits, on a link that meanwhile delivers nothing
+    /// more from the primary (so its Abort is lost too): the primary gives the standby up, holds the guest's output for
+    /// the lost standby's due, lets it out when that ends, and runs on. The standby, woken, finds its primary long
+    /// silent; it must not fence it and resume its older replica, whose guest would print again what the primary let
+    /// out: it holds the replica as stale for the operator. (It fenced the living primary at once and resumed: found
+    /// by reasoning over the fault harness's stalls, issue 18, item 5.) No host's speed matters: the standby stays
+    /// stopped until the primary says it let its output out.</summary>
+    [Fact]
+    public void StandbyStoppedLongerThanThePrimaryWaits_DoesNotFenceOnWaking_AndTheGuestFinishesOnThePrimary()
+    {
+        var g = ReplicatedGuest();
+        string socket = Path.Combine(_directory, "primary.sock");
+        var primary = StartSource(g, socket);
+        var (standby, address, api) = StartStandby("standby", KillingFence(primary.Id));
+        using var silenced = new ManualResetEventSlim();
+        using var released = new ManualResetEventSlim();
+        using (var link = new FrameCuttingProxy(PortOf(address), (_, fromSource) =>
+        {
+            // From the moment the standby stops, nothing more from the primary arrives (the link holds it).
+            if (fromSource && silenced.IsSet) released.Wait();
+            return true;
+        }))
+        {
+            Replicate(socket, link.Address);
+            HostCommand.Run("kill", "-STOP", standby.Id.ToString());
+            silenced.Set();
+            try
+            {
+                WaitForStatus(socket, s => ReplicationState(s) == "unprotected", "the primary letting its held output out, its lost standby's due over");
+            }
+            finally
+            {
+                HostCommand.Run("kill", "-CONT", standby.Id.ToString());
+            }
+            Assert.True(standby.WaitFor((_, log) => log.Contains("is not fenced") || log.Contains("fencing the primary:"), Patience), $"the woken standby did not decide\n{standby}");
+            released.Set();
+        }
+        int? primaryExit = primary.WaitForExit(Patience);
+        Show("primary", primary);
+        Show("standby", standby);
+
+        Assert.DoesNotContain("fencing the primary:", standby.Log);
+        Assert.Equal("stale", Status(api).GetProperty("phase").GetString());
+        Assert.Equal("", standby.Console);
+        Assert.Equal(GuestSuccess, primaryExit);
+        Assert.Equal(ExpectedConsole(g), primary.Console);
+        standby.Terminate();
+        standby.WaitForExit(Patience);
+    }
+
     /// <summary>A standby whose fence failed holds the lost primary's replica, the only current copy of the VM. Whatever
     /// connects meanwhile (a port scan, a peer that never speaks, another VM's primary) is a session of its own, refused
     /// or dropped without touching that replica, the primary's address the fence is told, or the phase, and the
