@@ -15,8 +15,9 @@ public sealed class MigrationChannel(Stream stream)
 {
     public static ReadOnlySpan<byte> Magic => "VMMMIGRT"u8;
     /// <summary>3: the Hello carries the VM's name, each vCPU's CPUID, whether the disk images travel in the stream
-    /// (DiskData, DiskZero) and the migration's id; the target resumes the VM only on Commit.</summary>
-    public const uint ProtocolVersion = 3;
+    /// (DiskData, DiskZero) and the migration's id; the target resumes the VM only on Commit. 4: a replication's
+    /// handover ends with the primary's own Handover frame after the standby's echo (the close alone proved nothing).</summary>
+    public const uint ProtocolVersion = 4;
     public const int PageSize = Memory.GuestMemoryRegion.PageSize;
     public const int MaxPagesPerFrame = 256;
     public const ulong ZeroPageFlag = 1;

@@ -43,7 +43,10 @@ public enum MigrationFrameType : byte
     EpochEnd = 11,
     /// <summary>Replication, a planned handover: the VM stays paused on the primary, and the epoch just committed
     /// (its number, 8 bytes) is its last. The standby, holding that epoch whole, echoes the frame back as its answer;
-    /// the primary then stops its VM, and the standby resumes it when asked, without fencing.</summary>
+    /// the primary, once it has the echo, sends the frame a last time (it stops its VM now) and closes. Only that last
+    /// frame makes the replica a handed-over one, resumed when asked without fencing: a stream that ends after the
+    /// echo without it leaves the standby not knowing whether the primary had the echo, so the replica is a lost
+    /// primary's (fenced before any resume).</summary>
     Handover = 12,
 
     /// <summary>The first frame of a connection that only asks what became of one migration (its id, 16 bytes, then the

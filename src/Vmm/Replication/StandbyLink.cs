@@ -120,13 +120,23 @@ internal sealed class StandbyLink : IDisposable
         ExpectEpochAnswer(MigrationFrameType.EpochCommitted, epoch);
     }
 
-    /// <summary>Makes the committed <paramref name="epoch"/> the VM's last; returns once the standby echoed it.</summary>
+    /// <summary>Makes the committed <paramref name="epoch"/> the VM's last; returns once the standby echoed it, having
+    /// told it so (the VM stops here now). That last word may be lost: the standby then fences before it resumes.</summary>
     public void HandOver(long epoch)
     {
         Channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
         Channel.Flush();
         Socket.ReceiveTimeout = (int)HandoverAnswerTimeout.TotalMilliseconds;
         ExpectEpochAnswer(MigrationFrameType.Handover, epoch);
+        try
+        {
+            Channel.Send(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
+            Channel.Flush();
+        }
+        catch (MigrationException)
+        {
+            // Past the echo the VM is the standby's: it stops here either way, and the standby, not told, fences first.
+        }
     }
 
     public void Heartbeat()

@@ -217,22 +217,18 @@ public sealed class StandbyReceiver(MigrationChannel channel, Logger log, string
     }
 
     /// <summary>Answers the Handover (the checkpoint is final: the epoch applied, nothing kept aside) and waits for the
-    /// primary to close the stream, which it does once it has the answer and stops its VM. A primary that missed the
-    /// answer sends an Abort instead and runs on: then nothing is held here. A silent one counts as lost (a fence
-    /// before any resume), as it may still run.</summary>
+    /// primary's last word: its Handover again, sent once it has the answer and stops its VM. A primary that missed the
+    /// answer sends an Abort instead and runs on: then nothing is held here. One whose stream ends or goes silent
+    /// instead counts as lost (a fence before any resume): it may have missed the answer and run on.</summary>
     private void ConfirmHandover(long epoch)
     {
         Answer(MigrationFrameType.Handover, BitConverter.GetBytes(epoch));
-        try
-        {
-            var (type, payload) = Receive();
-            if (type == MigrationFrameType.Abort) throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
-            throw new MigrationException($"migration stream: a {type} frame after the handover");
-        }
-        catch (MigrationException e) when (e.InnerException is EndOfStreamException)
-        {
-            // Closed: the primary has the answer, and its VM stops.
-        }
+        var (type, payload) = Receive();
+        if (type == MigrationFrameType.Abort) throw new PrimaryEndedException(Encoding.UTF8.GetString(payload.Span));
+        if (type != MigrationFrameType.Handover || payload.Length != 8 || BinaryPrimitives.ReadInt64LittleEndian(payload.Span) != epoch)
+            throw new MigrationException($"migration stream: a {type} frame after the handover, not the primary's last Handover of epoch {epoch}");
+        // The primary had the echo, and its VM stops. (A stream that ends here instead is a lost primary's: it may or
+        // may not have had the echo, and may run on.)
     }
 
     private (MigrationFrameType Type, ReadOnlyMemory<byte> Payload) Receive()

@@ -43,12 +43,7 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
         (MigrationFrameType.Prepared, false, 1), (MigrationFrameType.Commit, true, 1), (MigrationFrameType.Resumed, false, 1),
     ];
 
-    public static IEnumerable<object[]> Seeds()
-    {
-        var (first, count) = Environment.GetEnvironmentVariable("VMM_FAULT_SEEDS") is { } range && range.Split(':') is [var f, var c]
-            ? (int.Parse(f), int.Parse(c)) : (1, 6);
-        for (int seed = first; seed < first + count; seed++) yield return [seed];
-    }
+    public static IEnumerable<object[]> Seeds() => FaultSeeds(6);
 
     [Theory]
     [MemberData(nameof(Seeds))]
@@ -203,6 +198,4 @@ public sealed class MigrationFaultScheduleTests(ITestOutputHelper output) : Migr
         Assert.True(target.WaitFor((_, log) => !log.Contains("the source committed") || log.Contains("migration 1: VM stopped"), Patience), target.ToString());
         Assert.DoesNotContain("internal error", target.Log);
     }
-
-    private static void Signal(RunningVmm process, string signal) => HostCommand.Run("kill", $"-{signal}", process.Id.ToString());
 }

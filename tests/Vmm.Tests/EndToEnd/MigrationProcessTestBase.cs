@@ -59,11 +59,55 @@ public abstract class MigrationProcessTestBase(ITestOutputHelper output) : IDisp
         return process;
     }
 
+    /// <summary>The seeds a fault harness runs: <c>VMM_FAULT_SEEDS=FIRST:COUNT</c>, or the first
+    /// <paramref name="defaultCount"/> (what CI runs).</summary>
+    protected static IEnumerable<object[]> FaultSeeds(int defaultCount)
+    {
+        var (first, count) = Environment.GetEnvironmentVariable("VMM_FAULT_SEEDS") is { } range && range.Split(':') is [var f, var c]
+            ? (int.Parse(f), int.Parse(c)) : (1, defaultCount);
+        for (int seed = first; seed < first + count; seed++) yield return [seed];
+    }
+
+    /// <summary>Sends a signal (KILL, STOP, CONT) to a vmm process.</summary>
+    protected static void Signal(RunningVmm process, string signal) => HostCommand.Run("kill", $"-{signal}", process.Id.ToString());
+
     protected static int PortOf(string address) => int.Parse(address[(address.LastIndexOf(':') + 1)..]);
 
     /// <summary>The number of the last tick the guest printed (0 before the first).</summary>
     protected static int LastTick(string console) =>
         Regex.Matches(console, @"tick ([0-9a-f]{8})\n") is { Count: > 0 } ticks ? Convert.ToInt32(ticks[^1].Groups[1].Value, 16) : 0;
+
+    /// <summary>The number of the first whole tick line (the console may begin in the middle of one).</summary>
+    protected static int FirstTick(string console) =>
+        Regex.Match(console, @"tick ([0-9a-f]{8})\n") is { Success: true } tick ? Convert.ToInt32(tick.Groups[1].Value, 16) : int.MaxValue;
+
+    /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
+    /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
+    /// timeout: 3 s keeps that short. Without a fence command it resumes only on 'vmm ctl failover'.</summary>
+    protected (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand, int fenceTimeoutS = 3, string listen = "127.0.0.1:0")
+    {
+        string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
+        string api = Path.Combine(_directory, $"{name}.sock");
+        string[] fence = fenceCommand is null ? [] : ["--fence-command", fenceCommand];
+        var standby = Started(new RunningVmm(["standby", "-v", "--listen", listen, "--disk-dir", disks, "--failover-timeout-ms", "1000",
+                                              "--fence-timeout-s", fenceTimeoutS.ToString(), "--api-socket", api, .. fence]));
+        Match? listening = null;
+        Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
+        return (standby, listening!.Groups[1].Value, api);
+    }
+
+    /// <summary>A fence command that kills the primary and returns once it is dead: gone, or a zombie its parent (this
+    /// test) has not reaped yet.</summary>
+    protected string KillingFence(int primaryPid)
+    {
+        string script = Path.Combine(_directory, "fence.sh");
+        File.WriteAllText(script, $"""
+            kill -KILL {primaryPid} 2>/dev/null
+            while [ -e /proc/{primaryPid} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{primaryPid}/status 2>/dev/null; do sleep 0.05; done
+            echo "fenced $VMM_VM_NAME at epoch $VMM_EPOCH"
+            """);
+        return $"sh {script}";
+    }
 
     /// <summary>Waits until the source's guest has printed <paramref name="ticks"/> more ticks: it has then
     /// written at least that many ticks' pages since the wait began.</summary>

@@ -477,34 +477,6 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
         Assert.True(LastTick(seen) < FirstTick(after), $"the primary printed tick {LastTick(seen)}, the resumed guest began at tick {FirstTick(after)}");
     }
 
-    /// <summary>A standby on a port of its own (its log names it), failing over after 1 s of silence. Its fences are
-    /// quick, and a primary that loses it holds the guest's output for twice the failover timeout plus the fence
-    /// timeout: 3 s keeps that short. Without a fence command it resumes only on 'vmm ctl failover'.</summary>
-    private (RunningVmm Standby, string Address, string ApiSocket) StartStandby(string name, string? fenceCommand, int fenceTimeoutS = 3, string listen = "127.0.0.1:0")
-    {
-        string disks = Directory.CreateDirectory(Path.Combine(_directory, $"{name}-disks")).FullName;
-        string api = Path.Combine(_directory, $"{name}.sock");
-        string[] fence = fenceCommand is null ? [] : ["--fence-command", fenceCommand];
-        var standby = Started(new RunningVmm(["standby", "-v", "--listen", listen, "--disk-dir", disks, "--failover-timeout-ms", "1000",
-                                              "--fence-timeout-s", fenceTimeoutS.ToString(), "--api-socket", api, .. fence]));
-        Match? listening = null;
-        Assert.True(standby.WaitFor((_, log) => (listening = Regex.Match(log, @"waiting for a primary on (\S+:\d+)")).Success, Patience), $"the standby did not listen\n{standby}");
-        return (standby, listening!.Groups[1].Value, api);
-    }
-
-    /// <summary>A fence command that kills the primary and returns once it is dead: gone, or a zombie its parent (this
-    /// test) has not reaped yet.</summary>
-    private string KillingFence(int primaryPid)
-    {
-        string script = Path.Combine(_directory, "fence.sh");
-        File.WriteAllText(script, $"""
-            kill -KILL {primaryPid} 2>/dev/null
-            while [ -e /proc/{primaryPid} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{primaryPid}/status 2>/dev/null; do sleep 0.05; done
-            echo "fenced $VMM_VM_NAME at epoch $VMM_EPOCH"
-            """);
-        return $"sh {script}";
-    }
-
     /// <summary>Starts replicating; `vmm ctl replicate` answers once the first epoch is committed on the standby.</summary>
     private static void Replicate(string socket, string standby)
     {
@@ -543,8 +515,4 @@ public sealed class ReplicationProcessTests(ITestOutputHelper output) : Migratio
 
     private static string ReplicationState(JsonElement status) =>
         status.TryGetProperty("replication", out var replication) ? replication.GetProperty("state").GetString()! : "none";
-
-    /// <summary>The number of the first whole tick line (the console may begin in the middle of one).</summary>
-    private static int FirstTick(string console) =>
-        Regex.Match(console, @"tick ([0-9a-f]{8})\n") is { Success: true } tick ? Convert.ToInt32(tick.Groups[1].Value, 16) : int.MaxValue;
 }

@@ -229,17 +229,32 @@ public sealed class StandbyStreamValidationTests : IDisposable
     }
 
     [Fact]
-    public void AHandoverAfterACommit_IsEchoed_AndThePrimaryClosing_LeavesTheEpochHandedOver()
+    public void AHandoverAfterACommit_IsEchoed_AndThePrimarysLastWord_LeavesTheEpochHandedOver()
     {
         var (outcome, answers) = Receive(Hello(), PageFrame(PageA, 0x10), PassEnd,
             PageFrame(PageA, 0x11), State(), Number(MigrationFrameType.EpochEnd, 1),
-            Frame(MigrationFrameType.Heartbeat, []), Number(MigrationFrameType.Handover, 1));
+            Frame(MigrationFrameType.Heartbeat, []), Number(MigrationFrameType.Handover, 1), Number(MigrationFrameType.Handover, 1));
         Assert.True(outcome.HandedOver, outcome.Reason);
         Assert.Contains("handed the VM over at epoch 1", outcome.Reason);
         using var checkpoint = outcome.Checkpoint!;
         Assert.Equal(1, checkpoint.Epoch);
         Assert.Equal([MigrationFrameType.Ready, MigrationFrameType.PassDone, MigrationFrameType.EpochCommitted, MigrationFrameType.Heartbeat, MigrationFrameType.Handover], AnswerTypes(answers));
         Assert.Equal(0x11, PageByte(checkpoint));
+    }
+
+    /// <summary>The stream ends after the echo without the primary's last word: the primary may have missed the echo
+    /// (a proxy that cut both halves at once, say) and run on, so the replica is a lost primary's, fenced before any
+    /// resume, not a handed-over one resumed on request. (Taking the close as the primary's word let the fault harness
+    /// resume a replica beside a primary that ran on: issue 18, item 5.)</summary>
+    [Fact]
+    public void AStreamEndingAfterTheEcho_WithoutThePrimarysLastWord_LeavesALostPrimarysReplica()
+    {
+        var (outcome, answers) = Receive(Hello(), PassEnd, State(), Number(MigrationFrameType.EpochEnd, 1), Number(MigrationFrameType.Handover, 1));
+        Assert.False(outcome.HandedOver, outcome.Reason);
+        using var checkpoint = outcome.Checkpoint!;
+        Assert.Equal(1, checkpoint.Epoch);
+        Assert.Contains("the primary was lost", outcome.Reason);
+        Assert.Equal(MigrationFrameType.Handover, AnswerTypes(answers)[^1]);
     }
 
     [Fact]
